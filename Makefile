@@ -1,0 +1,36 @@
+# chorus: `make test` sets everything up and runs the tests.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+JOBS   ?= 2
+
+.PHONY: test lint sim bench-core clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m ruff check src tests bench
+	$(PY) -m pytest -n $(JOBS) -q
+
+lint: $(STAMP)
+	$(PY) -m ruff check src tests bench
+
+# Deterministic simulator: `make sim SEED=n` replays one seed with a trace;
+# `make sim START=a COUNT=n` runs a range of seeds.
+sim: $(STAMP)
+ifdef SEED
+	$(PY) -m tests.sim --seed $(SEED) --trace $(SIMFLAGS)
+else
+	$(PY) -m tests.sim --start $(or $(START),0) --count $(or $(COUNT),1000) --jobs $(JOBS) $(SIMFLAGS)
+endif
+
+bench-core: $(STAMP)
+	$(PY) bench/core.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis

@@ -1,0 +1,1 @@
+"""chorus: a fault-tolerant chat service whose servers replicate everything they store."""

@@ -1,0 +1,67 @@
+"""The consensus core: Raft as a pure state machine, with no I/O.
+
+What it offers:
+- :class:`RaftNode`, driven by ``tick``, ``step``, ``propose``, ``read_index``,
+  membership and transfer requests, and producing :class:`Ready` batches;
+- :class:`RaftConfig` (timeouts in ticks, flow-control limits) and ``FAST``;
+- the log entry, membership, snapshot and peer message types, with
+  ``to_envelope`` / ``from_envelope`` for the JSON envelope.
+"""
+
+from .config import FAST, RaftConfig
+from .messages import (
+    MESSAGE_TYPES,
+    Entry,
+    EntryKind,
+    Forward,
+    Heartbeat,
+    HeartbeatAck,
+    InstallSnapshot,
+    Membership,
+    Message,
+    MessageError,
+    ReadIndex,
+    ReadIndexResp,
+    Replicate,
+    ReplicateAck,
+    RequestVote,
+    SnapshotMeta,
+    TimeoutNow,
+    VoteResponse,
+    from_envelope,
+    to_envelope,
+)
+from .node import HardState, Persisted, RaftNode, ReadState, Ready, Refused, Role, SoftState
+
+__all__ = [
+    "FAST",
+    "MESSAGE_TYPES",
+    "Entry",
+    "EntryKind",
+    "Forward",
+    "HardState",
+    "Heartbeat",
+    "HeartbeatAck",
+    "InstallSnapshot",
+    "Membership",
+    "Message",
+    "MessageError",
+    "Persisted",
+    "RaftConfig",
+    "RaftNode",
+    "ReadIndex",
+    "ReadIndexResp",
+    "ReadState",
+    "Ready",
+    "Refused",
+    "Replicate",
+    "ReplicateAck",
+    "RequestVote",
+    "Role",
+    "SnapshotMeta",
+    "SoftState",
+    "TimeoutNow",
+    "VoteResponse",
+    "from_envelope",
+    "to_envelope",
+]

@@ -1,0 +1,268 @@
+"""Log entries and peer messages of the consensus core.
+
+Every peer message carries the envelope of the original design: ``type``,
+``term``, ``server_id`` (the sender) and a ``payload`` (the type's own fields),
+plus ``to`` (the addressee). In memory a message is a flat frozen msgspec
+Struct, so the core reads ``m.prev_index`` rather than ``m.payload["prev_index"]``;
+:func:`to_envelope` and :func:`from_envelope` convert to and from the nested JSON
+shape, validating every field's type on the way in.
+
+The seed's five names are kept: HEARTBEAT, REQUEST_VOTE, VOTE_RESPONSE,
+REPLICATE, FORWARD. Raft needs a few more: REPLICATE_ACK, HEARTBEAT_ACK,
+INSTALL_SNAPSHOT, TIMEOUT_NOW, READ_INDEX and READ_INDEX_RESP.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Any, ClassVar
+
+import msgspec
+
+
+class EntryKind(enum.IntEnum):
+    COMMAND = 0  # an application command: the caller applies ``data``
+    NOOP = 1  # appended by a new primary so that it can commit (Raft §5.4.2)
+    CONFIG = 2  # a membership change; ``data`` is an encoded Membership
+
+
+class Entry(msgspec.Struct, frozen=True, array_like=True, gc=False):
+    index: int
+    term: int
+    kind: int
+    data: bytes
+
+    def __repr__(self) -> str:
+        kind = EntryKind(self.kind).name if self.kind in EntryKind._value2member_map_ else self.kind
+        body = self.data if len(self.data) <= 24 else self.data[:21] + b"..."
+        return f"{self.index}/{self.term}:{kind}:{body!r}" if self.kind else f"{self.index}/{self.term}:{body!r}"
+
+
+def entries_repr(entries: tuple[Entry, ...]) -> str:
+    if not entries:
+        return "[]"
+    if len(entries) <= 3:
+        return "[" + " ".join(repr(e) for e in entries) + "]"
+    return f"[{entries[0].index}..{entries[-1].index} t{entries[0].term}..{entries[-1].term} ({len(entries)})]"
+
+
+class Membership(msgspec.Struct, frozen=True, gc=False):
+    """Who is in the cluster: voters decide elections and commits; learners only follow."""
+
+    voters: frozenset[int] = frozenset()
+    learners: frozenset[int] = frozenset()
+
+    def __repr__(self) -> str:
+        v = ",".join(map(str, sorted(self.voters)))
+        if not self.learners:
+            return f"voters={{{v}}}"
+        return f"voters={{{v}}} learners={{{','.join(map(str, sorted(self.learners)))}}}"
+
+    @property
+    def members(self) -> frozenset[int]:
+        return self.voters | self.learners
+
+    def encode(self) -> bytes:
+        return msgspec.json.encode({"voters": sorted(self.voters), "learners": sorted(self.learners)})
+
+    @classmethod
+    def decode(cls, data: bytes) -> Membership:
+        return msgspec.json.decode(data, type=cls)
+
+
+class SnapshotMeta(msgspec.Struct, frozen=True, gc=False):
+    """What a state snapshot covers: everything up to and including ``index``."""
+
+    index: int
+    term: int
+    membership: Membership
+
+    def __repr__(self) -> str:
+        return f"snapshot@{self.index}/{self.term} {self.membership!r}"
+
+
+class Message(msgspec.Struct, frozen=True, kw_only=True, tag_field="type"):
+    """Base of every peer message: the envelope fields."""
+
+    ENVELOPE: ClassVar[tuple[str, ...]] = ("term", "server_id", "to")
+
+    term: int
+    server_id: int
+    to: int
+
+    @property
+    def type(self) -> str:
+        return self.__struct_config__.tag  # type: ignore[return-value]
+
+    @property
+    def payload(self) -> dict[str, Any]:
+        return {f: getattr(self, f) for f in self.__struct_fields__ if f not in Message.ENVELOPE}
+
+    def _head(self) -> str:
+        return f"{self.type} t{self.term} {self.server_id}->{self.to}"
+
+    def __repr__(self) -> str:
+        body = " ".join(f"{k}={v!r}" for k, v in self.payload.items())
+        return f"{self._head()} {body}" if body else self._head()
+
+
+class Heartbeat(Message, frozen=True, kw_only=True, tag="HEARTBEAT"):
+    """Primary -> backup: "I am still primary". ``ctx`` confirms pending ReadIndex requests."""
+
+    commit: int
+    ctx: int = 0
+
+
+class HeartbeatAck(Message, frozen=True, kw_only=True, tag="HEARTBEAT_ACK"):
+    ctx: int = 0
+
+
+class RequestVote(Message, frozen=True, kw_only=True, tag="REQUEST_VOTE"):
+    """Candidate -> voter. With ``pre_vote`` the term is the one the candidate *would*
+    use; nobody changes term or vote for a pre-vote (Raft dissertation §9.6).
+    ``transfer`` marks an election started by leadership transfer, which voters
+    honour even while they still hear from a primary."""
+
+    last_index: int
+    last_term: int
+    pre_vote: bool = False
+    transfer: bool = False
+
+
+class VoteResponse(Message, frozen=True, kw_only=True, tag="VOTE_RESPONSE"):
+    granted: bool
+    pre_vote: bool = False
+
+
+class Replicate(Message, frozen=True, kw_only=True, tag="REPLICATE"):
+    """Primary -> backup: entries following (prev_index, prev_term), and the commit index."""
+
+    prev_index: int
+    prev_term: int
+    entries: tuple[Entry, ...] = ()
+    commit: int = 0
+
+    def __repr__(self) -> str:
+        return (
+            f"{self._head()} prev={self.prev_index}/{self.prev_term} "
+            f"entries={entries_repr(self.entries)} commit={self.commit}"
+        )
+
+
+class ReplicateAck(Message, frozen=True, kw_only=True, tag="REPLICATE_ACK"):
+    """Backup -> primary. Accepted: the backup's log matches the primary's up to
+    ``index``, durably. Rejected: the entry at ``index`` did not match;
+    (hint_index, hint_term) is the backup's last entry at or below ``index`` whose
+    term is <= the primary's term there, so the primary skips a whole term per
+    round trip."""
+
+    index: int
+    reject: bool = False
+    hint_index: int = 0
+    hint_term: int = 0
+
+
+class InstallSnapshot(Message, frozen=True, kw_only=True, tag="INSTALL_SNAPSHOT"):
+    """Primary -> backup whose next entry was compacted away. The state itself is
+    not in the message: the caller streams it alongside (in chunks) and steps this
+    message into the receiving core once the whole snapshot has arrived.
+
+    When the core asks for one, the caller sends the latest snapshot it holds; if
+    it took a newer one since the core produced this message, it sends that one and
+    names it here instead (a newer snapshot covers everything the older one did)."""
+
+    snapshot: SnapshotMeta
+
+
+class TimeoutNow(Message, frozen=True, kw_only=True, tag="TIMEOUT_NOW"):
+    """Primary -> chosen successor: campaign now (leadership transfer)."""
+
+
+class Forward(Message, frozen=True, kw_only=True, tag="FORWARD"):
+    """Backup -> primary: client commands to append. Fire and forget: the backup
+    learns the outcome by applying the log like everyone else."""
+
+    commands: tuple[bytes, ...]
+
+    def __repr__(self) -> str:
+        return f"{self._head()} commands={len(self.commands)}"
+
+
+class ReadIndex(Message, frozen=True, kw_only=True, tag="READ_INDEX"):
+    """Backup -> primary: "what commit index may I serve a linearizable read at?"."""
+
+    request_id: int
+
+
+class ReadIndexResp(Message, frozen=True, kw_only=True, tag="READ_INDEX_RESP"):
+    request_id: int
+    index: int
+
+
+PeerMessage = (
+    Heartbeat
+    | HeartbeatAck
+    | RequestVote
+    | VoteResponse
+    | Replicate
+    | ReplicateAck
+    | InstallSnapshot
+    | TimeoutNow
+    | Forward
+    | ReadIndex
+    | ReadIndexResp
+)
+
+MESSAGE_TYPES: dict[str, type[Message]] = {
+    cls.__struct_config__.tag: cls  # type: ignore[misc]
+    for cls in (
+        Heartbeat,
+        HeartbeatAck,
+        RequestVote,
+        VoteResponse,
+        Replicate,
+        ReplicateAck,
+        InstallSnapshot,
+        TimeoutNow,
+        Forward,
+        ReadIndex,
+        ReadIndexResp,
+    )
+}
+
+
+class MessageError(ValueError):
+    """A peer sent something that is not a well-formed message of this protocol."""
+
+
+def to_envelope(msg: Message) -> dict[str, Any]:
+    """The JSON-ready envelope {"type", "term", "server_id", "to", "payload"}."""
+    return {
+        "type": msg.type,
+        "term": msg.term,
+        "server_id": msg.server_id,
+        "to": msg.to,
+        "payload": msgspec.to_builtins(msg.payload),
+    }
+
+
+def from_envelope(obj: Any) -> Message:
+    """Build a typed message from a decoded envelope, checking every field's type."""
+    if not isinstance(obj, dict):
+        raise MessageError(f"a peer message must be an object, got {type(obj).__name__}")
+    kind = obj.get("type")
+    cls = MESSAGE_TYPES.get(kind) if isinstance(kind, str) else None
+    if cls is None:
+        raise MessageError(f"unknown peer message type {kind!r}")
+    payload = obj.get("payload", {})
+    if not isinstance(payload, dict):
+        raise MessageError(f"{kind}: payload must be an object")
+    flat = dict(payload)
+    for field in Message.ENVELOPE:
+        if field not in obj:
+            raise MessageError(f"{kind}: missing envelope field {field!r}")
+        flat[field] = obj[field]
+    try:
+        return msgspec.convert(flat, cls)
+    except msgspec.ValidationError as exc:
+        raise MessageError(f"{kind}: {exc}") from None

@@ -1,0 +1,1002 @@
+"""The Raft state machine of one server, with no I/O at all.
+
+The caller drives it with ``tick()``, ``step(message)``, ``propose(data)``,
+``read_index(request_id)``, membership and transfer requests, and collects what
+it must do in a :class:`Ready`:
+
+1. persist ``snapshot`` (a received one, installed first), ``entries`` (the first
+   one replaces any stored entry at its index and after) and ``hard_state``,
+   with one fsync for the whole batch;
+2. send ``messages``;
+3. apply ``committed`` entries in order, then serve ``reads`` whose index is applied;
+4. call ``advance(ready)``.
+
+Persist-before-send is what makes a vote or an acknowledgement a promise.
+``step()``, ``tick()`` and ``propose()`` may be called between ``ready()`` and
+``advance()``; what they produce comes out in the next Ready.
+
+The structure follows etcd-io/raft: the term is handled once in ``step()``, then
+the message goes to the handler of the current role.
+"""
+
+from __future__ import annotations
+
+import enum
+import random
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from .config import RaftConfig
+from .log import RaftLog
+from .messages import (
+    Entry,
+    EntryKind,
+    Forward,
+    Heartbeat,
+    HeartbeatAck,
+    InstallSnapshot,
+    Membership,
+    Message,
+    MessageError,
+    ReadIndex,
+    ReadIndexResp,
+    Replicate,
+    ReplicateAck,
+    RequestVote,
+    SnapshotMeta,
+    TimeoutNow,
+    VoteResponse,
+)
+from .progress import Progress, ProgressState
+from .validate import validate
+
+NONE = 0  # "no server": node ids are positive integers
+
+
+class Role(enum.Enum):
+    PRIMARY = "PRIMARY"
+    BACKUP = "BACKUP"
+    CANDIDATE = "CANDIDATE"
+
+
+@dataclass(frozen=True, slots=True)
+class HardState:
+    """What must be on disk before any message that depends on it is sent."""
+
+    term: int = 0
+    vote: int = NONE
+    commit: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class SoftState:
+    """Volatile facts the caller may want to show or act on."""
+
+    role: Role
+    leader: int
+    term: int
+
+
+@dataclass(frozen=True, slots=True)
+class ReadState:
+    """A linearizable read may be served once the local applied index >= ``index``."""
+
+    request_id: int
+    index: int
+
+
+@dataclass(frozen=True, slots=True)
+class Ready:
+    hard_state: HardState | None
+    soft_state: SoftState | None
+    snapshot: SnapshotMeta | None
+    entries: tuple[Entry, ...]
+    messages: tuple[Message, ...]
+    committed: tuple[Entry, ...]
+    reads: tuple[ReadState, ...]
+    membership: Membership | None  # the latest membership in the log, when it changed
+
+    def __repr__(self) -> str:
+        parts = []
+        if self.soft_state:
+            s = self.soft_state
+            parts.append(f"{s.role.value} t{s.term} lead={s.leader}")
+        if self.hard_state:
+            h = self.hard_state
+            parts.append(f"hs(t{h.term} vote={h.vote} commit={h.commit})")
+        if self.snapshot:
+            parts.append(f"install {self.snapshot!r}")
+        if self.entries:
+            parts.append(f"persist {self.entries[0].index}..{self.entries[-1].index}")
+        if self.committed:
+            parts.append(f"apply {self.committed[0].index}..{self.committed[-1].index}")
+        if self.messages:
+            parts.append(f"send {len(self.messages)}")
+        if self.reads:
+            parts.append("reads " + ",".join(f"{r.request_id}@{r.index}" for r in self.reads))
+        if self.membership:
+            parts.append(repr(self.membership))
+        return "Ready(" + "; ".join(parts) + ")"
+
+
+@dataclass(frozen=True, slots=True)
+class Persisted:
+    """What a restarting node gets back from its storage."""
+
+    hard_state: HardState = HardState()
+    snapshot: SnapshotMeta | None = None
+    entries: Sequence[Entry] = ()  # the entries after the snapshot, in order
+    applied: int = 0  # the state machine's applied index
+
+
+class Refused(Exception):
+    """A request the node cannot take now; ``code`` is stable, the message is for people.
+
+    ``leader`` is the primary this node knows of (0 if none), a hint for clients.
+    """
+
+    def __init__(self, code: str, message: str, leader: int = NONE) -> None:
+        super().__init__(message)
+        self.code = code
+        self.leader = leader
+
+    def __repr__(self) -> str:
+        return f"Refused({self.code}: {self}{f', primary={self.leader}' if self.leader else ''})"
+
+
+class RaftNode:
+    def __init__(
+        self,
+        node_id: int,
+        membership: Membership,
+        *,
+        config: RaftConfig | None = None,
+        rng: random.Random,
+        persisted: Persisted | None = None,
+    ) -> None:
+        if type(node_id) is not int or node_id <= 0:
+            raise ValueError("node ids are positive integers")
+        self.id = node_id
+        self.cfg = config or RaftConfig()
+        self.rng = rng
+        p = persisted or Persisted()
+
+        # Persistent state (Raft Figure 2), restored from storage.
+        self.term = p.hard_state.term
+        self.vote = p.hard_state.vote
+        self.log = RaftLog(p.snapshot or SnapshotMeta(0, 0, membership))
+        self.log.append(p.entries)
+        self.commit = max(p.hard_state.commit, p.applied, self.log.snapshot.index)
+        assert self.commit <= self.log.last_index, "storage lost committed entries"
+
+        # Membership: the latest configuration in the log takes effect at once,
+        # committed or not (Raft dissertation §4.1). History lets a truncation revert it.
+        self._configs: list[tuple[int, Membership]] = []
+        for e in p.entries:
+            if e.kind == EntryKind.CONFIG:
+                self._configs.append((e.index, Membership.decode(e.data)))
+        self.membership = self._configs[-1][1] if self._configs else self.log.snapshot.membership
+
+        # Volatile state.
+        self.role = Role.BACKUP
+        self.leader = NONE
+        self.election_elapsed = 0
+        self.heartbeat_elapsed = 0
+        self.randomized_timeout = 0
+        self._reset_randomized_timeout()
+        self.progress: dict[int, Progress] = {}
+        self.votes: dict[int, bool] = {}
+        self.pre_campaign = False  # CANDIDATE only: asking pre-votes, term not bumped yet
+        self.lead_transferee = NONE
+        self.pending_conf_index = 0
+
+        # ReadIndex (Raft dissertation §6.4): reads wait for a heartbeat round.
+        self.read_ctx = 0
+        self._reads_need_commit: list[tuple[int, int]] = []  # (origin, request) until a commit in term
+        self._reads_unsent: list[tuple[int, int, int]] = []  # (origin, request, index)
+        self._reads_pending: deque[tuple[int, int, int, int]] = deque()  # (ctx, origin, req, index)
+
+        # Output bookkeeping.
+        self.applied = max(p.applied, self.log.snapshot.index)
+        self._outbox: list[Message] = []
+        self._reads_out: list[ReadState] = []
+        self._forward_buf: list[bytes] = []
+        self._unsaved_from = self.log.last_index + 1  # first entry not yet handed out to persist
+        self._persisted = self.log.last_index  # last entry known to be durable
+        self._apply_from = self.applied + 1  # first committed entry not yet handed out to apply
+        self._snapshot_out: SnapshotMeta | None = None
+        self._membership_changed = True
+        self._prev_hard = HardState(self.term, self.vote, self.commit)
+        self._prev_soft: SoftState | None = None
+        self._outstanding: Ready | None = None
+
+    def __repr__(self) -> str:
+        lead = f" lead={self.leader}" if self.leader else ""
+        return (
+            f"n{self.id} {self.role.value}{'(pre)' if self.pre_campaign else ''} t{self.term}"
+            f"{lead} vote={self.vote} commit={self.commit} applied={self.applied} {self.log!r}"
+        )
+
+    # ------------------------------------------------------------------ queries
+    @property
+    def last_index(self) -> int:
+        return self.log.last_index
+
+    @property
+    def promotable(self) -> bool:
+        """Only voters campaign: learners and removed servers never do."""
+        return self.id in self.membership.voters
+
+    def quorum(self) -> int:
+        return len(self.membership.voters) // 2 + 1
+
+    def hard_state(self) -> HardState:
+        return HardState(self.term, self.vote, self.commit)
+
+    def soft_state(self) -> SoftState:
+        return SoftState(self.role, self.leader, self.term)
+
+    # ------------------------------------------------------------------ role changes
+    def _reset(self, term: int) -> None:
+        if self.term != term:
+            self.term = term
+            self.vote = NONE
+        self.leader = NONE
+        self.election_elapsed = 0
+        self.heartbeat_elapsed = 0
+        self._reset_randomized_timeout()
+        self.progress = {}
+        self.votes = {}
+        self.pre_campaign = False
+        self.lead_transferee = NONE
+        self._reads_need_commit.clear()
+        self._reads_unsent.clear()
+        self._reads_pending.clear()
+
+    def _reset_randomized_timeout(self) -> None:
+        lo, hi = self.cfg.election_ticks_min, self.cfg.election_ticks_max
+        self.randomized_timeout = self.rng.randrange(lo, hi) if hi > lo else lo
+
+    def _become_backup(self, term: int, leader: int) -> None:
+        self._reset(term)
+        self.role = Role.BACKUP
+        self.leader = leader
+
+    def _become_primary(self) -> None:
+        assert self.role is Role.CANDIDATE and not self.pre_campaign
+        self._reset(self.term)
+        self.role = Role.PRIMARY
+        self.leader = self.id
+        last = self.log.last_index
+        members = self.membership
+        for pid in members.members:
+            self.progress[pid] = Progress(last + 1, is_learner=pid in members.learners)
+        if self.id in self.progress:
+            me = self.progress[self.id]
+            me.match = self._persisted
+            me.recent_active = True
+        # Conservatively assume the log may hold an uncommitted membership change.
+        self.pending_conf_index = last
+        # Raft §5.4.2 / §8: a new primary commits an entry of its own term at once,
+        # which commits everything before it and makes ReadIndex safe.
+        self._append_local(EntryKind.NOOP, b"")
+
+    def _campaign(self, *, pre_vote: bool, transfer: bool = False) -> None:
+        self._reset_randomized_timeout()
+        self.election_elapsed = 0
+        if pre_vote:
+            # Pre-candidates keep their term and vote (dissertation §9.6).
+            self.role = Role.CANDIDATE
+            self.pre_campaign = True
+            self.leader = NONE
+            self.votes = {}
+            term = self.term + 1
+        else:
+            self._reset(self.term + 1)
+            self.role = Role.CANDIDATE
+            self.vote = self.id
+            term = self.term
+        self.votes[self.id] = True
+        if self._tally()[0] >= self.quorum():
+            # A single voter wins at once.
+            self._won_election()
+            return
+        for pid in sorted(self.membership.voters):
+            if pid != self.id:
+                self._send(
+                    RequestVote(
+                        term=term,
+                        server_id=self.id,
+                        to=pid,
+                        last_index=self.log.last_index,
+                        last_term=self.log.last_term,
+                        pre_vote=pre_vote,
+                        transfer=transfer,
+                    )
+                )
+
+    def _tally(self) -> tuple[int, int]:
+        voters = self.membership.voters
+        granted = sum(1 for pid, ok in self.votes.items() if ok and pid in voters)
+        rejected = sum(1 for pid, ok in self.votes.items() if not ok and pid in voters)
+        return granted, rejected
+
+    def _won_election(self) -> None:
+        if self.pre_campaign:
+            self._campaign(pre_vote=False)
+        else:
+            self._become_primary()
+
+    # ------------------------------------------------------------------ inputs
+    def tick(self) -> None:
+        """One unit of time passed (``config.tick_ms``)."""
+        if self.role is Role.PRIMARY:
+            self._tick_primary()
+        else:
+            self.election_elapsed += 1
+            if self.promotable and self.election_elapsed >= self.randomized_timeout:
+                self._campaign(pre_vote=self.cfg.pre_vote)
+
+    def campaign(self) -> None:
+        """Start an election now rather than waiting for the timeout (as after it)."""
+        if self.role is not Role.PRIMARY and self.promotable:
+            self._campaign(pre_vote=self.cfg.pre_vote)
+
+    def _tick_primary(self) -> None:
+        self.heartbeat_elapsed += 1
+        self.election_elapsed += 1
+        for pr in self.progress.values():
+            if pr.state is ProgressState.SNAPSHOT:
+                pr.snapshot_ticks += 1
+                if pr.snapshot_ticks > self.cfg.election_ticks_max:
+                    pr.become_probe()  # the snapshot got lost: try again
+        if self.election_elapsed >= self.cfg.election_ticks_min:
+            self.election_elapsed = 0
+            if self.cfg.check_quorum and not self._quorum_active():
+                # Dissertation §6.2: we cannot reach a majority; stop claiming to lead.
+                self._become_backup(self.term, NONE)
+                return
+            if self.lead_transferee != NONE:
+                self.lead_transferee = NONE  # transfer did not finish in time: abort it
+        if self.heartbeat_elapsed >= self.cfg.heartbeat_ticks:
+            self.heartbeat_elapsed = 0
+            self._broadcast_heartbeat()
+
+    def _quorum_active(self) -> bool:
+        active = 0
+        for pid in self.membership.voters:
+            pr = self.progress.get(pid)
+            if pid == self.id or (pr is not None and pr.recent_active):
+                active += 1
+        for pid, pr in self.progress.items():
+            pr.recent_active = pid == self.id
+        return active >= self.quorum()
+
+    def propose(self, data: bytes) -> int | None:
+        """Append a command. On the primary, returns its log index (the command is
+        committed when ``committed`` of a Ready reaches it). On a backup that knows
+        the primary, forwards the command and returns None: the caller recognises it
+        when it is applied. Raises :class:`Refused` otherwise."""
+        if self.role is Role.PRIMARY:
+            self._check_can_append(len(data))
+            return self._append_local(EntryKind.COMMAND, data)
+        if self.leader != NONE:
+            self._forward_buf.append(data)
+            return None
+        raise self._no_primary()
+
+    def _no_primary(self) -> Refused:
+        voters = len(self.membership.voters)
+        return Refused(
+            "no_primary",
+            f"no primary is known: an election is under way, or fewer than {self.quorum()} "
+            f"of the {voters} voting servers can reach each other",
+        )
+
+    def _check_can_append(self, size: int) -> None:
+        if self.lead_transferee != NONE:
+            raise Refused(
+                "transferring", f"leadership is moving to server {self.lead_transferee}", self.leader
+            )
+        uncommitted = self.log.bytes_between(self.commit + 1, self.log.last_index)
+        if uncommitted and uncommitted + size > self.cfg.max_uncommitted_bytes:
+            raise Refused("busy", f"{uncommitted} bytes are waiting for commit; try again", self.leader)
+
+    def _append_local(self, kind: int, data: bytes) -> int:
+        index = self.log.last_index + 1
+        entry = Entry(index, self.term, kind, data)
+        self.log.append((entry,))
+        if kind == EntryKind.CONFIG:
+            self._set_membership(index, Membership.decode(data))
+        return index
+
+    def read_index(self, request_id: int) -> None:
+        """Ask for a linearizable read without writing to the log. A ReadState with
+        this request id comes out in a later Ready (or never, if leadership is lost:
+        the caller times out and retries). On a backup the primary is asked."""
+        if type(request_id) is not int:
+            raise TypeError("request_id must be an int")
+        if self.role is Role.PRIMARY:
+            self._primary_read(self.id, request_id)
+        elif self.leader != NONE:
+            self._send(ReadIndex(term=self.term, server_id=self.id, to=self.leader, request_id=request_id))
+        else:
+            raise self._no_primary()
+
+    def _primary_read(self, origin: int, request_id: int) -> None:
+        if self.log.term(self.commit) != self.term:
+            # Dissertation §6.4 step 1: until an entry of its own term is committed,
+            # the primary does not know the latest commit index.
+            self._reads_need_commit.append((origin, request_id))
+        elif self.membership.voters == {self.id}:
+            self._deliver_read(origin, request_id, self.commit)
+        else:
+            self._reads_unsent.append((origin, request_id, self.commit))
+
+    def _deliver_read(self, origin: int, request_id: int, index: int) -> None:
+        if origin == self.id:
+            self._reads_out.append(ReadState(request_id, index))
+        else:
+            self._send(
+                ReadIndexResp(term=self.term, server_id=self.id, to=origin, request_id=request_id, index=index)
+            )
+
+    def _release_reads(self) -> None:
+        """Serve every pending read whose heartbeat round a quorum has answered."""
+        if not self._reads_pending:
+            return
+        acked = sorted(
+            (self.read_ctx if pid == self.id else self.progress[pid].acked_ctx)
+            for pid in self.membership.voters
+            if pid in self.progress
+        )
+        if len(acked) < self.quorum():
+            return
+        confirmed = acked[len(acked) - self.quorum()]
+        pending = self._reads_pending
+        while pending and pending[0][0] <= confirmed:
+            _, origin, req, index = pending.popleft()
+            self._deliver_read(origin, req, index)
+
+    # ---- leadership transfer (dissertation §3.10)
+    def transfer_leadership(self, target: int) -> None:
+        if self.role is not Role.PRIMARY:
+            raise Refused("not_primary", "only the primary can hand over leadership", self.leader)
+        if target == self.id:
+            return
+        if target not in self.membership.voters:
+            raise Refused("invalid", f"server {target} is not a voting member")
+        if self.lead_transferee == target:
+            return
+        self.lead_transferee = target
+        self.election_elapsed = 0  # the transfer must finish within an election timeout
+        if self.progress[target].match == self.log.last_index:
+            self._send(TimeoutNow(term=self.term, server_id=self.id, to=target))
+
+    def most_caught_up(self) -> int:
+        """The voter (not this node) with the longest matching log, or 0."""
+        best, best_match = NONE, -1
+        for pid in sorted(self.membership.voters):
+            pr = self.progress.get(pid)
+            if pid != self.id and pr is not None and pr.match > best_match:
+                best, best_match = pid, pr.match
+        return best
+
+    # ---- membership changes, one server at a time (dissertation §4.1)
+    def add_learner(self, node_id: int) -> int:
+        self._require_primary()
+        if type(node_id) is not int or node_id <= 0:
+            raise Refused("invalid", "server ids are positive integers")
+        m = self.membership
+        if node_id in m.members:
+            raise Refused("invalid", f"server {node_id} is already a member")
+        return self._change_membership(Membership(m.voters, m.learners | {node_id}))
+
+    def promote(self, node_id: int) -> int:
+        self._require_primary()
+        m = self.membership
+        if node_id not in m.learners:
+            raise Refused("invalid", f"server {node_id} is not a learner")
+        pr = self.progress[node_id]
+        lag = self.log.last_index - pr.match
+        if pr.match == 0 or lag > self.cfg.promote_max_lag:
+            raise Refused("not_caught_up", f"server {node_id} is {lag} entries behind; try later")
+        return self._change_membership(Membership(m.voters | {node_id}, m.learners - {node_id}))
+
+    def remove(self, node_id: int) -> int:
+        self._require_primary()
+        m = self.membership
+        if node_id not in m.members:
+            raise Refused("invalid", f"server {node_id} is not a member")
+        voters = m.voters - {node_id}
+        if not voters:
+            raise Refused("invalid", "cannot remove the last voting member")
+        return self._change_membership(Membership(voters, m.learners - {node_id}))
+
+    def _require_primary(self) -> None:
+        if self.role is not Role.PRIMARY:
+            raise Refused("not_primary", "membership changes go to the primary", self.leader)
+
+    def _change_membership(self, new: Membership) -> int:
+        self._require_primary()
+        if self.pending_conf_index > self.commit:
+            raise Refused("change_pending", "a membership change is already in progress")
+        if self.log.term(self.commit) != self.term:
+            # The single-server change bug fix (raft-dev, 2015): a primary must commit an
+            # entry of its own term before it changes the configuration.
+            raise Refused("not_ready", "the primary has not committed an entry of its term yet")
+        data = new.encode()
+        self._check_can_append(len(data))
+        index = self._append_local(EntryKind.CONFIG, data)
+        self.pending_conf_index = index
+        return index
+
+    def _set_membership(self, index: int, membership: Membership) -> None:
+        self._configs.append((index, membership))
+        self._membership_became(membership)
+
+    def _membership_became(self, membership: Membership) -> None:
+        self.membership = membership
+        self._membership_changed = True
+        if self.role is Role.PRIMARY:
+            for pid in list(self.progress):
+                if pid not in membership.members:
+                    del self.progress[pid]
+            for pid in membership.members:
+                pr = self.progress.get(pid)
+                if pr is None:
+                    pr = self.progress[pid] = Progress(self.log.last_index + 1)
+                    if pid == self.id:
+                        pr.match = self._persisted
+                pr.is_learner = pid in membership.learners
+            if self.lead_transferee not in membership.voters:
+                self.lead_transferee = NONE
+
+    def _membership_at(self, index: int) -> Membership:
+        found = self.log.snapshot.membership
+        for i, m in self._configs:
+            if i > index:
+                break
+            found = m
+        return found
+
+    # ---- snapshots
+    def compact(self, index: int) -> None:
+        """The caller took a snapshot of the applied state at ``index``: forget the
+        log up to it. Followers that need those entries will get the snapshot."""
+        if index <= self.log.snapshot.index:
+            return
+        if index > self.applied:
+            raise ValueError(f"snapshot at {index} is beyond the applied index {self.applied}")
+        meta = SnapshotMeta(index, self.log.term(index), self._membership_at(index))  # type: ignore[arg-type]
+        self.log.compact(meta)
+        self._configs = [(i, m) for i, m in self._configs if i > index]
+
+    def report_snapshot(self, node_id: int, ok: bool) -> None:
+        """The caller finished (or failed) sending a snapshot to ``node_id``."""
+        pr = self.progress.get(node_id)
+        if self.role is Role.PRIMARY and pr is not None and pr.state is ProgressState.SNAPSHOT:
+            if not ok:
+                pr.pending_snapshot = 0
+            pr.become_probe()
+            pr.probe_sent = ok  # after success, wait for the follower's answer
+
+    def report_unreachable(self, node_id: int) -> None:
+        """The link to ``node_id`` broke: stop pipelining to it, probe instead."""
+        pr = self.progress.get(node_id)
+        if self.role is Role.PRIMARY and pr is not None and pr.state is ProgressState.REPLICATE:
+            pr.become_probe()
+
+    # ------------------------------------------------------------------ messages
+    def step(self, m: Message) -> None:
+        """Take one message from a peer. Raises :class:`MessageError` for a message
+        that is malformed or impossible; the node's state is then unchanged."""
+        validate(m, self.id)
+        self._check_against_state(m)
+        if m.term > self.term:
+            if type(m) is RequestVote:
+                in_lease = (
+                    self.cfg.check_quorum
+                    and self.leader != NONE
+                    and self.election_elapsed < self.cfg.election_ticks_min
+                )
+                if in_lease and not m.transfer:
+                    # Dissertation §4.2.3: while we hear from a primary, a vote request
+                    # is from a disruptive server; ignore it (and keep our term).
+                    return
+            if type(m) is RequestVote and m.pre_vote:
+                pass  # a pre-vote never changes anybody's term
+            elif type(m) is VoteResponse and m.pre_vote and m.granted:
+                pass  # the term moves when the real election starts
+            else:
+                from_leader = type(m) in (Replicate, Heartbeat, InstallSnapshot)
+                self._become_backup(m.term, m.server_id if from_leader else NONE)
+        elif m.term < self.term:
+            if (self.cfg.check_quorum or self.cfg.pre_vote) and type(m) in (Heartbeat, Replicate):
+                # A stale primary (maybe cut off while we moved on) learns our term and
+                # steps down; without this, pre-vote and check-quorum could leave it stuck.
+                self._send(HeartbeatAck(term=self.term, server_id=self.id, to=m.server_id))
+            elif type(m) is RequestVote and m.pre_vote:
+                self._send(
+                    VoteResponse(term=self.term, server_id=self.id, to=m.server_id, granted=False, pre_vote=True)
+                )
+            return  # anything else from an older term is ignored
+
+        if type(m) is RequestVote:
+            self._handle_vote_request(m)
+        elif self.role is Role.PRIMARY:
+            self._step_primary(m)
+        elif self.role is Role.CANDIDATE:
+            self._step_candidate(m)
+        else:
+            self._step_backup(m)
+
+    def _check_against_state(self, m: Message) -> None:
+        """Reject what an honest peer cannot send us, before anything changes."""
+        t = type(m)
+        if m.term < self.term:
+            return  # stale messages are ignored anyway
+        if t is Heartbeat and m.commit > self.log.last_index:  # type: ignore[attr-defined]
+            # A primary sends min(match, commit): never beyond what we hold.
+            raise MessageError(f"HEARTBEAT commit {m.commit} is beyond our last entry {self.log.last_index}")  # type: ignore[attr-defined]
+        if m.term != self.term or self.role is not Role.PRIMARY:
+            return
+        if t is Replicate or t is Heartbeat or t is InstallSnapshot:
+            raise MessageError(f"server {m.server_id} claims to be primary of term {m.term}, which is ours")
+        if t is ReplicateAck and m.index > self.log.last_index:  # type: ignore[attr-defined]
+            raise MessageError(f"REPLICATE_ACK for index {m.index} beyond our last entry {self.log.last_index}")  # type: ignore[attr-defined]
+
+    def _handle_vote_request(self, m: RequestVote) -> None:
+        can_vote = (
+            self.vote == m.server_id
+            or (self.vote == NONE and self.leader == NONE)
+            or (m.pre_vote and m.term > self.term)
+        )
+        if can_vote and self.log.is_up_to_date(m.last_index, m.last_term):
+            # Raft §5.4.1: only a candidate whose log is at least as up to date as ours.
+            self._send(
+                VoteResponse(term=m.term, server_id=self.id, to=m.server_id, granted=True, pre_vote=m.pre_vote)
+            )
+            if not m.pre_vote:
+                # One vote per term; it is in the hard state of the same Ready, so it
+                # is on disk before this response leaves.
+                self.vote = m.server_id
+                self.election_elapsed = 0
+        else:
+            self._send(
+                VoteResponse(term=self.term, server_id=self.id, to=m.server_id, granted=False, pre_vote=m.pre_vote)
+            )
+
+    def _step_backup(self, m: Message) -> None:
+        t = type(m)
+        if t is Replicate or t is Heartbeat or t is InstallSnapshot:
+            self.election_elapsed = 0
+            self.leader = m.server_id
+            if t is Replicate:
+                self._handle_replicate(m)  # type: ignore[arg-type]
+            elif t is Heartbeat:
+                self._handle_heartbeat(m)  # type: ignore[arg-type]
+            else:
+                self._handle_snapshot(m)  # type: ignore[arg-type]
+        elif t is TimeoutNow:
+            if self.promotable:
+                self._campaign(pre_vote=False, transfer=True)
+        elif t is ReadIndexResp:
+            self._reads_out.append(ReadState(m.request_id, m.index))  # type: ignore[attr-defined]
+        # FORWARD, READ_INDEX (we are not primary) and answers meant for a primary or a
+        # candidate are dropped: the sender times out and retries.
+
+    def _step_candidate(self, m: Message) -> None:
+        t = type(m)
+        if t is Replicate or t is Heartbeat or t is InstallSnapshot:
+            # Somebody won this term (Raft §5.2).
+            self._become_backup(m.term, m.server_id)
+            self._step_backup(m)
+        elif t is VoteResponse:
+            if m.pre_vote != self.pre_campaign:  # type: ignore[attr-defined]
+                return  # an answer to an earlier phase
+            if m.server_id not in self.membership.voters:
+                return
+            self.votes.setdefault(m.server_id, m.granted)  # type: ignore[attr-defined]
+            granted, rejected = self._tally()
+            if granted >= self.quorum():
+                self._won_election()
+            elif rejected >= self.quorum():
+                self._become_backup(self.term, NONE)
+
+    def _step_primary(self, m: Message) -> None:
+        t = type(m)
+        if t is Forward:
+            for data in m.commands:  # type: ignore[attr-defined]
+                try:
+                    self._check_can_append(len(data))
+                except Refused:
+                    return  # dropped; the backup times out and retries
+                self._append_local(EntryKind.COMMAND, data)
+            return
+        pr = self.progress.get(m.server_id)
+        if pr is None:
+            return  # not (or no longer) a member: drop
+        if t is ReplicateAck:
+            self._handle_replicate_ack(m, pr)  # type: ignore[arg-type]
+        elif t is HeartbeatAck:
+            self._handle_heartbeat_ack(m, pr)  # type: ignore[arg-type]
+        elif t is ReadIndex:
+            self._primary_read(m.server_id, m.request_id)  # type: ignore[attr-defined]
+
+    # ---- backup side of replication
+    def _handle_replicate(self, m: Replicate) -> None:
+        if m.prev_index < self.commit:
+            # Everything up to our commit index already matches the primary.
+            self._ack(m.server_id, self.commit)
+            return
+        if not self.log.match_term(m.prev_index, m.prev_term):
+            # Raft §5.3 consistency check failed. Hint where our log may match, a
+            # whole term at a time (the "fast backup" of the Raft paper, §5.3 end).
+            hint_index, hint_term = self.log.find_conflict_by_term(m.prev_index, m.prev_term)
+            self._send(
+                ReplicateAck(
+                    term=self.term,
+                    server_id=self.id,
+                    to=m.server_id,
+                    index=m.prev_index,
+                    reject=True,
+                    hint_index=hint_index,
+                    hint_term=hint_term,
+                )
+            )
+            return
+        entries = m.entries
+        last_new = m.prev_index + len(entries)
+        if entries:
+            # The conflict is after prev_index >= commit: a committed entry is never replaced.
+            conflict = self.log.find_conflict(entries)
+            if conflict:
+                self._append_from(entries[conflict - entries[0].index :])
+        self._commit_to(min(m.commit, last_new))
+        self._ack(m.server_id, last_new)
+
+    def _ack(self, to: int, index: int) -> None:
+        self._send(ReplicateAck(term=self.term, server_id=self.id, to=to, index=index))
+
+    def _append_from(self, entries: Sequence[Entry]) -> None:
+        """Append entries, first dropping any suffix of ours that conflicts with them."""
+        first = entries[0].index
+        if first <= self.log.last_index:
+            self.log.truncate_after(first - 1)
+            self._unsaved_from = min(self._unsaved_from, first)
+            self._persisted = min(self._persisted, first - 1)
+            if self._configs and self._configs[-1][0] >= first:
+                while self._configs and self._configs[-1][0] >= first:
+                    self._configs.pop()
+                self._membership_became(self._configs[-1][1] if self._configs else self.log.snapshot.membership)
+        self.log.append(entries)
+        for e in entries:
+            if e.kind == EntryKind.CONFIG:
+                self._set_membership(e.index, Membership.decode(e.data))
+
+    def _commit_to(self, index: int) -> None:
+        if index > self.commit:
+            self.commit = index
+
+    def _handle_heartbeat(self, m: Heartbeat) -> None:
+        self._commit_to(m.commit)
+        self._send(HeartbeatAck(term=self.term, server_id=self.id, to=m.server_id, ctx=m.ctx))
+
+    def _handle_snapshot(self, m: InstallSnapshot) -> None:
+        s = m.snapshot
+        if s.index <= self.commit:
+            self._ack(m.server_id, self.commit)
+            return
+        if self.log.match_term(s.index, s.term):
+            # We already hold the snapshot's last entry: just learn that it is committed.
+            self._commit_to(s.index)
+            self._ack(m.server_id, self.commit)
+            return
+        self.log.restore(s)
+        self._configs = []
+        self._membership_became(s.membership)
+        self.commit = s.index
+        self._snapshot_out = s
+        self._unsaved_from = s.index + 1
+        self._persisted = 0  # nothing of the new log is durable until the snapshot is
+        self._apply_from = s.index + 1
+        self._ack(m.server_id, s.index)
+
+    # ---- primary side of replication
+    def _handle_replicate_ack(self, m: ReplicateAck, pr: Progress) -> None:
+        pr.recent_active = True
+        if m.reject:
+            match_hint = m.hint_index
+            if m.hint_term > 0:
+                match_hint = self.log.find_conflict_by_term(m.hint_index, m.hint_term)[0]
+            if pr.maybe_decrease_to(m.index, match_hint) and pr.state is ProgressState.REPLICATE:
+                pr.become_probe()
+            return
+        if not pr.maybe_update(m.index):
+            return
+        if pr.state is ProgressState.PROBE:
+            pr.become_replicate()
+        elif pr.state is ProgressState.SNAPSHOT and pr.match + 1 >= self.log.first_index:
+            pr.become_probe()
+            pr.become_replicate()
+        self._maybe_commit()
+        if m.server_id == self.lead_transferee and pr.match == self.log.last_index:
+            self._send(TimeoutNow(term=self.term, server_id=self.id, to=m.server_id))
+
+    def _handle_heartbeat_ack(self, m: HeartbeatAck, pr: Progress) -> None:
+        pr.recent_active = True
+        pr.probe_sent = False
+        if pr.match < self.log.last_index and pr.state is not ProgressState.SNAPSHOT:
+            if pr.state is ProgressState.REPLICATE and pr.is_paused(
+                self.cfg.max_inflight_msgs, self.cfg.max_inflight_bytes
+            ):
+                # Something we sent may be lost: free a slot so a probe gets through.
+                pr.inflight_bytes -= pr.inflight.popleft()[1]
+            self._send_append(m.server_id, pr, allow_empty=True)
+        if m.ctx > pr.acked_ctx:
+            pr.acked_ctx = m.ctx
+            self._release_reads()
+
+    def _maybe_commit(self) -> bool:
+        """Raft §5.3/§5.4.2: commit the highest index a quorum of voters holds, but
+        only by counting replicas of an entry of the current term."""
+        voters = self.membership.voters
+        matches = sorted(self.progress[pid].match for pid in voters if pid in self.progress)
+        q = self.quorum()
+        if len(matches) < q:
+            return False
+        index = matches[len(matches) - q]
+        if index <= self.commit or self.log.term(index) != self.term:
+            return False
+        was_committed_in_term = self.log.term(self.commit) == self.term
+        self.commit = index
+        if not was_committed_in_term and self._reads_need_commit:
+            waiting, self._reads_need_commit = self._reads_need_commit, []
+            for origin, req in waiting:
+                self._primary_read(origin, req)
+        if self.id not in voters and self._configs and self._configs[-1][0] <= index:
+            # Our own removal is committed (dissertation §4.2.2): hand over and step down.
+            successor = self.most_caught_up()
+            if successor != NONE:
+                self._send(TimeoutNow(term=self.term, server_id=self.id, to=successor))
+            self._become_backup(self.term, NONE)
+        return True
+
+    def _send_append(self, pid: int, pr: Progress, *, allow_empty: bool) -> bool:
+        """Send the next REPLICATE (or the snapshot) to ``pid``; False if nothing was sent."""
+        log = self.log
+        prev = pr.next - 1
+        prev_term = log.term(prev)
+        if prev_term is None:
+            # The entries it needs were compacted: it needs the snapshot (Raft §7).
+            pr.become_snapshot(log.snapshot.index)
+            self._send(InstallSnapshot(term=self.term, server_id=self.id, to=pid, snapshot=log.snapshot))
+            return True
+        entries = log.slice_bytes(pr.next, self.cfg.max_msg_bytes) if pr.next <= log.last_index else ()
+        if not entries and not allow_empty:
+            return False
+        self._send(
+            Replicate(
+                term=self.term,
+                server_id=self.id,
+                to=pid,
+                prev_index=prev,
+                prev_term=prev_term,
+                entries=entries,
+                commit=self.commit,
+            )
+        )
+        pr.sent_commit = self.commit
+        if entries:
+            pr.sent(entries[-1].index, log.bytes_between(entries[0].index, entries[-1].index))
+        elif pr.state is ProgressState.PROBE:
+            pr.probe_sent = True
+        return True
+
+    def _broadcast_heartbeat(self) -> None:
+        for pid, pr in self.progress.items():
+            if pid != self.id:
+                self._send(
+                    Heartbeat(
+                        term=self.term,
+                        server_id=self.id,
+                        to=pid,
+                        commit=min(pr.match, self.commit),
+                        ctx=self.read_ctx,
+                    )
+                )
+
+    def _send(self, m: Message) -> None:
+        self._outbox.append(m)
+
+    # ------------------------------------------------------------------ output
+    def _flush(self) -> None:
+        """Turn what accumulated since the last Ready into messages: batches of
+        entries for every follower (pipelined up to the in-flight limits), commit
+        updates, one heartbeat round for new reads, one FORWARD per batch."""
+        if self.role is Role.PRIMARY:
+            if self._reads_unsent:
+                self.read_ctx += 1
+                for origin, req, index in self._reads_unsent:
+                    self._reads_pending.append((self.read_ctx, origin, req, index))
+                self._reads_unsent.clear()
+                self._broadcast_heartbeat()
+            max_msgs, max_bytes = self.cfg.max_inflight_msgs, self.cfg.max_inflight_bytes
+            for pid, pr in self.progress.items():
+                if pid == self.id:
+                    continue
+                sent = False
+                while not pr.is_paused(max_msgs, max_bytes) and self._send_append(pid, pr, allow_empty=False):
+                    sent = True
+                if not sent and pr.sent_commit < self.commit and not pr.is_paused(max_msgs, max_bytes):
+                    self._send_append(pid, pr, allow_empty=True)  # tell it the new commit index
+        elif self._forward_buf:
+            if self.leader != NONE:
+                self._send(
+                    Forward(term=self.term, server_id=self.id, to=self.leader, commands=tuple(self._forward_buf))
+                )
+            self._forward_buf.clear()
+
+    def has_ready(self) -> bool:
+        self._flush()
+        return bool(
+            self._outbox
+            or self._reads_out
+            or self._snapshot_out is not None
+            or self._unsaved_from <= self.log.last_index
+            or self._apply_from <= self.commit
+            or self._membership_changed
+            or self._prev_hard != HardState(self.term, self.vote, self.commit)
+            or self._prev_soft != SoftState(self.role, self.leader, self.term)
+        )
+
+    def ready(self) -> Ready:
+        assert self._outstanding is None, "advance() the previous Ready first"
+        self._flush()
+        log = self.log
+        last = log.last_index
+        entries = tuple(log.slice(self._unsaved_from, last)) if self._unsaved_from <= last else ()
+        committed = tuple(log.slice(self._apply_from, self.commit)) if self._apply_from <= self.commit else ()
+        hs = HardState(self.term, self.vote, self.commit)
+        ss = SoftState(self.role, self.leader, self.term)
+        rd = Ready(
+            hard_state=hs if hs != self._prev_hard else None,
+            soft_state=ss if ss != self._prev_soft else None,
+            snapshot=self._snapshot_out,
+            entries=entries,
+            messages=tuple(self._outbox),
+            committed=committed,
+            reads=tuple(self._reads_out),
+            membership=self.membership if self._membership_changed else None,
+        )
+        self._prev_hard, self._prev_soft = hs, ss
+        self._outbox = []
+        self._reads_out = []
+        self._snapshot_out = None
+        self._membership_changed = False
+        self._unsaved_from = last + 1
+        self._apply_from = max(self._apply_from, self.commit + 1)
+        self._outstanding = rd
+        return rd
+
+    def advance(self, rd: Ready) -> None:
+        """The caller persisted, sent and applied everything in ``rd``."""
+        assert rd is self._outstanding, "advance() takes the Ready that ready() returned"
+        self._outstanding = None
+        if rd.snapshot is not None:
+            self.applied = max(self.applied, rd.snapshot.index)
+            if self.log.snapshot is rd.snapshot:
+                self._persisted = max(self._persisted, rd.snapshot.index)
+        if rd.entries:
+            last = rd.entries[-1]
+            if self.log.term(last.index) == last.term:
+                self._persisted = max(self._persisted, last.index)
+        if rd.committed:
+            self.applied = max(self.applied, rd.committed[-1].index)
+        if self.role is Role.PRIMARY:
+            me = self.progress.get(self.id)
+            if me is not None and self._persisted > me.match:
+                me.match = self._persisted
+                self._maybe_commit()

@@ -1,0 +1,139 @@
+"""Checks that a peer message is well formed before the core looks at it.
+
+A message that fails raises :class:`MessageError` and changes nothing. These are
+the checks that need no state; checks against the node's own log (an index
+beyond its last entry, say) are made in ``RaftNode.step`` before any change.
+Messages decoded from JSON by msgspec already have the right types; messages
+built in memory (the simulator's liars) may not, so types are checked here too.
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+from .messages import (
+    MESSAGE_TYPES,
+    Entry,
+    EntryKind,
+    Forward,
+    Heartbeat,
+    HeartbeatAck,
+    InstallSnapshot,
+    Membership,
+    Message,
+    MessageError,
+    ReadIndex,
+    ReadIndexResp,
+    Replicate,
+    ReplicateAck,
+    RequestVote,
+    SnapshotMeta,
+    VoteResponse,
+)
+
+_KNOWN = frozenset(MESSAGE_TYPES.values())
+_KINDS = frozenset(int(k) for k in EntryKind)
+
+
+def _count(m: Message, name: str, value: object) -> int:
+    if type(value) is not int or value < 0:
+        raise MessageError(f"{m.type}: {name} must be a non-negative integer, got {value!r}")
+    return value
+
+
+def _flag(m: Message, name: str, value: object) -> None:
+    if type(value) is not bool:
+        raise MessageError(f"{m.type}: {name} must be true or false, got {value!r}")
+
+
+def _ids(m: Message, name: str, value: object) -> None:
+    if type(value) is not frozenset or any(type(i) is not int or i <= 0 for i in value):
+        raise MessageError(f"{m.type}: {name} must be a set of server ids")
+
+
+def validate(m: object, self_id: int) -> None:
+    if type(m) not in _KNOWN:
+        raise MessageError(f"not a peer message: {type(m).__name__}")
+    assert isinstance(m, Message)
+    term = _count(m, "term", m.term)
+    sender = m.server_id
+    if type(sender) is not int or sender <= 0:
+        raise MessageError(f"{m.type}: server_id must be a positive integer, got {sender!r}")
+    if sender == self_id:
+        raise MessageError(f"{m.type}: server {sender} is this server")
+    if m.to != self_id:
+        raise MessageError(f"{m.type}: addressed to server {m.to!r}, this is server {self_id}")
+
+    t = type(m)
+    if t is Replicate:
+        prev_index = _count(m, "prev_index", m.prev_index)
+        prev_term = _count(m, "prev_term", m.prev_term)
+        _count(m, "commit", m.commit)
+        if prev_term > term:
+            raise MessageError(f"REPLICATE: prev_term {prev_term} is after the message's term {term}")
+        if (prev_index == 0) != (prev_term == 0):
+            raise MessageError("REPLICATE: only index 0 has term 0")
+        entries = m.entries
+        if type(entries) is not tuple:
+            raise MessageError("REPLICATE: entries must be a list")
+        expect, last_term = prev_index + 1, prev_term
+        for e in entries:
+            if type(e) is not Entry:
+                raise MessageError(f"REPLICATE: not an entry: {e!r}")
+            if e.index != expect:
+                raise MessageError(f"REPLICATE: entry {e.index!r} where {expect} belongs")
+            if type(e.term) is not int or not last_term <= e.term <= term:
+                raise MessageError(f"REPLICATE: entry {expect} has impossible term {e.term!r}")
+            if e.kind not in _KINDS or type(e.data) is not bytes:
+                raise MessageError(f"REPLICATE: entry {expect} is malformed")
+            if e.kind == EntryKind.CONFIG:
+                _membership(m, e.data)
+            expect, last_term = expect + 1, e.term
+    elif t is ReplicateAck:
+        _count(m, "index", m.index)
+        _flag(m, "reject", m.reject)
+        _count(m, "hint_index", m.hint_index)
+        _count(m, "hint_term", m.hint_term)
+    elif t is Heartbeat:
+        _count(m, "commit", m.commit)
+        _count(m, "ctx", m.ctx)
+    elif t is HeartbeatAck:
+        _count(m, "ctx", m.ctx)
+    elif t is RequestVote:
+        _count(m, "last_index", m.last_index)
+        if _count(m, "last_term", m.last_term) > term:
+            raise MessageError("REQUEST_VOTE: last_term is after the election's term")
+        _flag(m, "pre_vote", m.pre_vote)
+        _flag(m, "transfer", m.transfer)
+    elif t is VoteResponse:
+        _flag(m, "granted", m.granted)
+        _flag(m, "pre_vote", m.pre_vote)
+    elif t is InstallSnapshot:
+        s = m.snapshot
+        if type(s) is not SnapshotMeta or type(s.membership) is not Membership:
+            raise MessageError("INSTALL_SNAPSHOT: snapshot metadata missing")
+        if _count(m, "snapshot.index", s.index) == 0 or not 0 < _count(m, "snapshot.term", s.term) <= term:
+            raise MessageError("INSTALL_SNAPSHOT: impossible snapshot index or term")
+        _ids(m, "voters", s.membership.voters)
+        _ids(m, "learners", s.membership.learners)
+    elif t is Forward:
+        if type(m.commands) is not tuple or any(type(c) is not bytes for c in m.commands):
+            raise MessageError("FORWARD: commands must be a list of byte strings")
+    elif t is ReadIndex:
+        if type(m.request_id) is not int:
+            raise MessageError("READ_INDEX: request_id must be an integer")
+    elif t is ReadIndexResp:
+        if type(m.request_id) is not int:
+            raise MessageError("READ_INDEX_RESP: request_id must be an integer")
+        _count(m, "index", m.index)
+
+
+def _membership(m: Message, data: bytes) -> None:
+    try:
+        ms = Membership.decode(data)
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise MessageError(f"{m.type}: bad membership entry: {exc}") from None
+    _ids(m, "voters", ms.voters)
+    _ids(m, "learners", ms.learners)
+    if not ms.voters or ms.voters & ms.learners:
+        raise MessageError(f"{m.type}: impossible membership {ms!r}")

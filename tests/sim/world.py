@@ -1,0 +1,762 @@
+"""A deterministic simulation of a chorus cluster's consensus, driven by one seed.
+
+One seed decides everything (after TigerBeetle's VOPR): the cluster size, how
+lossy, slow, duplicating and reordering the network is, each node's clock rate,
+how slow its disk is, and a schedule of faults: crashes and restarts (including
+a crash after persisting and before sending), partitions (symmetric, one-way, a
+bridge node that sees both sides), membership changes, snapshots, leadership
+transfers and lying peers, with clients proposing and reading all along.
+
+Safety is checked after every event; then everything is healed and the cluster
+must elect a primary, commit a new proposal and converge within a bound of
+simulated time. A failure names its seed; ``make sim SEED=n`` replays it with a
+trace of every event.
+"""
+
+from __future__ import annotations
+
+import heapq
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import msgspec
+
+from chorus.raft import (
+    Entry,
+    EntryKind,
+    Heartbeat,
+    InstallSnapshot,
+    Membership,
+    Message,
+    MessageError,
+    RaftConfig,
+    RaftNode,
+    Ready,
+    Refused,
+    Replicate,
+    ReplicateAck,
+    RequestVote,
+    Role,
+    VoteResponse,
+)
+
+from .storage import AppState, SimStorage
+
+MS = 1_000  # the simulation counts microseconds
+SEC = 1_000_000
+
+# Event kinds.
+TICK, DELIVER, IO_DONE, CLIENT, NEMESIS, RESTART, LIVENESS_PROBE = range(7)
+
+
+FAULTS = ("crash", "restart", "partition", "heal", "snapshot", "membership", "transfer", "lie", "clock")
+
+
+class SimFailure(AssertionError):
+    """A safety or liveness property was violated."""
+
+
+@dataclass
+class Params:
+    """Everything about a run that the seed decides."""
+
+    nodes: int
+    loss: float
+    dup: float
+    delay_us: tuple[int, int]
+    spike: float  # chance that a message is held back for up to a second (reordering)
+    disk_us: tuple[int, int]
+    rates: dict[int, float]  # clock rate per node
+    safety_us: int
+    fault_gap_us: int
+    client_gap_us: int
+    crash_in_io: float  # chance, per persisted Ready, of a crash before its messages leave
+    faults: dict[str, int]  # relative weight of each kind of fault in this run
+    compact_every: int  # a node snapshots when this many entries follow its last snapshot (0: never)
+    config: RaftConfig = field(default_factory=RaftConfig)
+
+    @classmethod
+    def from_seed(cls, seed: int) -> Params:
+        r = random.Random(seed)
+        nodes = r.choice((3, 3, 5, 5, 5))
+        lo = r.choice((100, 500, 2 * MS))
+        return cls(
+            nodes=nodes,
+            loss=r.choice((0.0, 0.01, 0.05, 0.1, 0.2, 0.3)),
+            dup=r.choice((0.0, 0.0, 0.02, 0.1)),
+            delay_us=(lo, lo + r.choice((1, 5, 20, 60)) * MS),
+            spike=r.choice((0.0, 0.001, 0.01)),
+            disk_us=(0, r.choice((100, 2 * MS, 10 * MS))),
+            rates={i: r.uniform(0.7, 1.3) for i in range(1, 16)},
+            safety_us=r.randint(6, 20) * SEC,
+            fault_gap_us=r.choice((200, 700, 1500, 3000)) * MS,
+            client_gap_us=r.choice((5, 20, 80)) * MS,
+            crash_in_io=r.choice((0.0, 0.0005, 0.003)),
+            faults={kind: r.choice((0, 1, 2, 4)) for kind in FAULTS},
+            compact_every=r.choice((0, 10, 50, 200)),
+        )
+
+    def __str__(self) -> str:
+        return (
+            f"nodes={self.nodes} loss={self.loss} dup={self.dup} delay={self.delay_us[0]}-{self.delay_us[1]}us "
+            f"spike={self.spike} disk<={self.disk_us[1]}us safety={self.safety_us / SEC:.0f}s "
+            f"fault_gap={self.fault_gap_us / MS:.0f}ms client_gap={self.client_gap_us / MS:.0f}ms "
+            f"crash_in_io={self.crash_in_io} compact_every={self.compact_every} faults="
+            + ",".join(f"{k}:{w}" for k, w in self.faults.items() if w)
+        )
+
+
+class SimNode:
+    def __init__(self, node_id: int, bootstrap: Membership, rate: float) -> None:
+        self.id = node_id
+        self.bootstrap = bootstrap
+        self.storage = SimStorage()
+        self.raft: RaftNode | None = None
+        self.gen = 0  # incarnation: events scheduled for an earlier one are void
+        self.tick_us = 0
+        self.rate = rate
+        self.outstanding: Ready | None = None
+        self.incoming: dict[int, AppState] = {}  # snapshot states received, by index
+        self.seen_commit = 0
+        self.primary_checked = 0  # the last term in which we checked it as a new primary
+        self.retired = False
+        self.reads: list[tuple[int, int]] = []  # (request id, index) awaiting apply
+        self.proposals: dict[bytes, int] = {}  # data -> client op id, proposed through this node
+
+    @property
+    def up(self) -> bool:
+        return self.raft is not None
+
+
+@dataclass
+class ClientOp:
+    op_id: int
+    kind: str  # "write" or "read"
+    node: int
+    start: int
+    data: bytes = b""
+    acked_at: int = -1
+    index: int = 0
+    floor: int = 0  # reads: the highest acknowledged write index when the read began
+
+
+class World:
+    def __init__(self, seed: int, *, trace: Callable[[str], None] | None = None) -> None:
+        self.seed = seed
+        self.p = Params.from_seed(seed)
+        self.rng = random.Random(seed * 7919 + 1)
+        self.trace_fn = trace
+        self.now = 0
+        self._seq = 0
+        self.queue: list[tuple[int, int, int, object, object]] = []
+        members = frozenset(range(1, self.p.nodes + 1))
+        self.nodes: dict[int, SimNode] = {
+            i: SimNode(i, Membership(voters=members), self.p.rates[i]) for i in members
+        }
+        self.blocked: set[tuple[int, int]] = set()  # (from, to) pairs that cannot talk
+        self.loss = self.p.loss
+        self.dup = self.p.dup
+        self.healed = False
+        # The checker's global knowledge.
+        self.primaries: dict[int, int] = {}  # term -> the one primary of that term
+        self.committed: dict[int, int] = {}  # index -> term of the entry committed there
+        self.applied: dict[int, tuple[int, int, bytes]] = {}  # index -> (term, kind, data) applied there
+        self.log_facts: dict[tuple[int, int], tuple[int, bytes, int]] = {}  # (index, term) -> (kind, data, prev term)
+        self.votes: dict[tuple[int, int], int] = {}  # (node, term) -> vote cast, as persisted
+        self.ops: list[ClientOp] = []
+        self.max_acked_index = 0
+        self.removals: list[tuple[int, int, int]] = []  # (config index, term, removed node)
+        self.next_node_id = self.p.nodes + 1
+        self.stats = {"delivered": 0, "dropped": 0, "crashes": 0, "elections": 0, "bad_input": 0,
+                      "reads": 0, "acked": 0, "snapshots_sent": 0, "changes": 0, "transfers": 0}
+        for node in self.nodes.values():
+            self._start(node)
+
+    # ------------------------------------------------------------------ plumbing
+    def trace(self, text: str) -> None:
+        if self.trace_fn is not None:
+            self.trace_fn(f"[{self.now / SEC:9.6f}] {text}")
+
+    def fail(self, text: str) -> None:
+        raise SimFailure(f"seed {self.seed} at {self.now / SEC:.6f}s: {text}")
+
+    def schedule(self, delay: int, kind: int, a: object = None, b: object = None) -> None:
+        self._seq += 1
+        heapq.heappush(self.queue, (self.now + delay, self._seq, kind, a, b))
+
+    def _start(self, node: SimNode) -> None:
+        node.gen += 1
+        node.raft = RaftNode(
+            node.id,
+            node.bootstrap,
+            config=self.p.config,
+            rng=random.Random(self.rng.getrandbits(64)),
+            persisted=node.storage.restore(),
+        )
+        node.seen_commit = node.raft.commit
+        node.tick_us = int(self.p.config.tick_ms * MS * node.rate)
+        node.outstanding = None
+        node.incoming.clear()
+        node.reads.clear()
+        self.schedule(self.rng.randrange(node.tick_us), TICK, node.id, node.gen)
+        self.trace(f"n{node.id} starts: {node.raft!r}")
+
+    def crash(self, node: SimNode, why: str) -> None:
+        if not node.up:
+            return
+        self.trace(f"n{node.id} CRASH ({why})")
+        self.stats["crashes"] += 1
+        node.raft = None
+        node.gen += 1
+        node.outstanding = None
+        node.proposals.clear()
+
+    # ------------------------------------------------------------------ the run
+    def run(self) -> dict[str, int]:
+        self.trace(f"seed {self.seed}: {self.p}")
+        self.schedule(self.p.client_gap_us, CLIENT)
+        self.schedule(self.p.fault_gap_us, NEMESIS)
+        self._run_until(self.p.safety_us)
+        self.heal()
+        self.liveness()
+        return self.stats
+
+    def _run_until(self, t_end: int, done: Callable[[], bool] | None = None) -> bool:
+        q = self.queue
+        while q and q[0][0] <= t_end:
+            t, _, kind, a, b = heapq.heappop(q)
+            self.now = t
+            self._dispatch(kind, a, b)
+            if done is not None and done():
+                return True
+        self.now = max(self.now, t_end)
+        return done() if done is not None else True
+
+    def _dispatch(self, kind: int, a: object, b: object) -> None:
+        if kind == TICK:
+            node = self.nodes[a]  # type: ignore[index]
+            if node.gen != b or node.raft is None:
+                return
+            node.raft.tick()
+            self._after(node)
+            self.schedule(node.tick_us, TICK, a, b)
+        elif kind == DELIVER:
+            self._deliver(a, b)  # type: ignore[arg-type]
+        elif kind == IO_DONE:
+            node = self.nodes[a]  # type: ignore[index]
+            if node.gen == b and node.raft is not None:
+                self._io_done(node)
+        elif kind == CLIENT:
+            if not self.healed:
+                self._client_op()
+                self.schedule(self.rng.randint(1, 2 * self.p.client_gap_us), CLIENT)
+        elif kind == NEMESIS:
+            if not self.healed:
+                self._nemesis()
+                self.schedule(self.rng.randint(1, 2 * self.p.fault_gap_us), NEMESIS)
+        elif kind == RESTART:
+            node = self.nodes[a]  # type: ignore[index]
+            if not node.up and not node.retired and node.gen == b:
+                self._start(node)
+        elif kind == LIVENESS_PROBE:
+            self._liveness_probe()
+
+    # ------------------------------------------------------------------ network
+    def send(self, m: Message, attachment: object = None) -> None:
+        if self.rng.random() < self.loss:
+            self.stats["dropped"] += 1
+            return
+        copies = 2 if self.rng.random() < self.dup else 1
+        lo, hi = self.p.delay_us
+        for _ in range(copies):
+            delay = self.rng.randint(lo, hi)
+            if self.p.spike and self.rng.random() < self.p.spike:
+                delay += self.rng.randint(0, SEC)
+            self.schedule(delay, DELIVER, m, attachment)
+
+    def _deliver(self, m: Message, attachment: object) -> None:
+        node = self.nodes.get(m.to)
+        if node is None or node.raft is None or (m.server_id, m.to) in self.blocked:
+            self.stats["dropped"] += 1
+            return
+        self.stats["delivered"] += 1
+        if self.trace_fn is not None:
+            self.trace(f"n{m.to} <- {m!r}")
+        if type(m) is InstallSnapshot:
+            node.incoming[m.snapshot.index] = attachment  # type: ignore[assignment]
+        try:
+            node.raft.step(m)
+        except MessageError as exc:
+            self.fail(f"n{node.id} rejected an honest message {m!r}: {exc}")
+        self._after(node)
+
+    # ------------------------------------------------------------------ the replica loop
+    def _after(self, node: SimNode) -> None:
+        """Check what an input changed, then hand the node's Ready to its disk."""
+        raft = node.raft
+        assert raft is not None
+        self._check_node(node)  # may retire (stop) the node
+        if node.raft is raft and node.outstanding is None and raft.has_ready():
+            node.outstanding = raft.ready()
+            lo, hi = self.p.disk_us
+            self.schedule(self.rng.randint(lo, hi), IO_DONE, node.id, node.gen)
+
+    def _io_done(self, node: SimNode) -> None:
+        raft, rd, st = node.raft, node.outstanding, node.storage
+        assert raft is not None and rd is not None
+        self.trace(f"n{node.id} {rd!r}")
+        # 1. persist (atomically), checking what gets written.
+        snap_state = node.incoming.pop(rd.snapshot.index, None) if rd.snapshot else None
+        old_commit, old_applied = st.hard_state.commit, st.applied
+        st.persist(rd, snap_state)
+        if st.hard_state.commit < old_commit or st.applied < old_applied:
+            self.fail(f"n{node.id} persisted commit/applied went backwards")
+        if rd.snapshot is not None:
+            self._check_snapshot_install(node)
+        self._check_persisted(node, rd)
+        if self.rng.random() < self.p.crash_in_io:
+            self.crash(node, "after persisting, before sending")
+            self._schedule_restart(node)
+            return
+        # 2. send, checking that every promise made is on disk.
+        for m in rd.messages:
+            self._check_promise(node, m)
+            attachment = None
+            if type(m) is InstallSnapshot:
+                # The caller sends the snapshot it holds: the one named, or a newer one
+                # if it compacted again since (then the message names that one).
+                if st.snapshot is None or st.snapshot.index < m.snapshot.index:
+                    self.fail(f"n{node.id} asked to send {m.snapshot!r} but holds {st.snapshot!r}")
+                if st.snapshot != m.snapshot:
+                    m = msgspec.structs.replace(m, snapshot=st.snapshot)
+                attachment = st.snapshot_state
+                self.stats["snapshots_sent"] += 1
+            self.send(m, attachment)
+        # 3. apply.
+        for e in rd.committed:
+            self._check_apply(node, e)
+            st.apply(e)
+            if e.kind == EntryKind.COMMAND and e.data in node.proposals:
+                self._ack_write(node.proposals.pop(e.data), e.index)
+        node.reads.extend((r.request_id, r.index) for r in rd.reads)
+        if node.reads:
+            self._serve_reads(node)
+        if self.rng.random() < self.p.crash_in_io / 2:
+            self.crash(node, "after applying, before advance")
+            self._schedule_restart(node)
+            return
+        # 4. advance.
+        raft.advance(rd)
+        node.outstanding = None
+        if raft.applied != st.applied:
+            self.fail(f"n{node.id} core applied={raft.applied} but storage applied={st.applied}")
+        every = self.p.compact_every
+        if every and st.applied - st.base >= every:
+            self._snapshot(node)
+        self._after(node)
+
+    def _schedule_restart(self, node: SimNode) -> None:
+        self.schedule(self.rng.randint(10 * MS, 3 * SEC), RESTART, node.id, node.gen)
+
+    # ------------------------------------------------------------------ checks
+    def _check_node(self, node: SimNode) -> None:
+        raft = node.raft
+        assert raft is not None
+        if raft.role is Role.PRIMARY:
+            holder = self.primaries.setdefault(raft.term, node.id)
+            if holder != node.id:
+                self.fail(f"two primaries in term {raft.term}: n{holder} and n{node.id}")
+            if node.primary_checked != raft.term:
+                node.primary_checked = raft.term
+                self.stats["elections"] += 1
+                self.trace(f"n{node.id} is PRIMARY of term {raft.term}")
+                self._check_leader_completeness(node)
+        c = raft.commit
+        if c < node.seen_commit:
+            self.fail(f"n{node.id} commit went backwards {node.seen_commit} -> {c}")
+        if c > node.seen_commit:
+            log = raft.log
+            for i in range(node.seen_commit + 1, c + 1):
+                t = log.term(i)
+                if t is None:
+                    continue  # below a snapshot this node installed: checked on install
+                known = self.committed.setdefault(i, t)
+                if known != t:
+                    self.fail(f"n{node.id} committed {i}/{t} but {i}/{known} was committed before")
+            node.seen_commit = c
+            self._check_removals()
+
+    def _check_leader_completeness(self, node: SimNode) -> None:
+        """Raft §5.4: a primary's log holds every entry committed in earlier terms."""
+        log = node.raft.log  # type: ignore[union-attr]
+        base = log.snapshot.index
+        for i, t in self.committed.items():
+            if i < base:
+                continue
+            if log.term(i) != t:
+                self.fail(f"primary n{node.id} of term {node.raft.term} lacks committed entry {i}/{t}")  # type: ignore[union-attr]
+
+    def _check_snapshot_install(self, node: SimNode) -> None:
+        s = node.storage.snapshot
+        assert s is not None
+        known = self.committed.get(s.index)
+        if known is not None and known != s.term:
+            self.fail(f"n{node.id} installed {s!r} but {s.index}/{known} is committed")
+        entry = self.applied.get(s.index)
+        if entry is not None and entry[0] != s.term:
+            self.fail(f"n{node.id} installed {s!r} but {s.index}/{entry[0]} was applied")
+
+    def _check_persisted(self, node: SimNode, rd: Ready) -> None:
+        st = node.storage
+        facts = self.log_facts
+        for e in rd.entries:
+            # Log matching (Raft §5.3) by induction: an (index, term) pair always
+            # names the same command and the same previous term.
+            fact = (e.kind, e.data, st.term(e.index - 1))
+            known = facts.setdefault((e.index, e.term), fact)
+            if known != fact:
+                self.fail(f"n{node.id} log holds {e!r} after term {fact[2]}, elsewhere {known}")
+        hs = rd.hard_state
+        if hs is not None and hs.vote:
+            cast = self.votes.setdefault((node.id, hs.term), hs.vote)
+            if cast != hs.vote:
+                self.fail(f"n{node.id} voted for n{cast} and n{hs.vote} in term {hs.term}")
+
+    def _check_promise(self, node: SimNode, m: Message) -> None:
+        st = node.storage
+        if type(m) is ReplicateAck and not m.reject:
+            if m.index > st.last_index and m.index > st.base:
+                self.fail(f"n{node.id} acknowledged {m.index} but has only {st.last_index} on disk")
+        elif type(m) is VoteResponse and m.granted and not m.pre_vote:
+            hs = st.hard_state
+            if hs.term != m.term or hs.vote != m.to:
+                self.fail(f"n{node.id} sent a vote for n{m.to} in term {m.term} before persisting it")
+
+    def _check_apply(self, node: SimNode, e: Entry) -> None:
+        fact = (e.term, e.kind, e.data)
+        known = self.applied.setdefault(e.index, fact)
+        if known != fact:
+            self.fail(f"n{node.id} applied {e!r} at {e.index} where {known} was applied elsewhere")
+        t = self.committed.get(e.index)
+        if t is not None and t != e.term:
+            self.fail(f"n{node.id} applied {e!r} but {e.index}/{t} is committed")
+
+    # ------------------------------------------------------------------ clients
+    def _live_nodes(self) -> list[SimNode]:
+        return [n for n in self.nodes.values() if n.up]
+
+    def _client_op(self) -> None:
+        live = self._live_nodes()
+        if not live:
+            return
+        node = self.rng.choice(live)
+        raft = node.raft
+        assert raft is not None
+        op = ClientOp(len(self.ops), "write" if self.rng.random() < 0.7 else "read", node.id, self.now)
+        self.ops.append(op)
+        try:
+            if op.kind == "write":
+                op.data = b"w%d" % op.op_id
+                node.proposals[op.data] = op.op_id
+                raft.propose(op.data)
+            else:
+                op.floor = self.max_acked_index
+                raft.read_index(op.op_id)
+        except Refused as exc:
+            node.proposals.pop(op.data, None)
+            self.trace(f"client op {op.op_id} at n{node.id} refused: {exc.code}")
+            return
+        self._after(node)
+
+    def _ack_write(self, op_id: int, index: int) -> None:
+        op = self.ops[op_id]
+        if op.acked_at < 0:
+            op.acked_at, op.index = self.now, index
+            self.max_acked_index = max(self.max_acked_index, index)
+            self.stats["acked"] += 1
+
+    def _serve_reads(self, node: SimNode) -> None:
+        applied = node.storage.applied
+        waiting = []
+        for req, index in node.reads:
+            if index > applied:
+                waiting.append((req, index))
+                continue
+            op = self.ops[req]
+            # Linearizability: a read sees every write acknowledged before it began.
+            if index < op.floor:
+                self.fail(f"read {req} at n{node.id} served at index {index}, but {op.floor} was acknowledged before it began")
+            op.acked_at, op.index = self.now, index
+            self.stats["reads"] += 1
+        node.reads = waiting
+
+    # ------------------------------------------------------------------ nemesis
+    def _nemesis(self) -> None:
+        weights = self.p.faults
+        if not any(weights.values()):
+            return
+        kind = self.rng.choices(FAULTS, weights=[weights[k] for k in FAULTS])[0]
+        live = self._live_nodes()
+        primary = self._primary()
+        if kind == "crash":
+            if live:
+                victim = primary if primary and self.rng.random() < 0.6 else self.rng.choice(live)
+                self.crash(victim, "nemesis")
+                self._schedule_restart(victim)
+        elif kind == "restart":
+            for n in self.nodes.values():
+                if not n.up and not n.retired:
+                    self._start(n)
+        elif kind == "partition":
+            self._partition()
+        elif kind == "heal":
+            self.blocked.clear()
+            self.trace("network heals")
+        elif kind == "snapshot":
+            self._compact(live)
+        elif kind == "membership":
+            self._membership_change(primary)
+        elif kind == "transfer":
+            if primary is not None:
+                target = self.rng.choice(sorted(primary.raft.membership.voters))  # type: ignore[union-attr]
+                try:
+                    primary.raft.transfer_leadership(target)  # type: ignore[union-attr]
+                    self.stats["transfers"] += 1
+                    self.trace(f"n{primary.id} transfers leadership to n{target}")
+                except Refused as exc:
+                    self.trace(f"transfer to n{target} refused: {exc.code}")
+                self._after(primary)
+        elif kind == "lie":
+            self._lie(live)
+        else:
+            for n in live:
+                n.rate = self.rng.uniform(0.7, 1.3)
+                n.tick_us = int(self.p.config.tick_ms * MS * n.rate)
+            self.trace("clock rates change")
+
+    def _primary(self) -> SimNode | None:
+        best = None
+        for n in self.nodes.values():
+            if n.raft is not None and n.raft.role is Role.PRIMARY and (best is None or n.raft.term > best.raft.term):  # type: ignore[union-attr]
+                best = n
+        return best
+
+    def _partition(self) -> None:
+        ids = sorted(i for i, n in self.nodes.items() if not n.retired)
+        self.rng.shuffle(ids)
+        kind = self.rng.choice(("split", "isolate", "bridge", "one-way"))
+        self.blocked.clear()
+        if kind == "isolate":
+            a, rest = ids[:1], ids[1:]
+            self._cut(a, rest, both=True)
+        elif kind == "split":
+            k = self.rng.randint(1, len(ids) - 1)
+            self._cut(ids[:k], ids[k:], both=True)
+        elif kind == "bridge" and len(ids) >= 3:
+            bridge, rest = ids[0], ids[1:]
+            k = self.rng.randint(1, len(rest) - 1)
+            self._cut(rest[:k], rest[k:], both=True)
+            kind = f"bridge n{bridge}"
+        else:
+            k = self.rng.randint(1, len(ids) - 1)
+            self._cut(ids[:k], ids[k:], both=False)
+        self.trace(f"partition ({kind}): blocked {sorted(self.blocked)}")
+
+    def _cut(self, left: list[int], right: list[int], *, both: bool) -> None:
+        for a in left:
+            for b in right:
+                self.blocked.add((a, b))
+                if both:
+                    self.blocked.add((b, a))
+
+    def _compact(self, live: list[SimNode]) -> None:
+        candidates = [n for n in live if n.storage.applied > n.storage.base]
+        if not candidates:
+            return
+        self._snapshot(self.rng.choice(candidates))
+
+    def _snapshot(self, node: SimNode) -> None:
+        raft, st = node.raft, node.storage
+        assert raft is not None
+        index = st.applied
+        raft.compact(index)
+        if raft.log.snapshot.index == index:  # (not when a received snapshot is being installed)
+            st.compact(raft.log.snapshot)
+            self.trace(f"n{node.id} snapshots at {index}")
+
+    def _membership_change(self, primary: SimNode | None) -> None:
+        if primary is None:
+            return
+        raft = primary.raft
+        assert raft is not None
+        m = raft.membership
+        choice = self.rng.random()
+        try:
+            if m.learners and choice < 0.6:
+                target = self.rng.choice(sorted(m.learners))
+                index = raft.promote(target)
+                self.trace(f"n{primary.id} promotes n{target} (entry {index})")
+            elif len(m.voters) < 6 and choice < 0.8 and self.next_node_id < 16:
+                target = self.next_node_id
+                index = raft.add_learner(target)
+                self.next_node_id += 1
+                node = self.nodes[target] = SimNode(target, Membership(), self.p.rates[target])
+                self._start(node)
+                self.trace(f"n{primary.id} adds learner n{target} (entry {index})")
+            elif len(m.voters) > 2:
+                target = self.rng.choice(sorted(m.members))
+                index = raft.remove(target)
+                self.removals.append((index, raft.term, target))
+                self.trace(f"n{primary.id} removes n{target} (entry {index})")
+            else:
+                return
+            self.stats["changes"] += 1
+        except Refused as exc:
+            self.trace(f"membership change refused: {exc.code}: {exc}")
+        self._after(primary)
+
+    def _check_removals(self) -> None:
+        """A removed server is shut down once its removal is committed."""
+        keep = []
+        for index, term, target in self.removals:
+            t = self.committed.get(index)
+            if t is None:
+                keep.append((index, term, target))
+            elif t == term:
+                node = self.nodes[target]
+                if not node.retired:
+                    node.retired = True
+                    self.crash(node, "removed from the cluster")
+        self.removals = keep
+
+    def _lie(self, live: list[SimNode]) -> None:
+        """A peer sends something malformed or impossible: it is rejected, nothing changes."""
+        if not live:
+            return
+        node = self.rng.choice(live)
+        raft = node.raft
+        assert raft is not None
+        other = self.rng.choice([i for i in self.nodes if i != node.id] or [node.id + 1])
+        t = raft.term
+        last = raft.log.last_index
+        lies: list[object] = [
+            Heartbeat(term=t, server_id=other, to=node.id + 100, commit=0),
+            Heartbeat(term=-1, server_id=other, to=node.id, commit=0),
+            Heartbeat(term=t, server_id=node.id, to=node.id, commit=0),
+            Heartbeat(term=t + 1, server_id=other, to=node.id, commit=last + 5),
+            Heartbeat(term="7", server_id=other, to=node.id, commit=0),  # type: ignore[arg-type]
+            Replicate(term=t + 1, server_id=other, to=node.id, prev_index=last, prev_term=t,
+                      entries=(Entry(last + 3, t, 0, b"x"),)),
+            Replicate(term=t + 1, server_id=other, to=node.id, prev_index=last, prev_term=t,
+                      entries=(Entry(last + 1, t + 5, 0, b"x"),)),
+            Replicate(term=t + 1, server_id=other, to=node.id, prev_index=last, prev_term=t,
+                      entries=(Entry(last + 1, t, 2, b"{not json"),)),
+            Replicate(term=t + 1, server_id=other, to=node.id, prev_index=last, prev_term=t,
+                      entries=[Entry(last + 1, t, 0, b"x")]),  # type: ignore[arg-type]
+            Replicate(term=t + 1, server_id=other, to=node.id, prev_index=-4, prev_term=0),
+            ReplicateAck(term=t, server_id=other, to=node.id, index=-1),
+            RequestVote(term=t + 1, server_id=other, to=node.id, last_index=1, last_term=t + 2),
+            VoteResponse(term=t, server_id=other, to=node.id, granted="yes"),  # type: ignore[arg-type]
+            "REQUEST_VOTE",
+        ]
+        if raft.role is Role.PRIMARY:
+            lies.append(ReplicateAck(term=t, server_id=other, to=node.id, index=last + 10))
+            lies.append(Heartbeat(term=t, server_id=other, to=node.id, commit=0))
+        lie = self.rng.choice(lies)
+        before = _fingerprint(raft)
+        try:
+            raft.step(lie)  # type: ignore[arg-type]
+        except MessageError as exc:
+            self.stats["bad_input"] += 1
+            self.trace(f"n{node.id} rejects a lie: {exc}")
+        else:
+            self.fail(f"n{node.id} accepted a malformed message {lie!r}")
+        if _fingerprint(raft) != before:
+            self.fail(f"n{node.id} changed state on a rejected message {lie!r}")
+
+    # ------------------------------------------------------------------ liveness
+    def heal(self) -> None:
+        self.healed = True
+        self.blocked.clear()
+        self.loss = 0.0
+        self.dup = 0.0
+        self.trace("HEAL: network whole, no loss, every server restarted")
+        for n in self.nodes.values():
+            if not n.up and not n.retired:
+                self._start(n)
+
+    def liveness(self) -> None:
+        """After healing: a primary, a new committed proposal, every member converged."""
+        bound = 40 * SEC
+        start = self.now
+        self.final_op: ClientOp | None = None
+        self.schedule(0, LIVENESS_PROBE)
+        if not self._run_until(start + bound, self._converged):
+            self.fail(
+                f"no convergence within {bound / SEC:.0f}s of healing: "
+                + "; ".join(repr(n.raft) for n in self.nodes.values() if n.raft is not None)
+            )
+        self.trace(f"converged {(self.now - start) / SEC:.3f}s after healing")
+        self._check_final()
+
+    def _liveness_probe(self) -> None:
+        primary = self._primary()
+        if primary is not None and (self.final_op is None or primary.id != self.final_op.node):
+            op = ClientOp(len(self.ops), "write", primary.id, self.now, data=b"final%d" % len(self.ops))
+            self.ops.append(op)
+            try:
+                primary.raft.propose(op.data)  # type: ignore[union-attr]
+                primary.proposals[op.data] = op.op_id
+                self.final_op = op
+                self._after(primary)
+            except Refused:
+                pass
+        self.schedule(500 * MS, LIVENESS_PROBE)
+
+    def _converged(self) -> bool:
+        op = self.final_op
+        if op is None or op.acked_at < 0:
+            return False
+        primary = self.nodes[op.node]
+        raft = primary.raft
+        if raft is None or raft.role is not Role.PRIMARY:
+            return False
+        target = raft.commit
+        for i in raft.membership.members:
+            n = self.nodes.get(i)
+            if n is None or n.raft is None or n.storage.applied < target or n.outstanding is not None:
+                return False
+        return True
+
+    def _check_final(self) -> None:
+        primary = self.nodes[self.final_op.node]  # type: ignore[union-attr]
+        raft = primary.raft
+        assert raft is not None
+        members = [self.nodes[i] for i in sorted(raft.membership.members)]
+        # Every replica applied the same commands: equal states at equal indexes.
+        applied = {n.storage.applied for n in members}
+        states = {n.storage.state for n in members}
+        if len(applied) != 1 or len(states) != 1:
+            self.fail(
+                "replicas differ after convergence: "
+                + ", ".join(f"n{n.id}@{n.storage.applied}={n.storage.state}" for n in members)
+            )
+        top = applied.pop()
+        # Every acknowledged write is applied, at the index it was acknowledged at.
+        for op in self.ops:
+            if op.kind == "write" and op.acked_at >= 0:
+                fact = self.applied.get(op.index)
+                if fact is None or fact[2] != op.data or op.index > top:
+                    self.fail(f"acknowledged write {op.data!r} at {op.index} is not applied everywhere")
+
+
+def _fingerprint(raft: RaftNode) -> tuple[object, ...]:
+    return (
+        raft.term, raft.vote, raft.commit, raft.role, raft.leader, raft.log.last_index,
+        raft.log.last_term, raft.membership, raft.election_elapsed, len(raft._outbox),
+    )
+
+
+def run_seed(seed: int, trace: Callable[[str], None] | None = None) -> dict[str, int]:
+    return World(seed, trace=trace).run()
