@@ -305,7 +305,8 @@ class World:
     def _io_done(self, node: SimNode) -> None:
         raft, rd, st = node.raft, node.outstanding, node.storage
         assert raft is not None and rd is not None
-        self.trace(f"n{node.id} {rd!r}")
+        if self.trace_fn is not None:
+            self.trace(f"n{node.id} {rd!r}")
         # 1. persist (atomically), checking what gets written.
         snap_state = node.incoming.pop(rd.snapshot.index, None) if rd.snapshot else None
         old_commit, old_applied = st.hard_state.commit, st.applied

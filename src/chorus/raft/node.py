@@ -207,8 +207,8 @@ class RaftNode:
         self._apply_from = self.applied + 1  # first committed entry not yet handed out to apply
         self._snapshot_out: SnapshotMeta | None = None
         self._membership_changed = True
-        self._prev_hard = HardState(self.term, self.vote, self.commit)
-        self._prev_soft: SoftState | None = None
+        self._prev_hard = (self.term, self.vote, self.commit)  # as last handed out
+        self._prev_soft: tuple[Role, int] | None = None
         self._outstanding: Ready | None = None
 
     def __repr__(self) -> str:
@@ -948,8 +948,8 @@ class RaftNode:
             or self._unsaved_from <= self.log.last_index
             or self._apply_from <= self.commit
             or self._membership_changed
-            or self._prev_hard != HardState(self.term, self.vote, self.commit)
-            or self._prev_soft != SoftState(self.role, self.leader, self.term)
+            or self._prev_hard != (self.term, self.vote, self.commit)
+            or self._prev_soft != (self.role, self.leader)
         )
 
     def ready(self) -> Ready:
@@ -959,11 +959,11 @@ class RaftNode:
         last = log.last_index
         entries = tuple(log.slice(self._unsaved_from, last)) if self._unsaved_from <= last else ()
         committed = tuple(log.slice(self._apply_from, self.commit)) if self._apply_from <= self.commit else ()
-        hs = HardState(self.term, self.vote, self.commit)
-        ss = SoftState(self.role, self.leader, self.term)
+        hard = (self.term, self.vote, self.commit)
+        soft = (self.role, self.leader)
         rd = Ready(
-            hard_state=hs if hs != self._prev_hard else None,
-            soft_state=ss if ss != self._prev_soft else None,
+            hard_state=HardState(*hard) if hard != self._prev_hard else None,
+            soft_state=SoftState(self.role, self.leader, self.term) if soft != self._prev_soft else None,
             snapshot=self._snapshot_out,
             entries=entries,
             messages=tuple(self._outbox),
@@ -971,7 +971,7 @@ class RaftNode:
             reads=tuple(self._reads_out),
             membership=self.membership if self._membership_changed else None,
         )
-        self._prev_hard, self._prev_soft = hs, ss
+        self._prev_hard, self._prev_soft = hard, soft
         self._outbox = []
         self._reads_out = []
         self._snapshot_out = None

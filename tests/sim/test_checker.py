@@ -1,0 +1,60 @@
+"""The simulator's checker has teeth: break the core in a known way and a run of
+seeds must report it. (A checker that cannot fail proves nothing.)"""
+
+from __future__ import annotations
+
+import pytest
+
+from chorus.raft import node as node_module
+from chorus.raft.log import RaftLog
+
+from .world import SimFailure, run_seed
+
+
+def first_failure(seeds: range) -> str:
+    for seed in seeds:
+        try:
+            run_seed(seed)
+        except SimFailure as exc:
+            return str(exc)
+    pytest.fail(f"no seed in {seeds} noticed the bug")
+
+
+def test_vote_sent_before_it_is_persisted(monkeypatch: pytest.MonkeyPatch) -> None:
+    ready = node_module.RaftNode.ready
+
+    def forgetful_ready(self):
+        vote, self.vote = self.vote, 0  # the hard state handed out lacks the vote
+        try:
+            return ready(self)
+        finally:
+            self.vote = vote
+
+    monkeypatch.setattr(node_module.RaftNode, "ready", forgetful_ready)
+    assert "before persisting it" in first_failure(range(5))
+
+
+def test_votes_for_candidates_with_stale_logs(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(RaftLog, "is_up_to_date", lambda self, index, term: True)
+    assert "lacks committed entry" in first_failure(range(60))
+
+
+def test_reads_served_without_confirming_leadership(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(
+        node_module.RaftNode,
+        "_primary_read",
+        lambda self, origin, req: self._deliver_read(origin, req, self.commit),
+    )
+    assert "acknowledged before it began" in first_failure(range(200))
+
+
+def test_acknowledging_entries_that_are_not_on_disk(monkeypatch: pytest.MonkeyPatch) -> None:
+    ack = node_module.RaftNode._ack
+
+    def eager_ack(self, to, index):
+        ack(self, to, index + 1 if self.log.last_index > index else index)
+
+    monkeypatch.setattr(node_module.RaftNode, "_ack", eager_ack)
+    with pytest.raises(Exception):  # noqa: B017 - the checker or the core's own guard fires
+        for seed in range(40):
+            run_seed(seed)
