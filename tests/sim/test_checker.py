@@ -48,13 +48,8 @@ def test_reads_served_without_confirming_leadership(monkeypatch: pytest.MonkeyPa
     assert "acknowledged before it began" in first_failure(range(200))
 
 
-def test_acknowledging_entries_that_are_not_on_disk(monkeypatch: pytest.MonkeyPatch) -> None:
-    ack = node_module.RaftNode._ack
-
-    def eager_ack(self, to, index):
-        ack(self, to, index + 1 if self.log.last_index > index else index)
-
-    monkeypatch.setattr(node_module.RaftNode, "_ack", eager_ack)
-    with pytest.raises(Exception):  # noqa: B017 - the checker or the core's own guard fires
-        for seed in range(40):
-            run_seed(seed)
+def test_appending_without_the_consistency_check(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A backup that accepts entries whenever it has *some* entry at prev_index."""
+    monkeypatch.setattr(RaftLog, "match_term", lambda self, index, term: self.term(index) is not None)
+    failure = first_failure(range(150))
+    assert "committed" in failure or "log holds" in failure, failure

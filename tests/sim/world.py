@@ -95,6 +95,7 @@ class Params:
             crash_in_io=r.choice((0.0, 0.0005, 0.003)),
             faults={kind: r.choice((0, 1, 2, 4)) for kind in FAULTS},
             compact_every=r.choice((0, 10, 50, 200)),
+            config=_flow_control(r),
         )
 
     def __str__(self) -> str:
@@ -102,9 +103,26 @@ class Params:
             f"nodes={self.nodes} loss={self.loss} dup={self.dup} delay={self.delay_us[0]}-{self.delay_us[1]}us "
             f"spike={self.spike} disk<={self.disk_us[1]}us safety={self.safety_us / SEC:.0f}s "
             f"fault_gap={self.fault_gap_us / MS:.0f}ms client_gap={self.client_gap_us / MS:.0f}ms "
-            f"crash_in_io={self.crash_in_io} compact_every={self.compact_every} faults="
+            f"crash_in_io={self.crash_in_io} compact_every={self.compact_every} "
+            f"msg_bytes={self.config.max_msg_bytes} inflight={self.config.max_inflight_msgs}/"
+            f"{self.config.max_inflight_bytes}B faults="
             + ",".join(f"{k}:{w}" for k, w in self.faults.items() if w)
         )
+
+
+def _flow_control(r: random.Random) -> RaftConfig:
+    """Flow control from one entry per message and one message in flight to the
+    defaults. A primary that replicates slowly must also refuse ("busy") early,
+    or the backlog outgrows any liveness bound, as it would in production."""
+    msg_bytes = r.choice((1, 64, 256 * 1024))
+    inflight = r.choice((1, 4, 256))
+    slow = msg_bytes == 1 or inflight == 1
+    return RaftConfig(
+        max_msg_bytes=msg_bytes,
+        max_inflight_msgs=inflight,
+        max_inflight_bytes=r.choice((64, 8 * 1024 * 1024)),
+        max_uncommitted_bytes=2048 if slow else r.choice((8192, 64 * 1024 * 1024)),
+    )
 
 
 class SimNode:
@@ -692,24 +710,38 @@ class World:
         bound = 40 * SEC
         start = self.now
         self.final_op: ClientOp | None = None
+        self.final_gen = 0
         self.schedule(0, LIVENESS_PROBE)
         if not self._run_until(start + bound, self._converged):
+            primary = self._primary()
+            members = sorted(primary.raft.membership.members) if primary else []  # type: ignore[union-attr]
             self.fail(
-                f"no convergence within {bound / SEC:.0f}s of healing: "
-                + "; ".join(repr(n.raft) for n in self.nodes.values() if n.raft is not None)
+                f"no convergence within {bound / SEC:.0f}s of healing; primary "
+                f"{f'n{primary.id}' if primary else 'none'}, final write "
+                f"{'acknowledged' if self.final_op and self.final_op.acked_at >= 0 else 'not acknowledged'}, "
+                f"members {members}: "
+                + "; ".join(
+                    (f"{n.raft!r}" if n.raft is not None else f"n{n.id} DOWN{' (retired)' if n.retired else ''}")
+                    + f" disk-applied={n.storage.applied}"
+                    for n in self.nodes.values()
+                )
             )
         self.trace(f"converged {(self.now - start) / SEC:.3f}s after healing")
         self._check_final()
 
     def _liveness_probe(self) -> None:
+        """Propose a final write to the primary; again if the primary (or its
+        incarnation: a crash forgets pending proposals) changed before it was acknowledged."""
         primary = self._primary()
-        if primary is not None and (self.final_op is None or primary.id != self.final_op.node):
+        op = self.final_op
+        pending = op is None or op.acked_at < 0
+        if primary is not None and pending and (op is None or (op.node, self.final_gen) != (primary.id, primary.gen)):
             op = ClientOp(len(self.ops), "write", primary.id, self.now, data=b"final%d" % len(self.ops))
             self.ops.append(op)
             try:
                 primary.raft.propose(op.data)  # type: ignore[union-attr]
                 primary.proposals[op.data] = op.op_id
-                self.final_op = op
+                self.final_op, self.final_gen = op, primary.gen
                 self._after(primary)
             except Refused:
                 pass
@@ -719,10 +751,11 @@ class World:
         op = self.final_op
         if op is None or op.acked_at < 0:
             return False
-        primary = self.nodes[op.node]
-        raft = primary.raft
-        if raft is None or raft.role is not Role.PRIMARY:
+        primary = self._primary()
+        if primary is None:
             return False
+        raft = primary.raft
+        assert raft is not None
         target = raft.commit
         for i in raft.membership.members:
             n = self.nodes.get(i)
@@ -731,7 +764,8 @@ class World:
         return True
 
     def _check_final(self) -> None:
-        primary = self.nodes[self.final_op.node]  # type: ignore[union-attr]
+        primary = self._primary()
+        assert primary is not None
         raft = primary.raft
         assert raft is not None
         members = [self.nodes[i] for i in sorted(raft.membership.members)]
