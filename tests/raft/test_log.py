@@ -54,7 +54,7 @@ def test_term_lookups_and_bounds(terms, data) -> None:
 @given(st.lists(st.binary(max_size=30), min_size=1, max_size=30), st.integers(1, 200), st.data())
 def test_slice_bytes_takes_the_longest_prefix_within_the_budget(datas, budget, data) -> None:
     log = RaftLog()
-    log.append(Entry(i + 1, 1, 0, d) for i, d in enumerate(datas))
+    log.append([Entry(i + 1, 1, 0, d) for i, d in enumerate(datas)])
     lo = data.draw(st.integers(1, len(datas)))
     got = log.slice_bytes(lo, budget)
     assert got and got[0].index == lo  # at least one entry, even a big one

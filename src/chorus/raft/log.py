@@ -9,13 +9,15 @@ conflict resolution use binary search.
 from __future__ import annotations
 
 from bisect import bisect_right
-from collections.abc import Iterable, Sequence
-from operator import attrgetter
+from collections.abc import Sequence
+from itertools import accumulate, repeat
+from operator import add, attrgetter
 
 from .messages import Entry, Membership, SnapshotMeta
 
 ENTRY_OVERHEAD = 16  # bytes counted per entry on top of its data, for flow control
 _term_of = attrgetter("term")
+_data_of = attrgetter("data")
 
 
 def entry_size(e: Entry) -> int:
@@ -94,17 +96,20 @@ class RaftLog:
         return self._cum[hi_k] - (self._cum[lo_k - 1] if lo_k > 0 else 0)
 
     # ---- changes
-    def append(self, entries: Iterable[Entry]) -> None:
-        """Append entries that follow the last one directly."""
+    def append(self, entries: Sequence[Entry]) -> None:
+        """Append contiguous entries that follow the last one directly."""
+        if not entries:
+            return
+        first = self.last_index + 1
+        assert entries[0].index == first and entries[-1].index == first + len(entries) - 1, (
+            f"append of {entries[0].index}..{entries[-1].index} after {first - 1}"
+        )
         cum = self._cum
-        total = cum[-1] if cum else 0
-        expect = self.last_index + 1
-        for e in entries:
-            assert e.index == expect, f"append of {e.index} after {expect - 1}"
-            expect += 1
-            total += len(e.data) + ENTRY_OVERHEAD
-            cum.append(total)
-            self.entries.append(e)
+        sizes = map(add, map(len, map(_data_of, entries)), repeat(ENTRY_OVERHEAD))
+        running = accumulate(sizes, initial=cum[-1] if cum else 0)
+        next(running)  # (the initial value is already there)
+        cum.extend(running)
+        self.entries.extend(entries)
 
     def truncate_after(self, index: int) -> None:
         """Drop every entry after ``index`` (a conflicting suffix)."""

@@ -9,6 +9,8 @@ built in memory (the simulator's liars) may not, so types are checked here too.
 
 from __future__ import annotations
 
+from operator import attrgetter
+
 import msgspec
 
 from .messages import (
@@ -76,19 +78,8 @@ def validate(m: object, self_id: int) -> None:
         entries = m.entries
         if type(entries) is not tuple:
             raise MessageError("REPLICATE: entries must be a list")
-        expect, last_term = prev_index + 1, prev_term
-        for e in entries:
-            if type(e) is not Entry:
-                raise MessageError(f"REPLICATE: not an entry: {e!r}")
-            if e.index != expect:
-                raise MessageError(f"REPLICATE: entry {e.index!r} where {expect} belongs")
-            if type(e.term) is not int or not last_term <= e.term <= term:
-                raise MessageError(f"REPLICATE: entry {expect} has impossible term {e.term!r}")
-            if e.kind not in _KINDS or type(e.data) is not bytes:
-                raise MessageError(f"REPLICATE: entry {expect} is malformed")
-            if e.kind == EntryKind.CONFIG:
-                _membership(m, e.data)
-            expect, last_term = expect + 1, e.term
+        if entries:
+            _entries(m, entries, prev_index, prev_term, term)
     elif t is ReplicateAck:
         _count(m, "index", m.index)
         _flag(m, "reject", m.reject)
@@ -126,6 +117,32 @@ def validate(m: object, self_id: int) -> None:
         if type(m.request_id) is not int:
             raise MessageError("READ_INDEX_RESP: request_id must be an integer")
         _count(m, "index", m.index)
+
+
+_index_of, _term_of, _kind_of, _data_of = (attrgetter(a) for a in ("index", "term", "kind", "data"))
+
+
+def _entries(m: Message, entries: tuple[Entry, ...], prev_index: int, prev_term: int, term: int) -> None:
+    """Contiguous after prev_index, terms never decreasing and within
+    [prev_term, term], known kinds, byte data. Whole-batch checks with C-level
+    map() rather than a Python loop: replication's hot path goes through here."""
+    if set(map(type, entries)) != {Entry}:
+        raise MessageError("REPLICATE: entries must be [index, term, kind, data] lists")
+    indexes = list(map(_index_of, entries))
+    terms = list(map(_term_of, entries))
+    kinds = set(map(_kind_of, entries))
+    if set(map(type, indexes)) != {int} or indexes != list(range(prev_index + 1, prev_index + 1 + len(entries))):
+        raise MessageError(f"REPLICATE: entries must be numbered {prev_index + 1} onwards without gaps")
+    if set(map(type, terms)) != {int} or terms[0] < prev_term or terms[-1] > term or terms != sorted(terms):
+        raise MessageError(f"REPLICATE: entry terms must not decrease and must lie in {prev_term}..{term}")
+    if not kinds <= _KINDS or not set(map(type, kinds)) <= {int, EntryKind}:  # (not bool)
+        raise MessageError(f"REPLICATE: unknown entry kind in {sorted(map(repr, kinds))}")
+    if set(map(type, map(_data_of, entries))) != {bytes}:
+        raise MessageError("REPLICATE: entry data must be bytes")
+    if EntryKind.CONFIG in kinds:
+        for e in entries:
+            if e.kind == EntryKind.CONFIG:
+                _membership(m, e.data)
 
 
 def _membership(m: Message, data: bytes) -> None:
