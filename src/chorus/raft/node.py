@@ -932,9 +932,10 @@ class RaftNode:
                 self._reads_unsent.clear()
                 self._broadcast_heartbeat()
             max_msgs, max_bytes = self.cfg.max_inflight_msgs, self.cfg.max_inflight_bytes
+            last, commit = self.log.last_index, self.commit
             for pid, pr in self.progress.items():
-                if pid == self.id:
-                    continue
+                if pid == self.id or (pr.next > last and pr.sent_commit >= commit):
+                    continue  # nothing new for it
                 sent = False
                 while not pr.is_paused(max_msgs, max_bytes) and self._send_append(pid, pr, allow_empty=False):
                     sent = True
