@@ -57,6 +57,7 @@ class Net:
         self.sent: list[Message] = []  # every message that left a node, for assertions
         self.incoming: dict[int, object] = {}  # snapshot data received, waiting for its Ready
         self.filter: Callable[[Message], Message | None] | None = None
+        self.transcript: list[str] | None = None  # when a list: what happened, line by line
         for i in ids:
             st = self.storage[i] = SimStorage()
             if logs and i in logs:
@@ -116,6 +117,10 @@ class Net:
         if i in self.down or not node.has_ready():
             return False
         rd = node.ready()
+        if self.transcript is not None and rd.soft_state is not None:
+            ss = rd.soft_state
+            lead = f", primary n{ss.leader}" if ss.leader and ss.leader != i else ""
+            self.transcript.append(f"n{i} is {ss.role.value} in term {ss.term}{lead}")
         st = self.storage[i]
         st.persist(rd, self.incoming.pop(i) if rd.snapshot else None)  # type: ignore[arg-type]
         for m in rd.messages:
@@ -142,6 +147,8 @@ class Net:
         if type(m) is InstallSnapshot:
             # The snapshot's data travels beside the message.
             self.incoming[m.to] = self.storage[m.server_id].snapshot_state
+        if self.transcript is not None:
+            self.transcript.append(repr(m))
         self.nodes[m.to].step(m)
 
     def settle(self, limit: int = 100_000) -> None:

@@ -211,7 +211,7 @@ class RaftNode:
         self._snapshot_out: SnapshotMeta | None = None
         self._membership_changed = True
         self._prev_hard = (self.term, self.vote, self.commit)  # as last handed out
-        self._prev_soft: tuple[Role, int] | None = None
+        self._prev_soft = (self.role, self.leader)  # a BACKUP that knows no primary: not news
         self._outstanding: Ready | None = None
 
     def __repr__(self) -> str:
