@@ -387,6 +387,22 @@ def test_add_learner_promote_then_remove_the_primary() -> None:
     assert net.propose(new, b"after") is not None
 
 
+def test_a_learners_copy_does_not_count_towards_commit() -> None:
+    net = Net(3)
+    elect(net, 1)
+    for learner in (4, 5):
+        net.start(learner, Membership())
+        net[1].add_learner(learner)
+        net.settle()
+    net.partition([1, 4, 5], [2, 3])
+    index = net.propose(1, b"only-on-1-4-5")
+    assert index is not None and net[4].log.last_index >= index and net[5].log.last_index >= index
+    assert net[1].commit < index  # three of five servers, but one of three voters
+    net.heal()
+    net.tick(1, times=CONFIG.heartbeat_ticks)
+    assert net[1].commit >= index
+
+
 def test_promote_refuses_a_learner_that_is_far_behind() -> None:
     net = Net(3, config=dataclasses.replace(CONFIG, promote_max_lag=2))
     elect(net, 1)
