@@ -116,6 +116,9 @@ BAD = [
     ("prev term of index 0", Replicate(term=5, server_id=2, to=1, prev_index=0, prev_term=3)),
     ("vote for a future log", RequestVote(term=2, server_id=2, to=1, last_index=3, last_term=3)),
     ("snapshot at 0", InstallSnapshot(term=2, server_id=2, to=1, snapshot=SnapshotMeta(0, 1, Membership(frozenset({1}))))),
+    ("snapshot without voters", InstallSnapshot(term=2, server_id=2, to=1, snapshot=SnapshotMeta(5, 1, Membership()))),
+    ("snapshot voter also learner", InstallSnapshot(term=2, server_id=2, to=1,
+                                                    snapshot=SnapshotMeta(5, 1, Membership(frozenset({1}), frozenset({1}))))),
     ("commit beyond our log", Heartbeat(term=7, server_id=2, to=1, commit=50)),
     ("forward of text", Forward(term=1, server_id=2, to=1, commands=("x",))),
     ("not a message", "REQUEST_VOTE"),
@@ -142,6 +145,9 @@ def test_a_primary_rejects_lies_about_its_own_term() -> None:
         p.step(Heartbeat(term=p.term, server_id=2, to=1, commit=0))
     with pytest.raises(MessageError, match="beyond our last entry"):
         p.step(ReplicateAck(term=p.term, server_id=2, to=1, index=p.log.last_index + 1))
+    with pytest.raises(MessageError, match="read round"):
+        # It would confirm, in advance, every read of this term.
+        p.step(HeartbeatAck(term=p.term, server_id=2, to=1, ctx=p.read_ctx + 1000))
     assert _fingerprint(p) == before
     # Answers from servers that are not members are dropped quietly.
     p.step(ReplicateAck(term=p.term, server_id=7, to=1, index=1))

@@ -18,6 +18,7 @@ from chorus.raft import (
     RequestVote,
     Role,
     TimeoutNow,
+    VoteResponse,
 )
 
 from .net import CONFIG, Net
@@ -250,6 +251,24 @@ def test_one_vote_per_term_survives_a_restart() -> None:
     assert answers and not answers[-1].granted
 
 
+def test_forwarded_command_of_a_backup_that_becomes_primary_is_kept() -> None:
+    """Defensive: commands accepted for forwarding are never stranded. Here a
+    backup wins an election before its next Ready (possible only if the votes
+    arrive that fast, so the answers are stepped in by hand); the command goes
+    into its own log, once, and no FORWARD ever leaves."""
+    net = Net(3)
+    elect(net, 1)
+    assert net[2].propose(b"client-cmd") is None  # accepted for forwarding to n1
+    term = net[1].term
+    net[2].step(TimeoutNow(term=term, server_id=1, to=2))
+    net[2].step(VoteResponse(term=term + 1, server_id=3, to=2, granted=True))
+    assert net[2].role is Role.PRIMARY
+    net.inflight = [m for m in net.inflight if m.to != 2]
+    net.settle()
+    assert [e.data for e in net[2].log.entries].count(b"client-cmd") == 1
+    assert not any(type(m).__name__ == "Forward" for m in net.sent)
+
+
 # ---------------------------------------------------------------- reads
 def test_read_on_backup_sees_a_write_acknowledged_before_it_began() -> None:
     net = Net(3)
@@ -401,6 +420,32 @@ def test_a_learners_copy_does_not_count_towards_commit() -> None:
     net.heal()
     net.tick(1, times=CONFIG.heartbeat_ticks)
     assert net[1].commit >= index
+
+
+def test_removed_server_learns_it_and_never_campaigns() -> None:
+    net = Net(3)
+    elect(net, 1)
+    index = net[1].remove(3)
+    net.settle()
+    assert net[3].commit >= index or net[3].log.last_index >= index  # it received its removal
+    assert not net[3].promotable and 3 not in net[1].progress  # and is no longer replicated to
+    net.sent.clear()
+    net.tick(times=100)
+    assert not any(type(m) is RequestVote and m.server_id == 3 for m in net.sent)
+    assert net.primary() == 1 and net[1].term == 1
+
+
+def test_a_removed_id_cannot_come_back() -> None:
+    """A server that returns with an empty disk must take a new id: answers meant
+    for its old self would otherwise be taken for its own."""
+    net = Net(3)
+    elect(net, 1)
+    net[1].remove(3)
+    net.settle()
+    with pytest.raises(Refused) as err:
+        net[1].add_learner(3)
+    assert err.value.code == "invalid" and "new id" in str(err.value)
+    assert net[1].membership.removed == {3}
 
 
 def test_promote_refuses_a_learner_that_is_far_behind() -> None:

@@ -26,6 +26,7 @@ from chorus.raft import (
     Entry,
     EntryKind,
     Heartbeat,
+    HeartbeatAck,
     InstallSnapshot,
     Membership,
     Message,
@@ -47,7 +48,7 @@ MS = 1_000  # the simulation counts microseconds
 SEC = 1_000_000
 
 # Event kinds.
-TICK, DELIVER, IO_DONE, CLIENT, NEMESIS, RESTART, LIVENESS_PROBE = range(7)
+TICK, DELIVER, IO_DONE, CLIENT, NEMESIS, RESTART, LIVENESS_PROBE, REPORT_SNAPSHOT = range(8)
 
 
 FAULTS = ("crash", "restart", "partition", "heal", "snapshot", "membership", "transfer", "lie", "clock")
@@ -122,6 +123,7 @@ def _flow_control(r: random.Random) -> RaftConfig:
         max_inflight_msgs=inflight,
         max_inflight_bytes=r.choice((64, 8 * 1024 * 1024)),
         max_uncommitted_bytes=2048 if slow else r.choice((8192, 64 * 1024 * 1024)),
+        snapshot_timeout_ms=r.choice((3000, 10_000)),  # within the liveness bound
     )
 
 
@@ -279,11 +281,19 @@ class World:
                 self._start(node)
         elif kind == LIVENESS_PROBE:
             self._liveness_probe()
+        elif kind == REPORT_SNAPSHOT:
+            node = self.nodes[a.server_id]  # type: ignore[attr-defined]
+            if node.raft is not None:
+                node.raft.report_snapshot(a.to, ok=False)  # type: ignore[attr-defined]
+                self._after(node)
 
     # ------------------------------------------------------------------ network
     def send(self, m: Message, attachment: object = None) -> None:
         if self.rng.random() < self.loss:
             self.stats["dropped"] += 1
+            if type(m) is InstallSnapshot and self.rng.random() < 0.5:
+                # A snapshot travels as a stream: its sender sees it break.
+                self.schedule(self.rng.randint(MS, 100 * MS), REPORT_SNAPSHOT, m, None)
             return
         copies = 2 if self.rng.random() < self.dup else 1
         lo, hi = self.p.delay_us
@@ -682,6 +692,7 @@ class World:
         if raft.role is Role.PRIMARY:
             lies.append(ReplicateAck(term=t, server_id=other, to=node.id, index=last + 10))
             lies.append(Heartbeat(term=t, server_id=other, to=node.id, commit=0))
+            lies.append(HeartbeatAck(term=t, server_id=other, to=node.id, ctx=raft.read_ctx + 7))
         lie = self.rng.choice(lies)
         before = _fingerprint(raft)
         try:
@@ -757,9 +768,11 @@ class World:
         raft = primary.raft
         assert raft is not None
         target = raft.commit
+        if raft.log.term(target) != raft.term:
+            return False  # a new primary does not know the commit index until it commits in its term
         for i in raft.membership.members:
             n = self.nodes.get(i)
-            if n is None or n.raft is None or n.storage.applied < target or n.outstanding is not None:
+            if n is None or n.raft is None or n.storage.applied != target or n.outstanding is not None:
                 return False
         return True
 

@@ -27,6 +27,9 @@ class RaftConfig:
     max_uncommitted_bytes: int = 64 * 1024 * 1024
     # A learner may be promoted when it is at most this many entries behind the primary.
     promote_max_lag: int = 1000
+    # A snapshot not acknowledged within this long is sent again. The transport
+    # normally reports failure first (report_snapshot); this is the backstop.
+    snapshot_timeout_ms: int = 30_000
 
     def __post_init__(self) -> None:
         lo, hi = self.election_timeout_ms
@@ -48,6 +51,10 @@ class RaftConfig:
     @property
     def election_ticks_max(self) -> int:
         return max(self.election_timeout_ms[1] // self.tick_ms, self.election_ticks_min)
+
+    @property
+    def snapshot_timeout_ticks(self) -> int:
+        return max(1, self.snapshot_timeout_ms // self.tick_ms)
 
     @property
     def heartbeat_ticks(self) -> int:

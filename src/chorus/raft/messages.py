@@ -47,23 +47,34 @@ def entries_repr(entries: tuple[Entry, ...]) -> str:
 
 
 class Membership(msgspec.Struct, frozen=True, gc=False):
-    """Who is in the cluster: voters decide elections and commits; learners only follow."""
+    """Who is in the cluster: voters decide elections and commits; learners only
+    follow. ``removed`` remembers every id ever removed: a server that comes back
+    with an empty disk must come back under a new id, or answers meant for its
+    old self could be taken for its own."""
 
     voters: frozenset[int] = frozenset()
     learners: frozenset[int] = frozenset()
+    removed: frozenset[int] = frozenset()
 
     def __repr__(self) -> str:
-        v = ",".join(map(str, sorted(self.voters)))
-        if not self.learners:
-            return f"voters={{{v}}}"
-        return f"voters={{{v}}} learners={{{','.join(map(str, sorted(self.learners)))}}}"
+        def ids(s: frozenset[int]) -> str:
+            return ",".join(map(str, sorted(s)))
+
+        text = f"voters={{{ids(self.voters)}}}"
+        if self.learners:
+            text += f" learners={{{ids(self.learners)}}}"
+        if self.removed:
+            text += f" removed={{{ids(self.removed)}}}"
+        return text
 
     @property
     def members(self) -> frozenset[int]:
         return self.voters | self.learners
 
     def encode(self) -> bytes:
-        return msgspec.json.encode({"voters": sorted(self.voters), "learners": sorted(self.learners)})
+        return msgspec.json.encode(
+            {"voters": sorted(self.voters), "learners": sorted(self.learners), "removed": sorted(self.removed)}
+        )
 
     @classmethod
     def decode(cls, data: bytes) -> Membership:

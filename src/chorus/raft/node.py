@@ -273,8 +273,12 @@ class RaftNode:
         self.leader = self.id
         last = self.log.last_index
         members = self.membership
-        for pid in members.members:
-            self.progress[pid] = Progress(last + 1, is_learner=pid in members.learners)
+        replicate_to = set(members.members)
+        if self._configs and self._configs[-1][0] > self.commit:
+            # A removal may not be committed yet: keep its server informed until it is.
+            replicate_to |= self._membership_at(self._configs[-1][0] - 1).members
+        for pid in replicate_to:
+            self.progress[pid] = Progress(last + 1, is_learner=pid not in members.voters)
         if self.id in self.progress:
             me = self.progress[self.id]
             me.match = self._persisted
@@ -352,7 +356,7 @@ class RaftNode:
         for pr in self.progress.values():
             if pr.state is ProgressState.SNAPSHOT:
                 pr.snapshot_ticks += 1
-                if pr.snapshot_ticks > self.cfg.election_ticks_max:
+                if pr.snapshot_ticks > self.cfg.snapshot_timeout_ticks:
                     pr.become_probe()  # the snapshot got lost: try again
         if self.election_elapsed >= self.cfg.election_ticks_min:
             self.election_elapsed = 0
@@ -502,7 +506,9 @@ class RaftNode:
         m = self.membership
         if node_id in m.members:
             raise Refused("invalid", f"server {node_id} is already a member")
-        return self._change_membership(Membership(m.voters, m.learners | {node_id}))
+        if node_id in m.removed:
+            raise Refused("invalid", f"server {node_id} was removed before: a returning server needs a new id")
+        return self._change_membership(Membership(m.voters, m.learners | {node_id}, m.removed))
 
     def promote(self, node_id: int) -> int:
         self._require_primary()
@@ -513,7 +519,7 @@ class RaftNode:
         lag = self.log.last_index - pr.match
         if pr.match == 0 or lag > self.cfg.promote_max_lag:
             raise Refused("not_caught_up", f"server {node_id} is {lag} entries behind; try later")
-        return self._change_membership(Membership(m.voters | {node_id}, m.learners - {node_id}))
+        return self._change_membership(Membership(m.voters | {node_id}, m.learners - {node_id}, m.removed))
 
     def remove(self, node_id: int) -> int:
         self._require_primary()
@@ -523,7 +529,7 @@ class RaftNode:
         voters = m.voters - {node_id}
         if not voters:
             raise Refused("invalid", "cannot remove the last voting member")
-        return self._change_membership(Membership(voters, m.learners - {node_id}))
+        return self._change_membership(Membership(voters, m.learners - {node_id}, m.removed | {node_id}))
 
     def _require_primary(self) -> None:
         if self.role is not Role.PRIMARY:
@@ -551,16 +557,17 @@ class RaftNode:
         self.membership = membership
         self._membership_changed = True
         if self.role is Role.PRIMARY:
-            for pid in list(self.progress):
-                if pid not in membership.members:
-                    del self.progress[pid]
+            # A server being removed keeps getting entries (as a non-voter) until the
+            # removal commits, so that it learns of it and stops campaigning.
+            for pid, pr in self.progress.items():
+                pr.is_learner = pid not in membership.voters
             for pid in membership.members:
                 pr = self.progress.get(pid)
                 if pr is None:
                     pr = self.progress[pid] = Progress(self.log.last_index + 1)
                     if pid == self.id:
                         pr.match = self._persisted
-                pr.is_learner = pid in membership.learners
+                pr.is_learner = pid not in membership.voters
             if self.lead_transferee not in membership.voters:
                 self.lead_transferee = NONE
 
@@ -657,6 +664,9 @@ class RaftNode:
             raise MessageError(f"server {m.server_id} claims to be primary of term {m.term}, which is ours")
         if t is ReplicateAck and m.index > self.log.last_index:  # type: ignore[attr-defined]
             raise MessageError(f"REPLICATE_ACK for index {m.index} beyond our last entry {self.log.last_index}")  # type: ignore[attr-defined]
+        if t is HeartbeatAck and m.ctx > self.read_ctx:  # type: ignore[attr-defined]
+            # It would confirm reads we have not asked about (and all later ones).
+            raise MessageError(f"HEARTBEAT_ACK for read round {m.ctx}, but only {self.read_ctx} were sent")  # type: ignore[attr-defined]
 
     def _handle_vote_request(self, m: RequestVote) -> None:
         can_vote = (
@@ -842,7 +852,8 @@ class RaftNode:
             ):
                 # Something we sent may be lost: free a slot so a probe gets through.
                 pr.inflight_bytes -= pr.inflight.popleft()[1]
-            self._send_append(m.server_id, pr, allow_empty=True)
+            if not pr.is_paused(self.cfg.max_inflight_msgs, self.cfg.max_inflight_bytes):
+                self._send_append(m.server_id, pr, allow_empty=True)
         if m.ctx > pr.acked_ctx:
             pr.acked_ctx = m.ctx
             self._release_reads()
@@ -860,6 +871,10 @@ class RaftNode:
             return False
         was_committed_in_term = self.log.term(self.commit) == self.term
         self.commit = index
+        if self._configs and self._configs[-1][0] <= index and len(self.progress) > len(self.membership.members):
+            # The membership change is committed: stop replicating to servers it removed.
+            for pid in [p for p in self.progress if p not in self.membership.members]:
+                del self.progress[pid]
         if not was_committed_in_term and self._reads_need_commit:
             waiting, self._reads_need_commit = self._reads_need_commit, []
             for origin, req in waiting:
@@ -925,6 +940,11 @@ class RaftNode:
         entries for every follower (pipelined up to the in-flight limits), commit
         updates, one heartbeat round for new reads, one FORWARD per batch."""
         if self.role is Role.PRIMARY:
+            if self._forward_buf:
+                # Accepted for forwarding while a backup; we are primary now.
+                with contextlib.suppress(Refused):
+                    self.propose_batch(self._forward_buf)
+                self._forward_buf.clear()
             if self._reads_unsent:
                 self.read_ctx += 1
                 for origin, req, index in self._reads_unsent:

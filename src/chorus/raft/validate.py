@@ -105,8 +105,7 @@ def validate(m: object, self_id: int) -> None:
             raise MessageError("INSTALL_SNAPSHOT: snapshot metadata missing")
         if _count(m, "snapshot.index", s.index) == 0 or not 0 < _count(m, "snapshot.term", s.term) <= term:
             raise MessageError("INSTALL_SNAPSHOT: impossible snapshot index or term")
-        _ids(m, "voters", s.membership.voters)
-        _ids(m, "learners", s.membership.learners)
+        _check_membership(m, s.membership)
     elif t is Forward:
         if type(m.commands) is not tuple or any(type(c) is not bytes for c in m.commands):
             raise MessageError("FORWARD: commands must be a list of byte strings")
@@ -150,7 +149,12 @@ def _membership(m: Message, data: bytes) -> None:
         ms = Membership.decode(data)
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
         raise MessageError(f"{m.type}: bad membership entry: {exc}") from None
+    _check_membership(m, ms)
+
+
+def _check_membership(m: Message, ms: Membership) -> None:
     _ids(m, "voters", ms.voters)
     _ids(m, "learners", ms.learners)
-    if not ms.voters or ms.voters & ms.learners:
+    _ids(m, "removed", ms.removed)
+    if not ms.voters or ms.voters & ms.learners or ms.removed & (ms.voters | ms.learners):
         raise MessageError(f"{m.type}: impossible membership {ms!r}")
