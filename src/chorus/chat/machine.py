@@ -1,0 +1,457 @@
+"""The chat state machine: applies committed commands to the chat tables.
+
+``apply_batch`` runs inside the caller's transaction, on the caller's connection:
+the store records "applied up to index i" in the same transaction, so an entry is
+never applied twice nor skipped. It is deterministic. It never reads a clock, a
+random source or the environment, and what it writes depends only on the
+commands and the current state, so every replica that applies the same log holds
+the same tables, byte for byte, and the same digest.
+
+Bad commands are not errors of the machine: they produce a Result with an error
+code, and change nothing.
+
+Speed: a send appends one message row (no secondary index: conversations are
+chains, see schema.py), and updates the derived conversation state in memory
+(view.py). Users and client records are cached. Sends are buffered and written
+with one executemany per batch. Any other command flushes the buffer first, so
+it sees every earlier write.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterable
+
+import msgspec
+
+from . import rules
+from .commands import (
+    AnyCommand,
+    DeleteAccount,
+    DeleteMessages,
+    LogOff,
+    MarkRead,
+    Register,
+    Result,
+    Send,
+    SetViewCount,
+    decode,
+    decode_result,
+    encode_result,
+    error,
+    ok,
+)
+from .schema import (
+    MASK,
+    client_hash,
+    marker_hash,
+    message_hash,
+    state_digest,
+    to_signed,
+    to_unsigned,
+    user_hash,
+)
+from .view import ConversationView, Key, conv_key
+
+HOUR_MS = 3_600_000
+CLIENT_TTL_MS = 24 * HOUR_MS  # a client silent this long (in log time) is forgotten
+MAX_RESULTS_KEPT = 256  # per client: answers a pipelining client has not acknowledged
+MAX_DELETE = 1000  # message ids in one delete
+
+_pack_results = msgspec.msgpack.Encoder().encode
+_unpack_results = msgspec.msgpack.Decoder(list[tuple[int, bytes]]).decode
+
+# The chain of a conversation, newest first, from a message down to (not below) a bound.
+CHAIN = """WITH RECURSIVE chain(id, prev) AS (
+    SELECT id, prev FROM messages WHERE id = ?
+    UNION ALL
+    SELECT m.id, m.prev FROM chain c JOIN messages m ON m.id = c.prev WHERE c.prev > ?
+)"""
+
+
+class User:
+    __slots__ = ("created_at", "id", "last_logoff", "name", "pw_hash", "view_count")
+
+    def __init__(self, uid: int, name: str, pw_hash: str, created_at: int, last_logoff: int | None, view_count: int):
+        self.id, self.name, self.pw_hash = uid, name, pw_hash
+        self.created_at, self.last_logoff, self.view_count = created_at, last_logoff, view_count
+
+    def row(self) -> tuple:
+        return (self.id, self.name, rules.name_key(self.name), self.pw_hash, self.created_at,
+                self.last_logoff, self.view_count)
+
+
+class Client:
+    __slots__ = ("acked", "hash", "last_seen", "results")
+
+    def __init__(self, acked: int = 0, last_seen: int = 0, results: dict[int, bytes] | None = None):
+        self.acked, self.last_seen = acked, last_seen
+        self.results: dict[int, bytes] = results if results is not None else {}
+        self.hash = 0  # of the row as stored; 0 while it is not stored
+
+    def blob(self) -> bytes:
+        return _pack_results(sorted(self.results.items()))
+
+
+class ChatMachine:
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+        self.load()
+
+    # ------------------------------------------------------------------ state
+    def load(self) -> None:
+        """(Re)build everything in memory from the tables: at start, after a
+        snapshot is installed, and after a transaction was rolled back."""
+        c = self.conn
+        self.users: dict[int, User] = {}
+        self.by_key: dict[str, int] = {}
+        for uid, name, _key, pw, created, logoff, views in c.execute(
+            "SELECT id, name, name_key, pw_hash, created_at, last_logoff, view_count FROM users"
+        ):
+            self.users[uid] = User(uid, name, pw, created, logoff, views)
+            self.by_key[rules.name_key(name)] = uid
+        self.clients: dict[str, Client] = {}
+        for cid, acked, seen, blob in c.execute("SELECT client_id, acked, last_seen, results FROM clients"):
+            cl = self.clients[cid] = Client(acked, seen, dict(_unpack_results(blob)))
+            cl.hash = client_hash(cid, acked, seen, blob)
+        log_time, digest = c.execute("SELECT log_time, rows_digest FROM chat_state").fetchone()
+        self.log_time: int = log_time
+        self.rows_digest: int = to_unsigned(digest)
+        self.work = ConversationView.from_db(c)  # what apply reads and changes
+        self.view = self.work.copy()  # what readers see: published after each commit
+        self._messages: list[tuple] = []  # buffered inserts
+        self._dirty_clients: set[str] = set()
+        self._changed_convs: set[Key] = set()  # since the last publish
+        self._changed_marks: set[Key] = set()
+        self._changed_users: set[int] = set()
+
+    def digest(self) -> int:
+        return state_digest(self.rows_digest, self.log_time)
+
+    def publish(self) -> None:
+        """Make the committed changes visible to readers (call after COMMIT)."""
+        self.view.publish(self.work, self._changed_convs, self._changed_marks, self._changed_users)
+        self._changed_convs.clear()
+        self._changed_marks.clear()
+        self._changed_users.clear()
+
+    # ------------------------------------------------------------------ apply
+    def apply_batch(self, commands: Iterable[tuple[int, bytes]]) -> list[Result]:
+        """Apply (log index, command bytes) pairs in order; one Result each."""
+        results = [self._apply_one(index, data) for index, data in commands]
+        self.flush()
+        return results
+
+    def apply(self, index: int, data: bytes) -> Result:
+        return self.apply_batch(((index, data),))[0]
+
+    def _apply_one(self, index: int, data: bytes) -> Result:
+        try:
+            cmd = decode(data)
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            return error("bad_command", f"not a chat command: {exc}")
+        client = self.clients.get(cmd.client)
+        if client is not None:
+            saved = client.results.get(cmd.seq)
+            if saved is not None:
+                return decode_result(saved)  # a retry: the same answer, nothing changes
+            if cmd.seq <= client.acked:
+                return error("stale_request", f"request {cmd.seq} was answered long ago")
+        previous = self.log_time
+        now = self.log_time = max(previous, cmd.ts)
+        if now // HOUR_MS != previous // HOUR_MS:
+            self._expire_clients(now)
+        if type(cmd) is Send:
+            result = self._send(index, cmd, now)
+        else:
+            self.flush()
+            result = self._other(index, cmd, now)
+        self._remember(cmd, result, now)
+        return result
+
+    def _remember(self, cmd: AnyCommand, result: Result, now: int) -> None:
+        cid = cmd.client
+        client = self.clients.get(cid)
+        if client is None:
+            client = self.clients[cid] = Client()
+        self._dirty_clients.add(cid)
+        results = client.results
+        if cmd.acked > client.acked:
+            client.acked = cmd.acked
+            for seq in [s for s in results if s <= cmd.acked]:
+                del results[seq]
+        results[cmd.seq] = encode_result(result)
+        if len(results) > MAX_RESULTS_KEPT:
+            oldest = min(results)
+            del results[oldest]
+            client.acked = max(client.acked, oldest)  # older retries are refused, never re-applied
+        client.last_seen = now
+
+    def _expire_clients(self, now: int) -> None:
+        self.flush()
+        cutoff = now - CLIENT_TTL_MS
+        for cid in [cid for cid, c in self.clients.items() if c.last_seen < cutoff]:
+            self.rows_digest -= self.clients.pop(cid).hash
+            self.conn.execute("DELETE FROM clients WHERE client_id = ?", (cid,))
+
+    def flush(self) -> None:
+        """Write what the buffered sends changed."""
+        c = self.conn
+        if self._messages:
+            c.executemany(
+                "INSERT INTO messages (id, sender, recipient, prev, sent_at, body, hash) VALUES (?,?,?,?,?,?,?)",
+                self._messages,
+            )
+            self._messages = []
+        if self._dirty_clients:
+            rows = []
+            for cid in sorted(self._dirty_clients):
+                cl = self.clients.get(cid)
+                if cl is not None:
+                    blob = cl.blob()
+                    rows.append((cid, cl.acked, cl.last_seen, blob))
+                    new = client_hash(cid, cl.acked, cl.last_seen, blob)
+                    self.rows_digest += new - cl.hash
+                    cl.hash = new
+            c.executemany(
+                "INSERT INTO clients (client_id, acked, last_seen, results) VALUES (?,?,?,?) "
+                "ON CONFLICT (client_id) DO UPDATE SET acked = excluded.acked, "
+                "last_seen = excluded.last_seen, results = excluded.results",
+                rows,
+            )
+            self._dirty_clients.clear()
+        self.rows_digest &= MASK
+        c.execute(
+            "UPDATE chat_state SET log_time = ?, rows_digest = ? WHERE id = 1",
+            (self.log_time, to_signed(self.rows_digest)),
+        )
+
+    # ------------------------------------------------------------------ commands
+    def _send(self, index: int, cmd: Send, now: int) -> Result:
+        sender = self.users.get(cmd.user)
+        if sender is None:
+            return error("unknown_user", "your account no longer exists")
+        rid = self.by_key.get(cmd.to.lower())
+        if rid is None:
+            return error("no_such_user", f"there is no user named {cmd.to!r}")
+        problem = rules.body_problem(cmd.body)
+        if problem:
+            return error("invalid_message", problem)
+        sid = sender.id
+        key = conv_key(sid, rid)
+        work = self.work
+        prev = work.heads.get(key, 0)
+        h = message_hash(index, sid, rid, prev, now, cmd.body)
+        self._messages.append((index, sid, rid, prev, now, cmd.body, to_signed(h)))
+        self.rows_digest += h
+        work.heads[key] = index
+        self._changed_convs.add(key)
+        if not prev:  # a new conversation
+            work.peers.setdefault(sid, set()).add(rid)  # type: ignore[union-attr]
+            work.peers.setdefault(rid, set()).add(sid)  # type: ignore[union-attr]
+            self._changed_users.update((sid, rid))
+        if rid != sid:
+            self._add_unread((rid, sid), 1)
+        return ok(id=index, sent_at=now, to=self.users[rid].name)
+
+    def _other(self, index: int, cmd: AnyCommand, now: int) -> Result:
+        t = type(cmd)
+        if t is Register:
+            return self._register(index, cmd, now)  # type: ignore[arg-type]
+        user = self.users.get(cmd.user)  # type: ignore[union-attr]
+        if user is None:
+            return error("unknown_user", "your account no longer exists")
+        if t is DeleteMessages:
+            return self._delete_messages(user, cmd)  # type: ignore[arg-type]
+        if t is MarkRead:
+            return self._mark_read(user, cmd)  # type: ignore[arg-type]
+        if t is SetViewCount:
+            count = cmd.count  # type: ignore[union-attr]
+            if not 1 <= count <= rules.VIEW_COUNT_MAX:
+                return error("invalid_view_count", f"the view count is 1 to {rules.VIEW_COUNT_MAX}")
+            self._update_user(user, view_count=count)
+            return ok(view_count=count)
+        if t is LogOff:
+            self._update_user(user, last_logoff=now)
+            return ok(last_logoff=now)
+        if t is DeleteAccount:
+            return self._delete_account(user)
+        raise AssertionError(f"unhandled command {cmd!r}")
+
+    def _register(self, index: int, cmd: Register, now: int) -> Result:
+        problem = rules.name_problem(cmd.name)
+        if problem:
+            return error("invalid_name", problem)
+        key = rules.name_key(cmd.name)
+        if key in self.by_key:
+            return error("name_taken", f"the name {cmd.name} is taken")
+        if not cmd.pw_hash.startswith("$argon2id$"):
+            return error("invalid_password_hash", "the password must be hashed with argon2id")
+        user = User(index, cmd.name, cmd.pw_hash, now, None, rules.DEFAULT_VIEW_COUNT)
+        self.conn.execute(
+            "INSERT INTO users (id, name, name_key, pw_hash, created_at, last_logoff, view_count) VALUES (?,?,?,?,?,?,?)",
+            user.row(),
+        )
+        self.users[index] = user
+        self.by_key[key] = index
+        self.rows_digest += user_hash(user.row())
+        return ok(id=index, name=cmd.name)
+
+    def _update_user(self, user: User, **changes: int) -> None:
+        self.rows_digest -= user_hash(user.row())
+        for k, v in changes.items():
+            setattr(user, k, v)
+        self.rows_digest += user_hash(user.row())
+        self.conn.execute(
+            "UPDATE users SET last_logoff = ?, view_count = ? WHERE id = ?",
+            (user.last_logoff, user.view_count, user.id),
+        )
+
+    def _set_marker(self, user: int, peer: int, upto: int | None) -> None:
+        """Store (or with None, remove) a read marker, keeping the digest right."""
+        mark = (user, peer)
+        old = self.work.read_upto.get(mark)
+        if old is not None:
+            self.rows_digest -= marker_hash(user, peer, old)
+        if upto is None:
+            self.work.read_upto.pop(mark, None)
+            if old is not None:
+                self.conn.execute("DELETE FROM read_markers WHERE user_id = ? AND peer_id = ?", mark)
+        else:
+            self.work.read_upto[mark] = upto
+            self.rows_digest += marker_hash(user, peer, upto)
+            self.conn.execute(
+                "INSERT INTO read_markers (user_id, peer_id, read_upto) VALUES (?,?,?) "
+                "ON CONFLICT (user_id, peer_id) DO UPDATE SET read_upto = excluded.read_upto",
+                (user, peer, upto),
+            )
+        self._changed_marks.add(mark)
+
+    def _delete_messages(self, user: User, cmd: DeleteMessages) -> Result:
+        ids = sorted(set(cmd.ids))
+        if len(ids) > MAX_DELETE:
+            return error("too_many", f"at most {MAX_DELETE} messages at a time")
+        rows = self.conn.execute(
+            "SELECT id, sender, recipient, prev, sent_at, body, hash FROM messages "
+            "WHERE id IN (SELECT value FROM json_each(?))",
+            (msgspec.json.encode(ids),),
+        ).fetchall()
+        mine = [r for r in rows if r[1] == user.id]
+        by_conv: dict[Key, set[int]] = {}
+        for r in mine:
+            by_conv.setdefault(conv_key(r[1], r[2]), set()).add(r[0])
+        for key in sorted(by_conv):
+            self._unlink(key, by_conv[key])
+        self.conn.executemany("DELETE FROM messages WHERE id = ?", [(r[0],) for r in mine])
+        work = self.work
+        for mid, s, r, _prev, _t, _body, h in mine:
+            self.rows_digest -= to_unsigned(h)
+            if s != r and mid > work.read_upto.get((r, s), 0):
+                self._add_unread((r, s), -1)
+        for key in sorted(by_conv):
+            if key not in work.heads:
+                self._forget_conversation(key)
+        deleted = [r[0] for r in mine]
+        gone = set(deleted)
+        return ok(deleted=deleted, not_deleted=[i for i in ids if i not in gone])
+
+    def _unlink(self, key: Key, doomed: set[int]) -> None:
+        """Take ``doomed`` message ids out of a conversation's chain: whoever
+        pointed at a doomed message points past it (one walk from the newest
+        message down to the oldest doomed one)."""
+        work = self.work
+        chain = self.conn.execute(
+            f"{CHAIN} SELECT id, prev FROM chain", (work.heads[key], min(doomed) - 1)
+        ).fetchall()
+        newer = 0  # the nearest kept message above the current one
+        relink: dict[int, int] = {}
+        for mid, prev in chain:
+            if mid in doomed:
+                if newer:
+                    relink[newer] = prev
+                else:
+                    work.heads[key] = prev
+            else:
+                newer = mid
+        for mid, prev in relink.items():
+            s, r, t, body, h = self.conn.execute(
+                "SELECT sender, recipient, sent_at, body, hash FROM messages WHERE id = ?", (mid,)
+            ).fetchone()
+            new = message_hash(mid, s, r, prev, t, body)
+            self.rows_digest += new - to_unsigned(h)
+            self.conn.execute("UPDATE messages SET prev = ?, hash = ? WHERE id = ?", (prev, to_signed(new), mid))
+        if work.heads[key] == 0:
+            del work.heads[key]
+        self._changed_convs.add(key)
+
+    def _add_unread(self, mark: Key, delta: int) -> None:
+        unread = self.work.unread
+        n = unread.get(mark, 0) + delta
+        assert n >= 0, f"unread count of {mark} would be {n}"
+        if n:
+            unread[mark] = n
+        else:
+            unread.pop(mark, None)  # no zero entries: the view rebuilt from the tables has none
+        self._changed_marks.add(mark)
+
+    def _forget_conversation(self, key: Key) -> None:
+        """The conversation has no message left: forget its markers and counts."""
+        a, b = key
+        work = self.work
+        for mark in ((a, b), (b, a)):
+            if mark in work.read_upto:
+                self._set_marker(*mark, None)
+            work.unread.pop(mark, None)
+            self._changed_marks.add(mark)
+        for u, p in ((a, b), (b, a)):
+            peers = work.peers.get(u)
+            if peers is not None:
+                peers.discard(p)  # type: ignore[union-attr]
+                if not peers:
+                    del work.peers[u]
+            self._changed_users.add(u)
+        work.heads.pop(key, None)
+        self._changed_convs.add(key)
+
+    def _mark_read(self, user: User, cmd: MarkRead) -> Result:
+        peer = self.by_key.get(cmd.peer.lower())
+        key = conv_key(user.id, peer) if peer is not None else None
+        head = self.work.heads.get(key) if key is not None else None
+        if peer is None or head is None:
+            return error("no_conversation", f"no conversation with {cmd.peer!r}")
+        mark = (user.id, peer)
+        old = self.work.read_upto.get(mark, 0)
+        upto = max(old, min(cmd.upto, head))
+        if upto != old:
+            self._set_marker(user.id, peer, upto)
+        if user.id == peer:
+            unread = 0
+        else:
+            (unread,) = self.conn.execute(
+                f"{CHAIN} SELECT COUNT(*) FROM chain JOIN messages m ON m.id = chain.id "
+                "WHERE chain.id > ? AND m.sender = ?",
+                (head, upto, upto, peer),
+            ).fetchone()
+            self._add_unread(mark, unread - self.work.unread.get(mark, 0))
+        return ok(read_upto=upto, unread=unread)
+
+    def _delete_account(self, user: User) -> Result:
+        uid = user.id
+        work = self.work
+        count = 0
+        for peer in sorted(work.peers.get(uid, ())):
+            key = conv_key(uid, peer)
+            rows = self.conn.execute(
+                f"{CHAIN} SELECT m.id, m.hash FROM chain JOIN messages m ON m.id = chain.id",
+                (work.heads[key], 0),
+            ).fetchall()
+            count += len(rows)
+            for _, h in rows:
+                self.rows_digest -= to_unsigned(h)
+            self.conn.executemany("DELETE FROM messages WHERE id = ?", [(mid,) for mid, _ in rows])
+            self._forget_conversation(key)
+        self.rows_digest -= user_hash(user.row())
+        self.conn.execute("DELETE FROM users WHERE id = ?", (uid,))
+        del self.users[uid]
+        del self.by_key[rules.name_key(user.name)]
+        return ok(deleted_messages=count)

@@ -1,0 +1,300 @@
+"""The durable storage of one replica: one SQLite file (WAL) holding the Raft log,
+the hard state, the snapshot metadata, what has been applied, and the chat tables.
+
+The replica loop calls, for each Ready of the consensus core:
+
+- ``persist(ready)``: one transaction, committed with synchronous=FULL, so one
+  fsync whatever the number of entries (group commit). It installs a received
+  snapshot, replaces a conflicting suffix of the log, and stores the hard state,
+  all atomically.
+- ``apply(entries)``: one transaction applying committed entries to the chat
+  tables and recording "applied up to i" with them. It commits without an fsync
+  (synchronous=NORMAL). If a power cut loses it, the entries are still in the
+  durable log and are applied again on restart, exactly once, since the applied
+  index travels with the state. The next persist's fsync makes it durable anyway,
+  because WAL frames reach the disk in order.
+
+Every log entry carries a CRC-32 of (index, term, kind, data), checked when the
+log is read back at start. A replica whose file is corrupt or torn refuses to
+start and names the file and the index; it never serves corrupt data.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import struct
+import zlib
+from collections.abc import Sequence
+from pathlib import Path
+
+from chorus.chat import ChatMachine, schema
+from chorus.chat.commands import Result
+from chorus.raft import Entry, EntryKind, HardState, Membership, Persisted, Ready, SnapshotMeta
+
+from .snapshots import SnapshotFile, copy_chat_tables_from, write_snapshot
+
+_HEADER = struct.Struct("<qqq")
+
+DDL = """
+CREATE TABLE IF NOT EXISTS raft_log (
+    idx   INTEGER PRIMARY KEY,
+    term  INTEGER NOT NULL,
+    kind  INTEGER NOT NULL,
+    data  BLOB    NOT NULL,
+    crc   INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS raft_state (
+    id     INTEGER PRIMARY KEY CHECK (id = 1),
+    term   INTEGER NOT NULL,
+    vote   INTEGER NOT NULL,
+    commit_index INTEGER NOT NULL,
+    crc    INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS snapshot_meta (  -- the log starts after idx
+    id     INTEGER PRIMARY KEY CHECK (id = 1),
+    idx    INTEGER NOT NULL,
+    term   INTEGER NOT NULL,
+    membership BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS applied_state (
+    id     INTEGER PRIMARY KEY CHECK (id = 1),
+    applied INTEGER NOT NULL,
+    applied_term INTEGER NOT NULL,
+    membership BLOB NOT NULL              -- as of the applied index
+);
+"""
+
+
+class StoreCorrupt(Exception):
+    """The replica's file is damaged; it must not start from it."""
+
+
+def entry_crc(index: int, term: int, kind: int, data: bytes) -> int:
+    return zlib.crc32(data, zlib.crc32(_HEADER.pack(index, term, kind)))
+
+
+def _state_crc(term: int, vote: int, commit: int) -> int:
+    return zlib.crc32(_HEADER.pack(term, vote, commit))
+
+
+def connect(path: Path | str, *, readonly: bool = False) -> sqlite3.Connection:
+    uri = f"file:{path}?mode=ro" if readonly else f"file:{path}"
+    conn = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
+    conn.execute("PRAGMA busy_timeout = 5000")
+    return conn
+
+
+class ReplicaStore:
+    """Owns the write connection; use it from one thread at a time."""
+
+    def __init__(self, path: Path | str, bootstrap: Membership | None = None, *, check: bool = True) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fresh = not self.path.exists()
+        try:
+            self.conn = connect(self.path)
+            c = self.conn
+            c.execute("PRAGMA journal_mode = WAL")
+            c.execute("PRAGMA synchronous = FULL")
+            if check and not fresh:
+                problems = [r[0] for r in c.execute("PRAGMA quick_check")]
+                if problems != ["ok"]:
+                    raise StoreCorrupt(f"{self.path}: the database is damaged: {'; '.join(problems[:3])}")
+            c.executescript(DDL)
+            schema.create(c)
+            boot = (bootstrap or Membership()).encode()
+            c.execute("INSERT OR IGNORE INTO raft_state VALUES (1, 0, 0, 0, ?)", (_state_crc(0, 0, 0),))
+            c.execute("INSERT OR IGNORE INTO snapshot_meta VALUES (1, 0, 0, ?)", (boot,))
+            c.execute("INSERT OR IGNORE INTO applied_state VALUES (1, 0, 0, ?)", (boot,))
+            self.chat = ChatMachine(c)
+            self._term_vote = c.execute("SELECT term, vote FROM raft_state").fetchone()
+        except sqlite3.DatabaseError as exc:
+            raise StoreCorrupt(f"{self.path}: cannot be read: {exc}") from None
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def reader(self) -> sqlite3.Connection:
+        """A read-only connection for queries (any thread; WAL readers never block)."""
+        return connect(self.path, readonly=True)
+
+    # ------------------------------------------------------------------ reading back
+    def restore(self) -> Persisted:
+        """What the consensus core needs to restart, every entry checked."""
+        c = self.conn
+        try:
+            term, vote, commit, crc = c.execute(
+                "SELECT term, vote, commit_index, crc FROM raft_state"
+            ).fetchone()
+            if crc != _state_crc(term, vote, commit):
+                raise StoreCorrupt(f"{self.path}: the hard state (term, vote) fails its checksum")
+            snap = self.snapshot_meta()
+            entries = []
+            expect = snap.index + 1
+            last_term = snap.term
+            for idx, t, kind, data, crc in c.execute("SELECT idx, term, kind, data, crc FROM raft_log ORDER BY idx"):
+                if crc != entry_crc(idx, t, kind, data):
+                    raise StoreCorrupt(f"{self.path}: raft log entry {idx} fails its checksum")
+                if idx != expect or t < last_term:
+                    raise StoreCorrupt(f"{self.path}: raft log entry {idx} is out of place (expected {expect})")
+                entries.append(Entry(idx, t, kind, data))
+                expect, last_term = idx + 1, t
+            applied = self.applied()
+        except sqlite3.DatabaseError as exc:
+            raise StoreCorrupt(f"{self.path}: cannot be read: {exc}") from None
+        return Persisted(
+            HardState(term, vote, commit),
+            snap if snap.index else None,
+            entries,
+            applied,
+        )
+
+    def snapshot_meta(self) -> SnapshotMeta:
+        idx, term, members = self.conn.execute("SELECT idx, term, membership FROM snapshot_meta").fetchone()
+        return SnapshotMeta(idx, term, Membership.decode(members))
+
+    def applied(self) -> int:
+        return self.conn.execute("SELECT applied FROM applied_state").fetchone()[0]
+
+    def digest(self) -> int:
+        """The chat state's digest at the applied index (kept up to date: O(1))."""
+        return self.chat.digest()
+
+    def last_index(self) -> int:
+        row = self.conn.execute("SELECT MAX(idx) FROM raft_log").fetchone()
+        return row[0] if row[0] is not None else self.snapshot_meta().index
+
+    # ------------------------------------------------------------------ the replica loop
+    def persist(self, rd: Ready, snapshot: SnapshotFile | None = None) -> None:
+        """Step 1 of the replica loop: everything in one transaction, one fsync."""
+        if rd.snapshot is None and not rd.entries and rd.hard_state is None:
+            return
+        c = self.conn
+        hs = rd.hard_state
+        # The commit index alone need not be durable (a restart recovers it as at
+        # least the applied index); everything else is a promise: fsync.
+        promise = rd.snapshot is not None or bool(rd.entries) or (
+            hs is not None and (hs.term, hs.vote) != self._term_vote
+        )
+        if rd.snapshot is not None:
+            if snapshot is None or snapshot.meta != rd.snapshot:
+                raise ValueError(f"installing {rd.snapshot!r} needs its received file")
+            c.execute("ATTACH DATABASE ? AS snap", (f"file:{snapshot.path}?mode=ro",))
+        if not promise:
+            c.execute("PRAGMA synchronous = NORMAL")
+        try:
+            c.execute("BEGIN IMMEDIATE")
+            try:
+                if rd.snapshot is not None:
+                    self._install(rd.snapshot, snapshot)  # type: ignore[arg-type]
+                if rd.entries:
+                    first = rd.entries[0].index
+                    # Replacing a conflicting suffix is part of this one transaction.
+                    c.execute("DELETE FROM raft_log WHERE idx >= ?", (first,))
+                    c.executemany(
+                        "INSERT INTO raft_log (idx, term, kind, data, crc) VALUES (?,?,?,?,?)",
+                        [(e.index, e.term, e.kind, e.data, entry_crc(e.index, e.term, e.kind, e.data))
+                         for e in rd.entries],
+                    )
+                if hs is not None:
+                    c.execute(
+                        "UPDATE raft_state SET term = ?, vote = ?, commit_index = ?, crc = ? WHERE id = 1",
+                        (hs.term, hs.vote, hs.commit, _state_crc(hs.term, hs.vote, hs.commit)),
+                    )
+                c.execute("COMMIT")
+            except BaseException:
+                c.execute("ROLLBACK")
+                raise
+            if hs is not None:
+                self._term_vote = (hs.term, hs.vote)
+        finally:
+            if not promise:
+                c.execute("PRAGMA synchronous = FULL")
+            if rd.snapshot is not None:
+                c.execute("DETACH DATABASE snap")
+                self.chat.load()  # the chat tables were replaced (or the install rolled back)
+
+    def _install(self, meta: SnapshotMeta, snapshot: SnapshotFile) -> None:
+        c = self.conn
+        copy_chat_tables_from(c, "snap")
+        digest = schema.full_digest(c)
+        if digest != snapshot.digest:
+            raise StoreCorrupt(
+                f"snapshot {snapshot.path} at {meta.index}: state digest {digest:016x} "
+                f"does not match {snapshot.digest:016x}"
+            )
+        c.execute("DELETE FROM raft_log")
+        members = meta.membership.encode()
+        c.execute("UPDATE snapshot_meta SET idx = ?, term = ?, membership = ? WHERE id = 1",
+                  (meta.index, meta.term, members))
+        c.execute("UPDATE applied_state SET applied = ?, applied_term = ?, membership = ? WHERE id = 1",
+                  (meta.index, meta.term, members))
+
+    def apply(self, entries: Sequence[Entry]) -> list[tuple[int, Result]]:
+        """Step 3: apply committed entries and record the applied index, in one
+        transaction. Returns (index, result) for each chat command."""
+        if not entries:
+            return []
+        c = self.conn
+        applied = self.applied()
+        if entries[0].index != applied + 1:
+            raise ValueError(f"applying {entries[0].index} after {applied}")
+        membership: bytes | None = None
+        commands = []
+        for e in entries:
+            if e.kind == EntryKind.COMMAND:
+                commands.append((e.index, e.data))
+            elif e.kind == EntryKind.CONFIG:
+                membership = e.data
+        c.execute("PRAGMA synchronous = NORMAL")  # see the module's docstring
+        c.execute("BEGIN")
+        try:
+            results = self.chat.apply_batch(commands)
+            last = entries[-1]
+            if membership is None:
+                c.execute("UPDATE applied_state SET applied = ?, applied_term = ? WHERE id = 1", (last.index, last.term))
+            else:
+                c.execute("UPDATE applied_state SET applied = ?, applied_term = ?, membership = ? WHERE id = 1",
+                          (last.index, last.term, membership))
+            c.execute("COMMIT")
+        except BaseException:
+            c.execute("ROLLBACK")
+            self.chat.load()
+            raise
+        finally:
+            c.execute("PRAGMA synchronous = FULL")
+        self.chat.publish()
+        return [(idx, r) for (idx, _), r in zip(commands, results, strict=True)]
+
+    # ------------------------------------------------------------------ snapshots
+    def create_snapshot(self, directory: Path | str) -> SnapshotFile:
+        """A consistent copy of the chat state at the applied index, in a file of
+        its own (for sending to a replica that fell behind). Safe to call from
+        another thread while entries are being applied."""
+        return write_snapshot(self.path, Path(directory))
+
+    def compact(self, index: int) -> SnapshotMeta:
+        """Forget the log up to ``index`` (at most the applied index)."""
+        c = self.conn
+        if index > self.applied():
+            raise ValueError(f"cannot compact to {index}: only {self.applied()} is applied")
+        current = self.snapshot_meta()
+        if index <= current.index:
+            return current
+        (term,) = c.execute("SELECT term FROM raft_log WHERE idx = ?", (index,)).fetchone()
+        row = c.execute(
+            "SELECT data FROM raft_log WHERE kind = ? AND idx <= ? ORDER BY idx DESC LIMIT 1",
+            (int(EntryKind.CONFIG), index),
+        ).fetchone()
+        membership = Membership.decode(row[0]) if row else current.membership
+        meta = SnapshotMeta(index, term, membership)
+        c.execute("BEGIN IMMEDIATE")
+        try:
+            c.execute("DELETE FROM raft_log WHERE idx <= ?", (index,))
+            c.execute("UPDATE snapshot_meta SET idx = ?, term = ?, membership = ? WHERE id = 1",
+                      (index, term, membership.encode()))
+            c.execute("COMMIT")
+        except BaseException:
+            c.execute("ROLLBACK")
+            raise
+        return meta

@@ -1,0 +1,194 @@
+"""Snapshots of the chat state: made, cut into chunks, reassembled, installed.
+
+A snapshot is a SQLite file of its own holding a copy of the chat tables and a
+``snapshot_info`` row (index, term, membership, digest). It is copied inside one
+read transaction of the replica's database, so it is consistent at exactly the
+applied index even while entries keep being applied. A snapshot can be much
+larger than one network frame, so it travels in chunks. The receiver checks the
+size and SHA-256 before installing, and ``ReplicaStore.persist`` checks the state
+digest after copying the tables in, within the same transaction, before anything
+commits.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sqlite3
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from chorus.chat import schema
+from chorus.raft import Membership, SnapshotMeta
+
+CHUNK_BYTES = 256 * 1024
+TABLES = (*schema.CHAT_TABLES, "chat_state")
+
+
+class SnapshotInvalid(Exception):
+    """A received snapshot is incomplete or does not match what was announced."""
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotFile:
+    meta: SnapshotMeta
+    path: Path
+    size: int
+    sha256: str
+    digest: int  # the chat state digest at meta.index
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            h.update(block)
+    return h.hexdigest()
+
+
+def write_snapshot(db_path: Path, directory: Path) -> SnapshotFile:
+    directory.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=".snapshot-", suffix=".tmp", dir=directory)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    tmp.unlink()  # SQLite creates it
+    conn = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, isolation_level=None)
+    try:
+        conn.execute("ATTACH DATABASE ? AS snap", (str(tmp),))
+        conn.execute("BEGIN")  # one read transaction: every table at the same applied index
+        index, term, members = conn.execute(
+            "SELECT applied, applied_term, membership FROM main.applied_state"
+        ).fetchone()
+        log_time, rows_digest = conn.execute("SELECT log_time, rows_digest FROM main.chat_state").fetchone()
+        for table in TABLES:
+            conn.execute(f"CREATE TABLE snap.{table} AS SELECT * FROM main.{table}")
+        digest = schema.state_digest(schema.to_unsigned(rows_digest), log_time)
+        conn.execute("CREATE TABLE snap.snapshot_info (idx INTEGER, term INTEGER, membership BLOB, digest TEXT)")
+        conn.execute("INSERT INTO snap.snapshot_info VALUES (?, ?, ?, ?)", (index, term, members, f"{digest:016x}"))
+        conn.execute("COMMIT")
+        conn.execute("DETACH DATABASE snap")
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    finally:
+        conn.close()
+    _fsync(tmp)
+    final = directory / f"snapshot-{index:012d}.db"
+    os.replace(tmp, final)
+    _fsync_dir(directory)
+    for old in directory.glob("snapshot-*.db"):
+        if old != final:
+            old.unlink(missing_ok=True)
+    return SnapshotFile(
+        SnapshotMeta(index, term, Membership.decode(members)), final, final.stat().st_size, file_sha256(final), digest
+    )
+
+
+def read_snapshot_info(path: Path) -> tuple[SnapshotMeta, int]:
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        index, term, members, digest = conn.execute("SELECT idx, term, membership, digest FROM snapshot_info").fetchone()
+    except sqlite3.DatabaseError as exc:
+        raise SnapshotInvalid(f"{path}: not a snapshot: {exc}") from None
+    finally:
+        conn.close()
+    return SnapshotMeta(index, term, Membership.decode(members)), int(digest, 16)
+
+
+def open_snapshot(path: Path) -> SnapshotFile:
+    """A snapshot file already on disk (the latest one made here)."""
+    meta, digest = read_snapshot_info(path)
+    return SnapshotFile(meta, path, path.stat().st_size, file_sha256(path), digest)
+
+
+def latest_snapshot(directory: Path) -> SnapshotFile | None:
+    files = sorted(directory.glob("snapshot-*.db")) if directory.exists() else []
+    return open_snapshot(files[-1]) if files else None
+
+
+def chunks(snapshot: SnapshotFile, size: int = CHUNK_BYTES) -> Iterator[tuple[int, bytes]]:
+    """(offset, bytes) pieces of the file, in order."""
+    with open(snapshot.path, "rb") as f:
+        offset = 0
+        while block := f.read(size):
+            yield offset, block
+            offset += len(block)
+
+
+class SnapshotReceiver:
+    """Reassembles a snapshot sent in chunks; ``finish()`` checks it whole."""
+
+    def __init__(self, directory: Path, meta: SnapshotMeta, size: int, sha256: str, digest: int) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
+        self.directory, self.meta, self.size, self.sha256, self.digest = directory, meta, size, sha256, digest
+        fd, name = tempfile.mkstemp(prefix=".incoming-", suffix=".tmp", dir=directory)
+        self.tmp = Path(name)
+        self._file = os.fdopen(fd, "wb")
+        self._hash = hashlib.sha256()
+        self.received = 0
+
+    def write(self, offset: int, data: bytes) -> None:
+        if offset != self.received:
+            raise SnapshotInvalid(f"chunk at {offset}, expected {self.received}")
+        if self.received + len(data) > self.size:
+            raise SnapshotInvalid(f"more than the announced {self.size} bytes")
+        self._file.write(data)
+        self._hash.update(data)
+        self.received += len(data)
+
+    def abort(self) -> None:
+        self._file.close()
+        self.tmp.unlink(missing_ok=True)
+
+    def finish(self) -> SnapshotFile:
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        self._file.close()
+        if self.received != self.size or self._hash.hexdigest() != self.sha256:
+            self.tmp.unlink(missing_ok=True)
+            raise SnapshotInvalid(
+                f"snapshot at {self.meta.index}: got {self.received} of {self.size} bytes, checksum "
+                f"{'matches' if self._hash.hexdigest() == self.sha256 else 'differs'}"
+            )
+        try:
+            meta, digest = read_snapshot_info(self.tmp)
+        except SnapshotInvalid:
+            self.tmp.unlink(missing_ok=True)
+            raise
+        if meta != self.meta or digest != self.digest:
+            self.tmp.unlink(missing_ok=True)
+            raise SnapshotInvalid(f"snapshot says {meta!r}, the sender announced {self.meta!r}")
+        final = self.directory / f"received-{meta.index:012d}.db"
+        os.replace(self.tmp, final)
+        return SnapshotFile(meta, final, self.size, self.sha256, digest)
+
+
+def copy_chat_tables_from(conn: sqlite3.Connection, source: str) -> None:
+    """Replace the chat tables of ``main`` with those of the attached ``source``
+    (inside the caller's transaction)."""
+    for table in TABLES:
+        want = [r[1] for r in conn.execute(f"PRAGMA main.table_info({table})")]
+        have = [r[1] for r in conn.execute(f"PRAGMA {source}.table_info({table})")]
+        if want != have:
+            raise SnapshotInvalid(f"the snapshot's {table} table has columns {have}, expected {want}")
+        cols = ", ".join(want)
+        conn.execute(f"DELETE FROM main.{table}")
+        conn.execute(f"INSERT INTO main.{table} ({cols}) SELECT {cols} FROM {source}.{table}")

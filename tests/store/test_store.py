@@ -1,0 +1,250 @@
+"""The replica store: persistence, atomic apply, checksums, snapshots."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from chorus.chat import commands as C
+from chorus.chat import queries, schema
+from chorus.raft import Entry, EntryKind, HardState, Membership, Ready
+from chorus.store import ReplicaStore, SnapshotInvalid, SnapshotReceiver, StoreCorrupt, chunks
+
+HASH = "$argon2id$v=19$m=65536,t=3,p=4$c2FsdA$aGFzaA"
+MEMBERS = Membership(frozenset({1, 2, 3}))
+
+
+def ready(entries=(), hs: HardState | None = None, snapshot=None) -> Ready:
+    return Ready(hard_state=hs, soft_state=None, snapshot=snapshot, entries=tuple(entries),
+                 messages=(), committed=(), reads=(), membership=None)
+
+
+def chat_log(n_messages: int, term: int = 1, start: int = 1) -> list[Entry]:
+    """Two registrations, then messages back and forth."""
+    cmds: list[C.AnyCommand] = [
+        C.Register(client="c", seq=1, ts=1000, name="alice", pw_hash=HASH),
+        C.Register(client="c", seq=2, ts=1001, name="bob", pw_hash=HASH),
+    ]
+    for k in range(n_messages):
+        cmds.append(C.Send(client="c", seq=3 + k, acked=2 + k, ts=2000 + k, user=1 if k % 2 else 2,
+                           to="bob" if k % 2 else "alice", body=f"message {k:04d} payload"))
+    return [Entry(start + i, term, EntryKind.COMMAND, C.encode(c)) for i, c in enumerate(cmds)]
+
+
+def sends(n: int, start: int, term: int = 1) -> list[Entry]:
+    """n more messages, at log indexes start, start + 1, ..."""
+    return [
+        Entry(start + k, term, EntryKind.COMMAND,
+              C.encode(C.Send(client="d", seq=start + k, ts=5000 + k, user=1, to="bob", body=f"later {k}")))
+        for k in range(n)
+    ]
+
+
+def fill(store: ReplicaStore, entries: list[Entry], term: int = 1) -> None:
+    store.persist(ready(entries, HardState(term, 1, entries[-1].index)))
+    store.apply(entries)
+
+
+def test_persist_and_restore(tmp_path: Path) -> None:
+    s = ReplicaStore(tmp_path / "r.db", MEMBERS)
+    log = chat_log(10)
+    s.persist(ready(log, HardState(3, 2, 5)))
+    s.close()
+    p = ReplicaStore(tmp_path / "r.db").restore()
+    assert p.hard_state == HardState(3, 2, 5)
+    assert list(p.entries) == log and p.snapshot is None and p.applied == 0
+
+
+def test_a_conflicting_suffix_is_replaced_in_one_transaction(tmp_path: Path) -> None:
+    s = ReplicaStore(tmp_path / "r.db", MEMBERS)
+    s.persist(ready(chat_log(10, term=1), HardState(1, 1, 0)))
+    replacement = [Entry(8, 2, EntryKind.NOOP, b""), Entry(9, 2, EntryKind.COMMAND, b"x")]
+    s.persist(ready(replacement, HardState(2, 1, 0)))
+    entries = s.restore().entries
+    assert [(e.index, e.term) for e in entries] == [(i, 1) for i in range(1, 8)] + [(8, 2), (9, 2)]
+
+
+def test_apply_records_the_applied_index_with_the_state(tmp_path: Path) -> None:
+    s = ReplicaStore(tmp_path / "r.db", MEMBERS)
+    log = chat_log(6)
+    s.persist(ready(log, HardState(1, 1, 8)))
+    results = s.apply(log[:5])
+    assert [i for i, _ in results] == [1, 2, 3, 4, 5] and all(r.ok for _, r in results)
+    with pytest.raises(ValueError, match="applying 7 after 5"):
+        s.apply(log[6:])  # a gap
+    s.apply(log[5:])
+    s.close()
+    s2 = ReplicaStore(tmp_path / "r.db")
+    assert s2.applied() == 8
+    assert [m.body for m in queries.history(s2.reader(), s2.chat.view, 1, "bob", limit=2)] == [
+        "message 0005 payload", "message 0004 payload"]
+
+
+def test_a_failed_apply_changes_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    s = ReplicaStore(tmp_path / "r.db", MEMBERS)
+    log = chat_log(6)
+    s.persist(ready(log, HardState(1, 1, 8)))
+    s.apply(log[:4])
+    digest, applied = s.digest(), s.applied()
+    real = s.chat.apply_batch
+
+    def fails_half_way(commands):
+        real(list(commands)[:2])  # writes some rows ...
+        raise OSError("disk full")  # ... and then the disk is full
+
+    monkeypatch.setattr(s.chat, "apply_batch", fails_half_way)
+    with pytest.raises(OSError):
+        s.apply(log[4:])
+    monkeypatch.undo()
+    assert (s.digest(), s.applied()) == (digest, applied)
+    assert s.digest() == schema.full_digest(s.conn)
+    s.apply(log[4:])
+    assert s.applied() == 8
+
+
+class FailingConnection:
+    """Passes everything to the real connection, but the first executemany fails."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+
+    def executemany(self, *args):
+        raise sqlite3.OperationalError("disk I/O error")
+
+    def __getattr__(self, name):
+        return getattr(self.conn, name)
+
+
+def test_a_persist_that_fails_half_way_leaves_the_log_as_it_was(tmp_path: Path) -> None:
+    s = ReplicaStore(tmp_path / "r.db", MEMBERS)
+    s.persist(ready(chat_log(10, term=1), HardState(1, 1, 0)))
+    before = s.restore()
+    real, s.conn = s.conn, FailingConnection(s.conn)  # type: ignore[assignment]
+    replacement = [Entry(8, 2, EntryKind.NOOP, b""), Entry(9, 2, EntryKind.COMMAND, b"x")]
+    with pytest.raises(sqlite3.OperationalError):
+        s.persist(ready(replacement, HardState(2, 1, 0)))  # the truncation ran, the append failed
+    s.conn = real
+    assert s.restore() == before  # nothing of it stuck: not the truncation, not the new term
+
+
+def test_an_entry_that_fails_its_checksum_stops_the_replica(tmp_path: Path) -> None:
+    path = tmp_path / "r.db"
+    s = ReplicaStore(path, MEMBERS)
+    s.persist(ready(chat_log(40), HardState(1, 1, 0)))
+    s.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    s.close()
+    raw = bytearray(path.read_bytes())
+    at = raw.find(b"message 0017 payload")  # entry 20 (two registrations, then message 0 at 3)
+    assert at > 0
+    raw[at + 9] ^= 0x01  # one flipped bit inside the entry's data
+    path.write_bytes(bytes(raw))
+    with pytest.raises(StoreCorrupt, match=rf"{path}: raft log entry 20 fails its checksum"):
+        ReplicaStore(path).restore()
+
+
+def test_a_torn_file_stops_the_replica(tmp_path: Path) -> None:
+    path = tmp_path / "r.db"
+    s = ReplicaStore(path, MEMBERS)
+    fill(s, chat_log(300))
+    s.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    s.close()
+    raw = path.read_bytes()
+    path.write_bytes(raw[: len(raw) // 2])  # the second half never reached the disk
+    with pytest.raises(StoreCorrupt, match=str(path)):
+        ReplicaStore(path).restore()
+
+
+def test_a_tampered_hard_state_stops_the_replica(tmp_path: Path) -> None:
+    path = tmp_path / "r.db"
+    s = ReplicaStore(path, MEMBERS)
+    s.persist(ready((), HardState(5, 2, 0)))
+    s.close()
+    with sqlite3.connect(path) as c:
+        c.execute("UPDATE raft_state SET vote = 3")  # a second vote in term 5, out of nowhere
+    with pytest.raises(StoreCorrupt, match="hard state"):
+        ReplicaStore(path).restore()
+
+
+def test_the_same_log_gives_the_same_digest_and_a_snapshot_carries_it(tmp_path: Path) -> None:
+    one, two = ReplicaStore(tmp_path / "1.db", MEMBERS), ReplicaStore(tmp_path / "2.db", MEMBERS)
+    log = chat_log(50)
+    for s in (one, two):
+        fill(s, log)
+    assert one.digest() == two.digest() == schema.full_digest(one.conn)
+    snap = one.create_snapshot(tmp_path / "snaps")
+    assert snap.meta.index == 52 and snap.meta.membership == MEMBERS and snap.digest == one.digest()
+    # Sent in small chunks to a new replica, reassembled, checked, installed.
+    three = ReplicaStore(tmp_path / "3.db", Membership())
+    rx = SnapshotReceiver(tmp_path / "incoming", snap.meta, snap.size, snap.sha256, snap.digest)
+    pieces = list(chunks(snap, 1000))
+    assert len(pieces) > 5
+    for offset, data in pieces:
+        rx.write(offset, data)
+    received = rx.finish()
+    three.persist(ready((), HardState(1, 0, 52), snapshot=snap.meta), received)
+    assert three.digest() == one.digest() and three.applied() == 52
+    assert three.restore().snapshot == snap.meta and not three.restore().entries
+    assert queries.history(three.reader(), three.chat.view, 1, "bob") == queries.history(one.reader(), one.chat.view, 1, "bob")
+    # The log goes on after the snapshot.
+    more = sends(3, start=53)
+    for s in (one, three):
+        s.persist(ready(more, HardState(1, 0, 55)))
+        s.apply(more)
+    assert three.digest() == one.digest()
+
+
+def test_a_damaged_snapshot_is_refused(tmp_path: Path) -> None:
+    one = ReplicaStore(tmp_path / "1.db", MEMBERS)
+    fill(one, chat_log(20))
+    snap = one.create_snapshot(tmp_path / "snaps")
+    rx = SnapshotReceiver(tmp_path / "in", snap.meta, snap.size, snap.sha256, snap.digest)
+    for offset, data in chunks(snap, 4096):
+        rx.write(offset, data[:-1] + bytes([data[-1] ^ 1]) if offset == 0 else data)
+    with pytest.raises(SnapshotInvalid, match="checksum differs"):
+        rx.finish()
+    rx = SnapshotReceiver(tmp_path / "in", snap.meta, snap.size, snap.sha256, snap.digest)
+    with pytest.raises(SnapshotInvalid, match="expected 0"):
+        rx.write(4096, b"out of order")
+    rx.abort()
+
+
+def test_a_snapshot_whose_state_does_not_match_its_digest_is_not_installed(tmp_path: Path) -> None:
+    one = ReplicaStore(tmp_path / "1.db", MEMBERS)
+    fill(one, chat_log(20))
+    snap = one.create_snapshot(tmp_path / "snaps")
+    with sqlite3.connect(snap.path) as c:
+        c.execute("UPDATE messages SET body = 'forged' WHERE id = 10")
+    two = ReplicaStore(tmp_path / "2.db", MEMBERS)
+    fill(two, chat_log(2))
+    before = (two.digest(), two.applied(), two.restore())
+    with pytest.raises(StoreCorrupt, match="does not match"):
+        two.persist(ready((), HardState(1, 0, 22), snapshot=snap.meta), snap)
+    assert (two.digest(), two.applied(), two.restore()) == before
+
+
+def test_compaction_and_membership(tmp_path: Path) -> None:
+    s = ReplicaStore(tmp_path / "r.db", MEMBERS)
+    log = chat_log(10)
+    grow = Membership(frozenset({1, 2, 3}), frozenset({4}))
+    log.append(Entry(13, 1, EntryKind.CONFIG, grow.encode()))
+    log.extend(sends(3, start=14))
+    fill(s, log)
+    with pytest.raises(ValueError, match="only 16 is applied"):
+        s.compact(17)
+    meta = s.compact(12)
+    assert (meta.index, meta.membership) == (12, MEMBERS)
+    meta = s.compact(14)
+    assert (meta.index, meta.term, meta.membership) == (14, 1, grow)
+    p = s.restore()
+    assert p.snapshot == meta and [e.index for e in p.entries] == [15, 16]
+    snap = s.create_snapshot(tmp_path / "snaps")
+    assert snap.meta.index == 16 and snap.meta.membership == grow
+
+
+def test_a_commit_index_alone_is_stored_too(tmp_path: Path) -> None:
+    s = ReplicaStore(tmp_path / "r.db", MEMBERS)
+    s.persist(ready(chat_log(1), HardState(1, 1, 0)))
+    s.persist(ready((), HardState(1, 1, 3)))  # written without an fsync: recoverable if lost
+    assert s.restore().hard_state == HardState(1, 1, 3)
