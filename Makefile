@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 JOBS   ?= 2
 
-.PHONY: test lint sim bench-core clean
+.PHONY: test lint sim bench-core bench-store clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -31,6 +31,9 @@ endif
 
 bench-core: $(STAMP)
 	$(PY) bench/core.py
+
+bench-store: $(STAMP)
+	$(PY) bench/store.py $(if $(QUICK),--quick --messages 100000)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis

@@ -129,6 +129,26 @@ def test_a_persist_that_fails_half_way_leaves_the_log_as_it_was(tmp_path: Path) 
     assert s.restore() == before  # nothing of it stuck: not the truncation, not the new term
 
 
+def test_save_persists_and_applies_in_one_transaction(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    s = ReplicaStore(tmp_path / "r.db", MEMBERS)
+    log = chat_log(8)
+    rd = Ready(hard_state=HardState(1, 1, 6), soft_state=None, snapshot=None, entries=tuple(log),
+               messages=(), committed=tuple(log[:6]), reads=(), membership=None)
+    results = s.save(rd)
+    assert [i for i, _ in results] == [1, 2, 3, 4, 5, 6] and s.applied() == 6
+    more = sends(2, start=11)
+    rd2 = Ready(hard_state=HardState(1, 1, 12), soft_state=None, snapshot=None, entries=tuple(more),
+                messages=(), committed=tuple(log[6:]) + tuple(more), reads=(), membership=None)
+    before = (s.restore(), s.digest())
+    monkeypatch.setattr(s.chat, "apply_batch", lambda commands: 1 / 0)
+    with pytest.raises(ZeroDivisionError):
+        s.save(rd2)
+    monkeypatch.undo()
+    assert (s.restore(), s.digest()) == before  # neither the new entries nor the apply
+    s.save(rd2)
+    assert s.applied() == 12 and s.restore().entries[-1].index == 12
+
+
 def test_an_entry_that_fails_its_checksum_stops_the_replica(tmp_path: Path) -> None:
     path = tmp_path / "r.db"
     s = ReplicaStore(path, MEMBERS)

@@ -36,8 +36,6 @@ from .commands import (
     Send,
     SetViewCount,
     decode,
-    decode_result,
-    encode_result,
     error,
     ok,
 )
@@ -53,13 +51,14 @@ from .schema import (
 )
 from .view import ConversationView, Key, conv_key
 
+_TWO63, _TWO64 = 1 << 63, 1 << 64
 HOUR_MS = 3_600_000
 CLIENT_TTL_MS = 24 * HOUR_MS  # a client silent this long (in log time) is forgotten
 MAX_RESULTS_KEPT = 256  # per client: answers a pipelining client has not acknowledged
 MAX_DELETE = 1000  # message ids in one delete
 
 _pack_results = msgspec.msgpack.Encoder().encode
-_unpack_results = msgspec.msgpack.Decoder(list[tuple[int, bytes]]).decode
+_unpack_results = msgspec.msgpack.Decoder(list[tuple[int, Result]]).decode
 
 # The chain of a conversation, newest first, from a message down to (not below) a bound.
 CHAIN = """WITH RECURSIVE chain(id, prev) AS (
@@ -84,9 +83,9 @@ class User:
 class Client:
     __slots__ = ("acked", "hash", "last_seen", "results")
 
-    def __init__(self, acked: int = 0, last_seen: int = 0, results: dict[int, bytes] | None = None):
+    def __init__(self, acked: int = 0, last_seen: int = 0, results: dict[int, Result] | None = None):
         self.acked, self.last_seen = acked, last_seen
-        self.results: dict[int, bytes] = results if results is not None else {}
+        self.results: dict[int, Result] = results if results is not None else {}
         self.hash = 0  # of the row as stored; 0 while it is not stored
 
     def blob(self) -> bytes:
@@ -154,7 +153,7 @@ class ChatMachine:
         if client is not None:
             saved = client.results.get(cmd.seq)
             if saved is not None:
-                return decode_result(saved)  # a retry: the same answer, nothing changes
+                return saved  # a retry: the same answer, nothing changes
             if cmd.seq <= client.acked:
                 return error("stale_request", f"request {cmd.seq} was answered long ago")
         previous = self.log_time
@@ -177,10 +176,11 @@ class ChatMachine:
         self._dirty_clients.add(cid)
         results = client.results
         if cmd.acked > client.acked:
-            client.acked = cmd.acked
-            for seq in [s for s in results if s <= cmd.acked]:
-                del results[seq]
-        results[cmd.seq] = encode_result(result)
+            client.acked = acked = cmd.acked
+            if results:
+                for seq in [s for s in results if s <= acked]:
+                    del results[seq]
+        results[cmd.seq] = result
         if len(results) > MAX_RESULTS_KEPT:
             oldest = min(results)
             del results[oldest]
@@ -228,21 +228,22 @@ class ChatMachine:
 
     # ------------------------------------------------------------------ commands
     def _send(self, index: int, cmd: Send, now: int) -> Result:
+        # The hot path: kept flat on purpose (no helper calls for the common case).
         sender = self.users.get(cmd.user)
         if sender is None:
             return error("unknown_user", "your account no longer exists")
         rid = self.by_key.get(cmd.to.lower())
         if rid is None:
             return error("no_such_user", f"there is no user named {cmd.to!r}")
-        problem = rules.body_problem(cmd.body)
-        if problem:
-            return error("invalid_message", problem)
+        body = cmd.body
+        if not 0 < len(body) <= rules.BODY_MAX or body.isspace():
+            return error("invalid_message", rules.body_problem(body) or "invalid message")
         sid = sender.id
-        key = conv_key(sid, rid)
+        key = (sid, rid) if sid <= rid else (rid, sid)
         work = self.work
         prev = work.heads.get(key, 0)
-        h = message_hash(index, sid, rid, prev, now, cmd.body)
-        self._messages.append((index, sid, rid, prev, now, cmd.body, to_signed(h)))
+        h = message_hash(index, sid, rid, prev, now, body)
+        self._messages.append((index, sid, rid, prev, now, body, h - _TWO64 if h >= _TWO63 else h))
         self.rows_digest += h
         work.heads[key] = index
         self._changed_convs.add(key)
@@ -251,8 +252,11 @@ class ChatMachine:
             work.peers.setdefault(rid, set()).add(sid)  # type: ignore[union-attr]
             self._changed_users.update((sid, rid))
         if rid != sid:
-            self._add_unread((rid, sid), 1)
-        return ok(id=index, sent_at=now, to=self.users[rid].name)
+            mark = (rid, sid)
+            unread = work.unread
+            unread[mark] = unread.get(mark, 0) + 1
+            self._changed_marks.add(mark)
+        return Result(data={"id": index, "sent_at": now, "to": self.users[rid].name})
 
     def _other(self, index: int, cmd: AnyCommand, now: int) -> Result:
         t = type(cmd)

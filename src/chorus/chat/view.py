@@ -69,19 +69,14 @@ class ConversationView:
     def publish(self, work: ConversationView, keys: Iterable[Key], marks: Iterable[Key], users: Iterable[int]) -> None:
         """Copy what changed in ``work`` (the state machine's own view) into this
         published one. Each assignment is atomic for a concurrent reader."""
-        for k in keys:
-            head = work.heads.get(k)
-            if head is None:
-                self.heads.pop(k, None)
-            else:
-                self.heads[k] = head
-        for k in marks:
-            for src, dst in ((work.unread, self.unread), (work.read_upto, self.read_upto)):
-                value = src.get(k)
-                if value is None:
-                    dst.pop(k, None)
-                else:
-                    dst[k] = value
+        for src, dst, changed in (
+            (work.heads, self.heads, keys),
+            (work.unread, self.unread, marks),
+            (work.read_upto, self.read_upto, marks),
+        ):
+            dst.update({k: src[k] for k in changed if k in src})
+            for k in [k for k in changed if k not in src and k in dst]:
+                del dst[k]
         for u in users:
             peers = work.peers.get(u)
             if peers:

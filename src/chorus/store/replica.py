@@ -1,17 +1,18 @@
 """The durable storage of one replica: one SQLite file (WAL) holding the Raft log,
 the hard state, the snapshot metadata, what has been applied, and the chat tables.
 
-The replica loop calls, for each Ready of the consensus core:
+The replica loop calls, for each Ready of the consensus core, either:
 
-- ``persist(ready)``: one transaction, committed with synchronous=FULL, so one
-  fsync whatever the number of entries (group commit). It installs a received
-  snapshot, replaces a conflicting suffix of the log, and stores the hard state,
-  all atomically.
-- ``apply(entries)``: one transaction applying committed entries to the chat
-  tables and recording "applied up to i" with them. It commits without an fsync
-  (synchronous=NORMAL). If a power cut loses it, the entries are still in the
-  durable log and are applied again on restart, exactly once, since the applied
-  index travels with the state. The next persist's fsync makes it durable anyway,
+- ``save(ready)``: ONE transaction and one fsync (group commit, however many
+  entries): install a received snapshot, replace a conflicting suffix of the log,
+  store the hard state, apply the committed entries to the chat tables and record
+  "applied up to i". Messages are sent after it; or
+- ``persist(ready)`` then ``apply(ready.committed)`` with the messages sent in
+  between, so that peers start on their copies while this replica applies. The
+  persist commits with synchronous=FULL (one fsync); the apply commits without
+  one (synchronous=NORMAL). If a power cut loses an apply, its entries are still
+  in the durable log and are applied again on restart, exactly once, since the
+  applied index travels with the state. The next fsync makes it durable anyway,
   because WAL frames reach the disk in order.
 
 Every log entry carries a CRC-32 of (index, term, kind, data), checked when the
@@ -108,6 +109,7 @@ class ReplicaStore:
             c.execute("INSERT OR IGNORE INTO applied_state VALUES (1, 0, 0, ?)", (boot,))
             self.chat = ChatMachine(c)
             self._term_vote = c.execute("SELECT term, vote FROM raft_state").fetchone()
+            self._applied: int = self.applied()
         except sqlite3.DatabaseError as exc:
             raise StoreCorrupt(f"{self.path}: cannot be read: {exc}") from None
 
@@ -165,54 +167,107 @@ class ReplicaStore:
         return row[0] if row[0] is not None else self.snapshot_meta().index
 
     # ------------------------------------------------------------------ the replica loop
+    def save(self, rd: Ready, snapshot: SnapshotFile | None = None) -> list[tuple[int, Result]]:
+        """Persist a Ready and apply its committed entries in ONE transaction with
+        one fsync (group commit, as the replica loop's steps 1 and 3 together).
+        Returns (index, result) for each chat command applied."""
+        return self._write(rd.snapshot, snapshot, rd.entries, rd.hard_state, rd.committed)
+
     def persist(self, rd: Ready, snapshot: SnapshotFile | None = None) -> None:
-        """Step 1 of the replica loop: everything in one transaction, one fsync."""
-        if rd.snapshot is None and not rd.entries and rd.hard_state is None:
-            return
+        """Step 1 of the replica loop alone: snapshot, entries, hard state; one fsync."""
+        self._write(rd.snapshot, snapshot, rd.entries, rd.hard_state, ())
+
+    def apply(self, entries: Sequence[Entry]) -> list[tuple[int, Result]]:
+        """Step 3 alone: apply committed entries and record the applied index, in
+        one transaction, without an fsync (see the module's docstring)."""
+        return self._write(None, None, (), None, entries)
+
+    def _write(
+        self,
+        snap_meta: SnapshotMeta | None,
+        snapshot: SnapshotFile | None,
+        entries: Sequence[Entry],
+        hs: HardState | None,
+        committed: Sequence[Entry],
+    ) -> list[tuple[int, Result]]:
         c = self.conn
-        hs = rd.hard_state
-        # The commit index alone need not be durable (a restart recovers it as at
-        # least the applied index); everything else is a promise: fsync.
-        promise = rd.snapshot is not None or bool(rd.entries) or (
-            hs is not None and (hs.term, hs.vote) != self._term_vote
-        )
-        if rd.snapshot is not None:
-            if snapshot is None or snapshot.meta != rd.snapshot:
-                raise ValueError(f"installing {rd.snapshot!r} needs its received file")
+        # Entries, a snapshot, a new term or vote are promises to peers: fsync. The
+        # commit index alone need not be durable (a restart recovers it as at least
+        # the applied index), nor need an apply (the log it comes from is durable).
+        promise = snap_meta is not None or bool(entries) or (hs is not None and (hs.term, hs.vote) != self._term_vote)
+        if not (promise or hs is not None or committed):
+            return []
+        if committed:
+            expect = (snap_meta.index if snap_meta is not None else self._applied) + 1
+            if committed[0].index != expect:
+                raise ValueError(f"applying {committed[0].index} after {expect - 1}")
+        if snap_meta is not None:
+            if snapshot is None or snapshot.meta != snap_meta:
+                raise ValueError(f"installing {snap_meta!r} needs its received file")
             c.execute("ATTACH DATABASE ? AS snap", (f"file:{snapshot.path}?mode=ro",))
         if not promise:
             c.execute("PRAGMA synchronous = NORMAL")
+        results: list[tuple[int, Result]] = []
         try:
             c.execute("BEGIN IMMEDIATE")
             try:
-                if rd.snapshot is not None:
-                    self._install(rd.snapshot, snapshot)  # type: ignore[arg-type]
-                if rd.entries:
-                    first = rd.entries[0].index
+                if snap_meta is not None:
+                    self._install(snap_meta, snapshot)  # type: ignore[arg-type]
+                if entries:
                     # Replacing a conflicting suffix is part of this one transaction.
-                    c.execute("DELETE FROM raft_log WHERE idx >= ?", (first,))
+                    c.execute("DELETE FROM raft_log WHERE idx >= ?", (entries[0].index,))
                     c.executemany(
                         "INSERT INTO raft_log (idx, term, kind, data, crc) VALUES (?,?,?,?,?)",
                         [(e.index, e.term, e.kind, e.data, entry_crc(e.index, e.term, e.kind, e.data))
-                         for e in rd.entries],
+                         for e in entries],
                     )
                 if hs is not None:
                     c.execute(
                         "UPDATE raft_state SET term = ?, vote = ?, commit_index = ?, crc = ? WHERE id = 1",
                         (hs.term, hs.vote, hs.commit, _state_crc(hs.term, hs.vote, hs.commit)),
                     )
+                if committed:
+                    results = self._apply_in_transaction(committed)
                 c.execute("COMMIT")
             except BaseException:
                 c.execute("ROLLBACK")
+                if committed or snap_meta is not None:
+                    self.chat.load()
+                self._applied = self.applied()
                 raise
             if hs is not None:
                 self._term_vote = (hs.term, hs.vote)
+            if snap_meta is not None:
+                self._applied = snap_meta.index
+            if committed:
+                self._applied = committed[-1].index
         finally:
             if not promise:
                 c.execute("PRAGMA synchronous = FULL")
-            if rd.snapshot is not None:
+            if snap_meta is not None:
                 c.execute("DETACH DATABASE snap")
                 self.chat.load()  # the chat tables were replaced (or the install rolled back)
+        if committed:
+            self.chat.publish()
+        return results
+
+    def _apply_in_transaction(self, entries: Sequence[Entry]) -> list[tuple[int, Result]]:
+        membership: bytes | None = None
+        commands = []
+        for e in entries:
+            if e.kind == EntryKind.COMMAND:
+                commands.append((e.index, e.data))
+            elif e.kind == EntryKind.CONFIG:
+                membership = e.data
+        results = self.chat.apply_batch(commands)
+        last = entries[-1]
+        if membership is None:
+            self.conn.execute("UPDATE applied_state SET applied = ?, applied_term = ? WHERE id = 1",
+                              (last.index, last.term))
+        else:
+            self.conn.execute("UPDATE applied_state SET applied = ?, applied_term = ?, membership = ? WHERE id = 1",
+                              (last.index, last.term, membership))
+        return [(idx, r) for (idx, _), r in zip(commands, results, strict=True)]
 
     def _install(self, meta: SnapshotMeta, snapshot: SnapshotFile) -> None:
         c = self.conn
@@ -229,42 +284,6 @@ class ReplicaStore:
                   (meta.index, meta.term, members))
         c.execute("UPDATE applied_state SET applied = ?, applied_term = ?, membership = ? WHERE id = 1",
                   (meta.index, meta.term, members))
-
-    def apply(self, entries: Sequence[Entry]) -> list[tuple[int, Result]]:
-        """Step 3: apply committed entries and record the applied index, in one
-        transaction. Returns (index, result) for each chat command."""
-        if not entries:
-            return []
-        c = self.conn
-        applied = self.applied()
-        if entries[0].index != applied + 1:
-            raise ValueError(f"applying {entries[0].index} after {applied}")
-        membership: bytes | None = None
-        commands = []
-        for e in entries:
-            if e.kind == EntryKind.COMMAND:
-                commands.append((e.index, e.data))
-            elif e.kind == EntryKind.CONFIG:
-                membership = e.data
-        c.execute("PRAGMA synchronous = NORMAL")  # see the module's docstring
-        c.execute("BEGIN")
-        try:
-            results = self.chat.apply_batch(commands)
-            last = entries[-1]
-            if membership is None:
-                c.execute("UPDATE applied_state SET applied = ?, applied_term = ? WHERE id = 1", (last.index, last.term))
-            else:
-                c.execute("UPDATE applied_state SET applied = ?, applied_term = ?, membership = ? WHERE id = 1",
-                          (last.index, last.term, membership))
-            c.execute("COMMIT")
-        except BaseException:
-            c.execute("ROLLBACK")
-            self.chat.load()
-            raise
-        finally:
-            c.execute("PRAGMA synchronous = FULL")
-        self.chat.publish()
-        return [(idx, r) for (idx, _), r in zip(commands, results, strict=True)]
 
     # ------------------------------------------------------------------ snapshots
     def create_snapshot(self, directory: Path | str) -> SnapshotFile:

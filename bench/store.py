@@ -1,0 +1,213 @@
+"""How fast is one replica's storage? Sends persisted and applied, and history reads.
+
+Workload: 1,000 users, each writing to about 10 contacts, 100-200-byte messages.
+Every batch goes the way the replica loop takes it: persist the log entries
+(one transaction, one fsync), then apply them (chat tables and applied index in
+one transaction). We measure this on an empty store, then again once 1,000,000
+messages are stored, and the latency of reading one history page of 50 messages
+at random depths of random conversations.
+
+    python bench/store.py                  # the full run (about 2 minutes)
+    python bench/store.py --messages 100000 --quick
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from chorus.chat import commands as C
+from chorus.chat import queries
+from chorus.raft import Entry, EntryKind, HardState, Membership, Ready
+from chorus.store import ReplicaStore
+
+HASH = "$argon2id$v=19$m=65536,t=3,p=4$c2FsdHNhbHQ$aGFzaGhhc2hoYXNoaGFzaA"
+USERS = 1000
+CONTACTS = 10
+BATCH = 100
+
+
+class Workload:
+    def __init__(self, seed: int = 1) -> None:
+        self.rng = random.Random(seed)
+        self.index = 0
+        self.contacts = {u: self.rng.sample(range(1, USERS + 1), CONTACTS) for u in range(1, USERS + 1)}
+        self.words = [f"w{self.rng.randrange(10**6):06d}" for _ in range(500)]
+
+    def next_entries(self, n: int, make) -> list[Entry]:
+        out = []
+        for _ in range(n):
+            self.index += 1
+            out.append(Entry(self.index, 1, EntryKind.COMMAND, C.encode(make(self.index))))
+        return out
+
+    def registrations(self) -> list[Entry]:
+        return self.next_entries(
+            USERS, lambda i: C.Register(client="setup", seq=i, acked=i - 1, ts=i, name=f"user{i:04d}", pw_hash=HASH)
+        )
+
+    def sends(self, n: int) -> list[Entry]:
+        rng = self.rng
+
+        def send(i: int) -> C.Send:
+            user = rng.randrange(1, USERS + 1)
+            to = rng.choice(self.contacts[user])
+            words = rng.randint(14, 28)  # 100-200 bytes
+            body = " ".join(rng.choices(self.words, k=words))[: rng.randint(100, 200)]
+            client = f"client{user % 256}"
+            return C.Send(client=client, seq=i, acked=i - 1, ts=1_700_000_000_000 + i, user=user,
+                          to=f"user{to:04d}", body=body)
+
+        return self.next_entries(n, send)
+
+
+def ready(entries: list[Entry]) -> Ready:
+    return Ready(hard_state=HardState(1, 1, entries[-1].index), soft_state=None, snapshot=None,
+                 entries=tuple(entries), messages=(), committed=(), reads=(), membership=None)
+
+
+def cycle(store: ReplicaStore, entries: list[Entry]) -> tuple[float, float]:
+    """persist, then apply: two transactions, one fsync."""
+    t0 = time.perf_counter()
+    store.persist(ready(entries))
+    t1 = time.perf_counter()
+    store.apply(entries)
+    return t1 - t0, time.perf_counter() - t1
+
+
+def measure(store: ReplicaStore, wl: Workload, sends: int, rounds: int = 10) -> dict[str, float]:
+    """Both ways of writing, alternating in rounds (this machine's speed drifts:
+    alternating keeps the comparison fair); the median round of each."""
+    per_round = max(1, sends // BATCH // rounds)
+    one, two, persist, apply = [], [], [], []
+    for _ in range(rounds):
+        batches = [wl.sends(BATCH) for _ in range(2 * per_round)]  # made before the clock starts
+        t0 = time.perf_counter()
+        for entries in batches[:per_round]:
+            # One transaction: the Ready's entries persisted and (as on a replica whose
+            # log runs just ahead of its commit index) applied, one fsync.
+            store.save(Ready(hard_state=HardState(1, 1, entries[-1].index), soft_state=None, snapshot=None,
+                             entries=tuple(entries), messages=(), committed=tuple(entries), reads=(),
+                             membership=None))
+        one.append(per_round * BATCH / (time.perf_counter() - t0))
+        p = a = 0.0
+        t0 = time.perf_counter()
+        for entries in batches[per_round:]:
+            dp, da = cycle(store, entries)
+            p, a = p + dp, a + da
+        two.append(per_round * BATCH / (time.perf_counter() - t0))
+        persist.append(p / per_round * 1e3)
+        apply.append(a / per_round * 1e3)
+    med = statistics.median
+    return {"one_txn_rate": med(one), "rate": med(two), "persist_ms": med(persist), "apply_ms": med(apply),
+            "apply_rate": BATCH / med(apply) * 1e3, "one_txn_spread": (min(one), max(one))}
+
+
+def fill(store: ReplicaStore, wl: Workload, target: int) -> float:
+    """Store messages up to ``target`` (in big batches, compacting the log as a
+    replica would). Returns the time it took."""
+    t0 = time.perf_counter()
+    while (n := store.conn.execute("SELECT MAX(id) FROM messages").fetchone()[0] or 0) < target:
+        entries = wl.sends(min(5000, target - n + USERS))
+        cycle(store, entries)
+        if entries[-1].index % 100_000 < 5000:
+            store.compact(store.applied())
+            store.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    store.compact(store.applied())
+    return time.perf_counter() - t0
+
+
+def history_latency(store: ReplicaStore, samples: int, rng: random.Random) -> list[float]:
+    conn = store.reader()
+    view = store.chat.view
+    convs = [k for k, head in view.heads.items() if k[0] != k[1]]
+    times = []
+    for _ in range(samples):
+        lo, hi = rng.choice(convs)
+        ids = [m.id for m in queries.history(conn, view, lo, f"user{hi:04d}", limit=1000)]
+        before = rng.choice(ids[:-1]) if len(ids) > 1 and rng.random() < 0.7 else None  # most page back
+        t0 = time.perf_counter()
+        page = queries.history(conn, view, lo, f"user{hi:04d}", before=before, limit=50)
+        times.append(time.perf_counter() - t0)
+        assert page and all(m.id < (before or 1 << 62) for m in page)
+    return times
+
+
+def pct(xs: list[float], p: float) -> float:
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(p / 100 * len(xs)))]
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--messages", type=int, default=1_000_000, help="messages stored for the growth test")
+    ap.add_argument("--sends", type=int, default=50_000, help="sends measured at each size")
+    ap.add_argument("--dir", type=Path, default=None, help="where the database goes (default: a temp dir)")
+    ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "store.md")
+    ap.add_argument("--quick", action="store_true", help="fewer sends and samples")
+    args = ap.parse_args(argv)
+    if args.quick:
+        args.sends = 10_000
+    work = Path(tempfile.mkdtemp(prefix="chorus-bench-", dir=args.dir))
+    store = ReplicaStore(work / "replica.db", Membership(frozenset({1})))
+    wl = Workload()
+    cycle(store, wl.registrations())
+    cycle(store, wl.sends(2 * BATCH))  # warm up
+    empty = measure(store, wl, args.sends)
+    print(f"empty store: {empty['one_txn_rate']:,.0f} sends/s", flush=True)
+    fill_s = fill(store, wl, args.messages)
+    print(f"filled to {args.messages:,} messages in {fill_s:.0f} s", flush=True)
+    full = measure(store, wl, args.sends)
+    print(f"with {args.messages:,} stored: {full['one_txn_rate']:,.0f} sends/s", flush=True)
+    lat = history_latency(store, 500 if args.quick else 3000, random.Random(2))
+    size = sum(f.stat().st_size for f in work.iterdir() if f.is_file())
+    store.close()
+    t0 = time.perf_counter()
+    reopened = ReplicaStore(work / "replica.db")
+    startup = time.perf_counter() - t0
+    reopened.close()
+
+    rows = [
+        ("Sends persisted and applied in one transaction per batch of 100 (one fsync), empty store",
+         f"{empty['one_txn_rate']:,.0f} sends/s (rounds {empty['one_txn_spread'][0]:,.0f}-"
+         f"{empty['one_txn_spread'][1]:,.0f})", ">= 50,000"),
+        (f"Same, with {args.messages:,} messages stored",
+         f"{full['one_txn_rate']:,.0f} sends/s (rounds {full['one_txn_spread'][0]:,.0f}-"
+         f"{full['one_txn_spread'][1]:,.0f})", ""),
+        ("Growth: rate with messages stored / rate empty", f"{full['one_txn_rate'] / empty['one_txn_rate']:.2f}",
+         ">= 0.90"),
+        ("Persist, then apply: two transactions per batch (one fsync), empty / full",
+         f"{empty['rate']:,.0f} / {full['rate']:,.0f} sends/s", ""),
+        ("Per batch of 100 (empty): persist with fsync / apply", f"{empty['persist_ms']:.2f} ms / {empty['apply_ms']:.2f} ms", ""),
+        ("Apply alone (chat tables + applied index), empty", f"{empty['apply_rate']:,.0f} sends/s", ""),
+        (f"History page of 50, {len(lat):,} reads: p50 / p99 / max",
+         f"{pct(lat, 50) * 1e3:.3f} / {pct(lat, 99) * 1e3:.3f} / {max(lat) * 1e3:.3f} ms", "p99 < 1 ms"),
+        (f"Opening the replica with {args.messages:,} messages (check + rebuild)", f"{startup:.2f} s", ""),
+        ("Database size", f"{size / 2**20:,.0f} MiB", ""),
+    ]
+    table = "\n".join(["| measure | result | target |", "| --- | ---: | --- |",
+                       *(f"| {a} | {b} | {c} |" for a, b, c in rows)])
+    print()
+    print(table)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(
+        "# Replica storage\n\n"
+        f"`python bench/store.py{' --quick' if args.quick else ''}"
+        f"{'' if args.messages == 1_000_000 else f' --messages {args.messages}'}` on Python "
+        f"{sys.version.split()[0]}, SQLite in WAL mode with synchronous=FULL; "
+        f"{USERS:,} users with {CONTACTS} contacts each, 100-200-byte messages, "
+        f"{args.sends:,} sends measured at each size in 10 rounds alternating the two ways of writing, medians.\n\n{table}\n"
+    )
+    for f in work.iterdir():
+        f.unlink()
+    work.rmdir()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
