@@ -93,15 +93,3 @@ def ok(**data: Any) -> Result:
 
 def error(code: str, message: str) -> Result:
     return Result(code=code, message=message)
-
-
-_result_encoder = msgspec.json.Encoder()
-_result_decoder = msgspec.json.Decoder(Result)
-
-
-def encode_result(r: Result) -> bytes:
-    return _result_encoder.encode(r)
-
-
-def decode_result(data: bytes) -> Result:
-    return _result_decoder.decode(data)
