@@ -1,0 +1,1 @@
+"""The ``chorus`` command line (main.py) and the local cluster runner (cluster.py)."""

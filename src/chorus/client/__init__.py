@@ -1,0 +1,19 @@
+"""The client library: ``Client`` (any server list in; failover, primary hints,
+exactly-once retries, a resumable event stream) and the errors it raises."""
+
+from .client import Client, Conversation, Message, Stats, server_status
+from .errors import Busy, ChorusError, InvalidRequest, Rejected, Unauthenticated, Unavailable
+
+__all__ = [
+    "Busy",
+    "ChorusError",
+    "Client",
+    "Conversation",
+    "InvalidRequest",
+    "Message",
+    "Rejected",
+    "Stats",
+    "Unauthenticated",
+    "Unavailable",
+    "server_status",
+]

@@ -1,0 +1,387 @@
+"""The chorus client library.
+
+    async with Client(["127.0.0.1:8091", "127.0.0.1:8092", "127.0.0.1:8093"]) as client:
+        await client.register("alice", "Secret123")
+        await client.login("alice", "Secret123")
+        msg = await client.send("bob", "hello")        # returns once committed
+        page = await client.history("bob", limit=50)   # newest first
+        async for event in client.events(): ...        # pushed messages, resumed across failovers
+
+It talks to one server at a time, any of them: backups forward writes to the
+primary. When its server fails it moves to another (the primary, if a server
+named it), with backoff and jitter, logs in again with its token, subscribes
+again from the last message it saw, and retries whatever was in flight. Every
+write carries (client id, seq): a retry is applied at most once, wherever it
+lands, so a failover never loses or duplicates a message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import random
+import secrets
+from collections.abc import AsyncIterator, Iterable
+from typing import Any
+
+import msgspec
+
+from chorus.wire import FrameDecoder, FrameError, encode_frame
+from chorus.wire import client as W
+
+from .errors import Busy, ChorusError, InvalidRequest, Rejected, Unauthenticated, Unavailable
+
+
+class Message(msgspec.Struct, frozen=True):
+    id: int
+    sender: str
+    recipient: str
+    body: str
+    sent_at: int  # ms since the epoch
+
+
+class Conversation(msgspec.Struct, frozen=True):
+    peer: str
+    unread: int
+    read_upto: int
+    last: Message
+
+
+class Stats(msgspec.Struct, frozen=True):
+    name: str
+    last_logoff: int | None
+    view_count: int
+    unread: int
+    conversations: int
+
+
+_RETRYABLE = {"unavailable", "busy"}
+
+
+def _error(code: str, message: str, primary: str | None) -> ChorusError:
+    if code == "unavailable":
+        return Unavailable(code, message, primary)
+    if code == "busy":
+        return Busy(code, message, primary)
+    if code == "unauthenticated":
+        return Unauthenticated(code, message, primary)
+    if code in ("invalid_request", "malformed", "frame_too_large"):
+        return InvalidRequest(code, message, primary)
+    return Rejected(code, message, primary)
+
+
+class _Connection:
+    def __init__(self, address: str, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                 on_event, max_frame: int) -> None:
+        self.address = address
+        self.reader, self.writer = reader, writer
+        self.waiting: dict[int, asyncio.Future] = {}
+        self.on_event = on_event
+        self.decoder = FrameDecoder(max_frame)
+        self.closed = asyncio.get_running_loop().create_future()
+        self.task = asyncio.get_running_loop().create_task(self._read())
+
+    async def _read(self) -> None:
+        try:
+            while True:
+                data = await self.reader.read(1 << 16)
+                if not data:
+                    break
+                for body in self.decoder.feed(data):
+                    reply = W.decode_reply(body)
+                    if reply.event is not None:
+                        self.on_event(self, reply)
+                        continue
+                    fut = self.waiting.pop(reply.id, None) if reply.id is not None else None
+                    if fut is not None and not fut.done():
+                        fut.set_result(reply)
+        except (OSError, FrameError, msgspec.DecodeError, msgspec.ValidationError):
+            pass
+        finally:
+            self._fail(ConnectionError(f"lost the connection to {self.address}"))
+
+    def _fail(self, exc: Exception) -> None:
+        for fut in self.waiting.values():
+            if not fut.done():
+                fut.set_exception(exc)
+        self.waiting.clear()
+        if not self.closed.done():
+            self.closed.set_result(None)
+        with contextlib.suppress(Exception):
+            self.writer.close()
+
+    async def call(self, rid: int, frame: bytes, timeout: float) -> W.Reply:
+        if self.closed.done():
+            raise ConnectionError(f"not connected to {self.address}")
+        fut = asyncio.get_running_loop().create_future()
+        self.waiting[rid] = fut
+        self.writer.write(frame)
+        try:
+            return await asyncio.wait_for(fut, timeout)
+        finally:
+            self.waiting.pop(rid, None)
+
+    def close(self) -> None:
+        self.task.cancel()
+        self._fail(ConnectionError("closed"))
+
+
+class Client:
+    def __init__(
+        self,
+        servers: Iterable[str] | str,
+        *,
+        client_id: str | None = None,
+        request_timeout: float = 15.0,
+        retry_for: float = 60.0,
+        write_concern: str | None = None,
+        consistency: str = "linearizable",
+        max_frame: int = 1 << 20,
+    ) -> None:
+        self.servers = [s.strip() for s in (servers.split(",") if isinstance(servers, str) else servers) if s.strip()]
+        if not self.servers:
+            raise ValueError("give at least one server (host:port)")
+        self.client_id = client_id or secrets.token_hex(8)
+        self.request_timeout = request_timeout
+        self.retry_for = retry_for
+        self.write_concern = write_concern
+        self.consistency = consistency
+        self.max_frame = max_frame
+        self.token: str | None = None
+        self.user: str | None = None
+        self._conn: _Connection | None = None
+        self._connecting: asyncio.Lock | None = None
+        self._ids = itertools.count(1)
+        self._seq = 0
+        self._answered: set[int] = set()
+        self._acked = 0
+        self._next = random.randrange(len(self.servers))
+        self._events: asyncio.Queue[Message] | None = None
+        self._last_event = 0
+        self._subscribed = False
+
+    async def __aenter__(self) -> Client:
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    @property
+    def server(self) -> str | None:
+        """The server this client is talking to now."""
+        return self._conn.address if self._conn is not None else None
+
+    # ------------------------------------------------------------------ connections
+    async def _connect(self, prefer: str | None = None) -> _Connection:
+        if self._connecting is None:
+            self._connecting = asyncio.Lock()
+        async with self._connecting:
+            if self._conn is not None and not self._conn.closed.done():
+                return self._conn
+            order = [prefer] if prefer else []
+            for k in range(len(self.servers)):
+                order.append(self.servers[(self._next + k) % len(self.servers)])
+            last_exc: Exception | None = None
+            for address in order:
+                host, _, port = address.rpartition(":")
+                try:
+                    reader, writer = await asyncio.wait_for(asyncio.open_connection(host, int(port)), 2.0)
+                except (OSError, TimeoutError, ValueError) as exc:
+                    last_exc = exc
+                    continue
+                self._next = (self.servers.index(address) + 1) % len(self.servers) if address in self.servers else self._next
+                conn = _Connection(address, reader, writer, self._on_event, self.max_frame)
+                self._conn = conn
+                try:
+                    await self._resume(conn)
+                except (ConnectionError, TimeoutError) as exc:
+                    last_exc = exc
+                    conn.close()
+                    continue
+                return conn
+            raise ConnectionError(f"no server answered ({', '.join(self.servers)}): {last_exc}")
+
+    async def _resume(self, conn: _Connection) -> None:
+        """On a new connection: the session and the subscription carry over."""
+        if self.token is not None:
+            reply = await conn.call(rid := next(self._ids), encode_frame(W.encode({"op": "auth", "id": rid, "token": self.token})),
+                                    self.request_timeout)
+            if not reply.ok:
+                err = reply.error or {}
+                if err.get("code") in _RETRYABLE:
+                    raise ConnectionError(err.get("message", "unavailable"))
+                self.token = None
+                raise _error(err.get("code", "unauthenticated"), err.get("message", ""), err.get("primary"))
+        if self._subscribed:
+            rid = next(self._ids)
+            reply = await conn.call(rid, encode_frame(W.encode({"op": "subscribe", "id": rid, "after": self._last_event})),
+                                    self.request_timeout)
+            if not reply.ok:
+                raise ConnectionError("could not subscribe again")
+
+    def _on_event(self, conn: _Connection, reply: W.Reply) -> None:
+        if reply.event == "message" and self._events is not None:
+            msg = msgspec.convert(reply.message, Message)
+            if msg.id > self._last_event:  # never the same message twice, even across servers
+                self._last_event = msg.id
+                self._events.put_nowait(msg)
+
+    async def _call(self, op: str, **fields: Any) -> Any:
+        """One request, retried across servers until it gets an answer."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.retry_for
+        write = op in ("register", "send", "delete_messages", "mark_read", "set_view_count", "log_off", "delete_account")
+        if write:
+            self._seq += 1
+            fields.update(client=self.client_id, seq=self._seq)
+            if self.write_concern:
+                fields.setdefault("concern", self.write_concern)
+        elif op in ("users", "conversations", "history", "stats"):
+            fields.setdefault("consistency", self.consistency)
+        prefer: str | None = None
+        attempt = 0
+        while True:
+            try:
+                conn = await self._connect(prefer)
+                rid = next(self._ids)
+                if write:
+                    fields["acked"] = self._acked
+                reply = await conn.call(rid, encode_frame(W.encode({"op": op, "id": rid, **fields}), self.max_frame),
+                                        self.request_timeout)
+            except (ConnectionError, TimeoutError, OSError) as exc:
+                self._drop(conn if "conn" in locals() else None)
+                prefer = None
+                error: Exception = Unavailable("unavailable", str(exc), None)
+            else:
+                if reply.ok:
+                    if write:
+                        self._answered_seq(fields["seq"])
+                    return reply.result
+                err = reply.error or {}
+                code = err.get("code", "internal")
+                exc2 = _error(code, err.get("message", ""), err.get("primary"))
+                if code not in _RETRYABLE:
+                    if write:
+                        self._answered_seq(fields["seq"])
+                    raise exc2
+                error = exc2
+                prefer = err.get("primary")
+                if prefer and self._conn is not None and prefer != self._conn.address:
+                    self._drop(self._conn)  # go to the server it named
+            attempt += 1
+            if loop.time() >= deadline:
+                raise error
+            await asyncio.sleep(min(1.0, 0.05 * 2 ** min(attempt, 5)) * random.uniform(0.5, 1.5))
+
+    def _drop(self, conn: _Connection | None) -> None:
+        if conn is not None:
+            conn.close()
+        if self._conn is conn:
+            self._conn = None
+
+    def _answered_seq(self, seq: int) -> None:
+        self._answered.add(seq)
+        while self._acked + 1 in self._answered:
+            self._acked += 1
+            self._answered.discard(self._acked)
+
+    # ------------------------------------------------------------------ the chat
+    async def register(self, name: str, password: str) -> dict:
+        return await self._call("register", name=name, password=password)
+
+    async def login(self, name: str, password: str) -> dict:
+        result = await self._call("login", name=name, password=password)
+        self.token, self.user = result["token"], result["name"]
+        return result
+
+    async def auth(self, token: str) -> dict:
+        """Resume a session from a token (any server issued it)."""
+        self.token = token
+        self._drop(self._conn)
+        result = await self._call("status")  # connecting sends the token
+        return {"server": result}
+
+    async def send(self, to: str, body: str) -> Message:
+        r = await self._call("send", to=to, body=body)
+        return Message(r["id"], self.user or "", r.get("to", to), body, r["sent_at"])
+
+    async def history(self, peer: str, *, limit: int = 50, before: int | None = None) -> list[Message]:
+        r = await self._call("history", peer=peer, limit=limit, before=before)
+        return [msgspec.convert(m, Message) for m in r["messages"]]
+
+    async def delete_messages(self, ids: Iterable[int]) -> dict:
+        return await self._call("delete_messages", ids=list(ids))
+
+    async def mark_read(self, peer: str, upto: int) -> dict:
+        return await self._call("mark_read", peer=peer, upto=upto)
+
+    async def set_view_count(self, count: int) -> dict:
+        return await self._call("set_view_count", count=count)
+
+    async def log_off(self) -> dict:
+        """Record the log-off time (what "last seen" shows)."""
+        return await self._call("log_off")
+
+    async def logout(self) -> dict:
+        """Log off and forget the session."""
+        result = await self.log_off()
+        self.token = self.user = None
+        self._drop(self._conn)
+        return result
+
+    async def delete_account(self) -> dict:
+        result = await self._call("delete_account")
+        self.token = self.user = None
+        return result
+
+    async def users(self, pattern: str = "*", *, after: str = "", limit: int = 50) -> list[str]:
+        return (await self._call("users", pattern=pattern, after=after, limit=limit))["users"]
+
+    async def conversations(self) -> list[Conversation]:
+        r = await self._call("conversations")
+        return [msgspec.convert(c, Conversation) for c in r["conversations"]]
+
+    async def stats(self) -> Stats:
+        return msgspec.convert(await self._call("stats"), Stats)
+
+    async def status(self) -> dict:
+        """The status of the server this client is talking to."""
+        return await self._call("status")
+
+    async def events(self, after: int | None = None) -> AsyncIterator[Message]:
+        """Messages to or from this user as they are committed, starting after
+        message id ``after`` (default: the last one this client saw). Carries on
+        across failovers without gaps or repeats."""
+        if self._events is None:
+            self._events = asyncio.Queue()
+        if after is not None:
+            self._last_event = after
+        self._subscribed = True
+        await self._call("subscribe", after=self._last_event)
+        while True:
+            yield await self._events.get()
+
+
+async def server_status(address: str, timeout: float = 2.0) -> dict:
+    """The status of one server, or {"address", "error"} if it does not answer."""
+    host, _, port = address.rpartition(":")
+    try:
+        reader, writer = await asyncio.wait_for(asyncio.open_connection(host, int(port)), timeout)
+    except (OSError, TimeoutError, ValueError) as exc:
+        return {"address": address, "error": f"unreachable: {exc}"}
+    try:
+        writer.write(encode_frame(W.encode({"op": "status", "id": 1})))
+        head = await asyncio.wait_for(reader.readexactly(4), timeout)
+        body = await asyncio.wait_for(reader.readexactly(int.from_bytes(head, "big")), timeout)
+        reply = W.decode_reply(body)
+        return {"address": address, **(reply.result or {})}
+    except (OSError, TimeoutError, asyncio.IncompleteReadError) as exc:
+        return {"address": address, "error": f"no answer: {exc}"}
+    finally:
+        writer.close()

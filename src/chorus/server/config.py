@@ -1,0 +1,185 @@
+"""Server configuration: one TOML file describes the whole cluster.
+
+    [cluster]
+    secret = "a long random string"     # servers prove to each other they know it; signs tokens
+    data_dir = "data"                   # replica N keeps its files in data_dir/replicaN
+    write_concern = "majority"          # or "all", "async" (see docs/operations.md)
+
+    [timing]
+    tick_ms = 50
+    election_timeout_ms = [1500, 3000]
+    heartbeat_ms = 150
+
+    [[server]]
+    id = 1
+    host = "127.0.0.1"
+    peer_port = 8081
+    client_port = 8091
+    # ... one [[server]] table per replica
+
+Environment variables override the file: CHORUS_SECRET, CHORUS_DATA_DIR,
+CHORUS_WRITE_CONCERN, CHORUS_TICK_MS, CHORUS_HEARTBEAT_MS,
+CHORUS_ELECTION_TIMEOUT_MS ("150,300"), CHORUS_SNAPSHOT_EVERY and
+CHORUS_SNAPSHOT_KEEP (entries). With no file at all: three replicas on
+127.0.0.1, peer ports 8081-8083, client ports 8091-8093, data in ./data.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from chorus.raft import Membership, RaftConfig
+
+DEV_SECRET = "chorus-local-development-secret"  # for a cluster on one machine only
+
+
+class ConfigError(Exception):
+    pass
+
+
+@dataclass(frozen=True)
+class ServerSpec:
+    id: int
+    host: str
+    peer_port: int
+    client_port: int
+
+    @property
+    def client_address(self) -> str:
+        return f"{self.host}:{self.client_port}"
+
+    @property
+    def peer_address(self) -> str:
+        return f"{self.host}:{self.peer_port}"
+
+
+@dataclass(frozen=True)
+class Config:
+    servers: tuple[ServerSpec, ...]
+    secret: str = DEV_SECRET
+    data_dir: Path = Path("data")
+    write_concern: str = "majority"
+    tick_ms: int = 50
+    election_timeout_ms: tuple[int, int] = (1500, 3000)
+    heartbeat_ms: int = 150
+    max_frame: int = 1 << 20
+    request_timeout_s: float = 10.0  # the longest a write or read waits before "unavailable"
+    election_wait_s: float = 4.0  # how long a request waits for a primary to be elected
+    snapshot_every: int = 20_000  # entries applied between snapshots
+    snapshot_keep: int = 2_000  # entries kept in the log before the snapshot, for followers just behind
+    token_ttl_s: int = 7 * 24 * 3600
+    max_in_flight: int = 1024  # requests per connection
+    max_pending_writes: int = 20_000  # writes waiting for commit, per server
+    extra: dict = field(default_factory=dict)
+
+    def spec(self, server_id: int) -> ServerSpec:
+        for s in self.servers:
+            if s.id == server_id:
+                return s
+        raise ConfigError(f"server {server_id} is not in the configuration (ids: {[s.id for s in self.servers]})")
+
+    @property
+    def membership(self) -> Membership:
+        return Membership(voters=frozenset(s.id for s in self.servers))
+
+    def replica_dir(self, server_id: int) -> Path:
+        return self.data_dir / f"replica{server_id}"
+
+    def raft_config(self) -> RaftConfig:
+        return RaftConfig(tick_ms=self.tick_ms, election_timeout_ms=self.election_timeout_ms,
+                          heartbeat_ms=self.heartbeat_ms)
+
+    @property
+    def secret_bytes(self) -> bytes:
+        return self.secret.encode()
+
+
+def default_servers(size: int = 3, host: str = "127.0.0.1", peer_base: int = 8081, client_base: int = 8091):
+    return tuple(ServerSpec(i, host, peer_base + i - 1, client_base + i - 1) for i in range(1, size + 1))
+
+
+def load(path: Path | None = None, env: dict[str, str] | None = None) -> Config:
+    env = dict(os.environ) if env is None else env
+    if path is None:
+        cfg = Config(servers=default_servers())
+    else:
+        try:
+            raw = tomllib.loads(Path(path).read_text())
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(f"{path}: {exc}") from None
+        cfg = _from_toml(raw, Path(path))
+    changes: dict = {}
+    if "CHORUS_SECRET" in env:
+        changes["secret"] = env["CHORUS_SECRET"]
+    if "CHORUS_DATA_DIR" in env:
+        changes["data_dir"] = Path(env["CHORUS_DATA_DIR"])
+    if "CHORUS_WRITE_CONCERN" in env:
+        changes["write_concern"] = env["CHORUS_WRITE_CONCERN"]
+    for key, name in (("tick_ms", "CHORUS_TICK_MS"), ("heartbeat_ms", "CHORUS_HEARTBEAT_MS"),
+                      ("snapshot_every", "CHORUS_SNAPSHOT_EVERY"), ("snapshot_keep", "CHORUS_SNAPSHOT_KEEP")):
+        if name in env:
+            changes[key] = _int(env[name], name)
+    if "CHORUS_ELECTION_TIMEOUT_MS" in env:
+        parts = env["CHORUS_ELECTION_TIMEOUT_MS"].split(",")
+        if len(parts) != 2:
+            raise ConfigError("CHORUS_ELECTION_TIMEOUT_MS is 'min,max' in milliseconds")
+        changes["election_timeout_ms"] = (_int(parts[0], "election min"), _int(parts[1], "election max"))
+    cfg = replace(cfg, **changes)
+    validate(cfg)
+    return cfg
+
+
+def _int(text: str, what: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise ConfigError(f"{what} must be an integer, not {text!r}") from None
+
+
+def _from_toml(raw: dict, path: Path) -> Config:
+    cluster = raw.get("cluster", {})
+    timing = raw.get("timing", {})
+    servers = []
+    for s in raw.get("server", []):
+        try:
+            servers.append(ServerSpec(int(s["id"]), str(s.get("host", "127.0.0.1")),
+                                      int(s["peer_port"]), int(s["client_port"])))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ConfigError(f"{path}: each [[server]] needs id, peer_port and client_port ({exc})") from None
+    if not servers:
+        servers = list(default_servers())
+    data_dir = Path(cluster.get("data_dir", "data"))
+    if not data_dir.is_absolute():
+        data_dir = path.parent / data_dir
+    kw: dict = {"servers": tuple(servers), "data_dir": data_dir}
+    if "secret" in cluster:
+        kw["secret"] = str(cluster["secret"])
+    if "write_concern" in cluster:
+        kw["write_concern"] = str(cluster["write_concern"])
+    for key in ("tick_ms", "heartbeat_ms"):
+        if key in timing:
+            kw[key] = int(timing[key])
+    if "election_timeout_ms" in timing:
+        lo, hi = timing["election_timeout_ms"]
+        kw["election_timeout_ms"] = (int(lo), int(hi))
+    return Config(**kw)
+
+
+def validate(cfg: Config) -> None:
+    ids = [s.id for s in cfg.servers]
+    if len(set(ids)) != len(ids) or any(i <= 0 for i in ids):
+        raise ConfigError(f"server ids must be distinct positive integers, got {ids}")
+    addresses = [(s.host, p) for s in cfg.servers for p in (s.peer_port, s.client_port)]
+    if len(set(addresses)) != len(addresses):
+        raise ConfigError("two servers (or a server's two ports) share an address")
+    if cfg.write_concern not in ("majority", "all", "async"):
+        raise ConfigError(f"write_concern is majority, all or async, not {cfg.write_concern!r}")
+    if len(cfg.secret) < 16:
+        raise ConfigError("the cluster secret must be at least 16 characters")
+    try:
+        cfg.raft_config()
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None

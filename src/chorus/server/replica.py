@@ -1,0 +1,439 @@
+"""One replica: the consensus core driven with real time, real storage and real
+peers. The only place, with peers.py and sessions.py, that knows asyncio.
+
+The replica loop, for each Ready of the core:
+1. persist it (the I/O thread: one transaction, one fsync);
+2. send its messages (as soon as they are durable: handed back to the event loop);
+3. apply its committed entries (the I/O thread again, meanwhile), answer the
+   clients waiting for them and push new messages to the users connected here;
+4. advance the core.
+
+Everything that touches the core runs on the event loop thread; everything that
+touches the store's write connection runs on the single I/O thread. Incoming
+messages are stepped into the core while a Ready is being written, and come out
+in the next one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import heapq
+import itertools
+import logging
+import random
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import msgspec
+
+from chorus.chat import commands as C
+from chorus.chat import queries
+from chorus.raft import EntryKind, RaftNode, Ready, Refused, Role
+from chorus.store import ReplicaStore, SnapshotFile, latest_snapshot
+
+from .config import Config
+
+log = logging.getLogger("chorus.replica")
+
+
+class Unavailable(Exception):
+    """No primary could take the request in time."""
+
+    def __init__(self, message: str, primary: str | None = None) -> None:
+        super().__init__(message)
+        self.primary = primary
+
+
+class Busy(Exception):
+    pass
+
+
+@dataclass
+class Applied:
+    """What applying one Ready produced, collected on the I/O thread."""
+
+    results: list[tuple[int, str, int, C.Result]]  # (index, client, seq, result)
+    messages: list[tuple[int, int, queries.Message]]  # (sender id, recipient id, message) for pushes
+    deleted_users: list[int]
+
+
+class Replica:
+    def __init__(self, cfg: Config, server_id: int) -> None:
+        self.cfg = cfg
+        self.id = server_id
+        self.spec = cfg.spec(server_id)
+        self.dir = cfg.replica_dir(server_id)
+        self.snap_dir = self.dir / "snapshots"
+        self.in_dir = self.dir / "incoming"
+        self.store = ReplicaStore(self.dir / "chorus.db", cfg.membership)
+        self.reader = self.store.reader()
+        self.node = RaftNode(
+            server_id,
+            cfg.membership,
+            config=cfg.raft_config(),
+            rng=random.Random(),
+            persisted=self.store.restore(),
+        )
+        self.io = ThreadPoolExecutor(1, thread_name_prefix=f"chorus-io-{server_id}")
+        self.snap_io = ThreadPoolExecutor(1, thread_name_prefix=f"chorus-snap-{server_id}")
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.transport: Any = None  # peers.PeerTransport, set by the server
+        self.push: Callable[[int, int, queries.Message], None] = lambda s, r, m: None
+        self.account_deleted: Callable[[int], None] = lambda uid: None
+        self.received_snapshots: dict[int, SnapshotFile] = {}
+        self._pumping = False
+        self._stopped = False
+        self._tick_handle: asyncio.TimerHandle | None = None
+        self._waiters: dict[tuple[str, int], asyncio.Future] = {}
+        self._reads: dict[int, asyncio.Future] = {}
+        self._read_ids = itertools.count(1)
+        self._applied_waiters: list[tuple[int, int, asyncio.Future]] = []  # heap of (index, n, fut)
+        self._seq = itertools.count()
+        self._persisted_waiters: list[tuple[int, int, asyncio.Future]] = []
+        self._leader_changed: asyncio.Event | None = None
+        self._snapshotting = False
+        self.applied = self.node.applied
+
+    # ------------------------------------------------------------------ lifecycle
+    def start(self) -> None:
+        self.loop = asyncio.get_running_loop()
+        self._leader_changed = asyncio.Event()
+        self._schedule_tick()
+        self._kick()
+        log.info("replica %d starts: %r", self.id, self.node)
+
+    def _schedule_tick(self) -> None:
+        assert self.loop is not None
+        self._tick_handle = self.loop.call_later(self.cfg.tick_ms / 1000, self._tick)
+
+    def _tick(self) -> None:
+        if self._stopped:
+            return
+        self.node.tick()
+        self._kick()
+        self._schedule_tick()
+
+    async def stop(self, *, graceful: bool = True) -> None:
+        """Hand over leadership first (so that clients see no error), then stop."""
+        if graceful and self.node.role is Role.PRIMARY and len(self.node.membership.voters) > 1:
+            target = self.node.most_caught_up()
+            if target:
+                log.info("replica %d hands leadership to %d before stopping", self.id, target)
+                with contextlib.suppress(Refused):
+                    self.node.transfer_leadership(target)
+                    self._kick()
+                deadline = time.monotonic() + self.cfg.election_timeout_ms[1] / 1000
+                while self.node.role is Role.PRIMARY and time.monotonic() < deadline:
+                    await self._wait_leader_change(0.05)
+            # Give writes already proposed here a moment to be applied and answered.
+            deadline = time.monotonic() + 1.0
+            while self._waiters and time.monotonic() < deadline:
+                await asyncio.sleep(0.02)
+        self._stopped = True
+        if self._tick_handle:
+            self._tick_handle.cancel()
+        while self._pumping:
+            await asyncio.sleep(0.005)
+        for fut in list(self._waiters.values()) + list(self._reads.values()):
+            if not fut.done():
+                fut.set_exception(Unavailable("the server is shutting down", self.primary_address()))
+        self.io.shutdown(wait=True)
+        self.snap_io.shutdown(wait=True)
+        self.reader.close()
+        self.store.close()
+
+    # ------------------------------------------------------------------ the replica loop
+    def _kick(self) -> None:
+        if not self._pumping and not self._stopped and self.loop is not None:
+            self._pumping = True
+            self.loop.create_task(self._pump())
+
+    async def _pump(self) -> None:
+        loop = self.loop
+        assert loop is not None
+        try:
+            while not self._stopped and self.node.has_ready():
+                rd = self.node.ready()
+                snap = self.received_snapshots.pop(rd.snapshot.index, None) if rd.snapshot else None
+                applied = await loop.run_in_executor(self.io, self._write, rd, snap)
+                self._after(rd, applied)
+                self.node.advance(rd)
+        except Exception:
+            log.exception("replica %d: the replica loop failed; stopping", self.id)
+            self._stopped = True
+            raise
+        finally:
+            self._pumping = False
+        if not self._stopped and self.node.has_ready():
+            self._kick()
+
+    def _write(self, rd: Ready, snap: SnapshotFile | None) -> Applied:
+        """On the I/O thread: persist, let the messages go, apply."""
+        self.store.persist(rd, snap)
+        if rd.messages:
+            assert self.loop is not None
+            self.loop.call_soon_threadsafe(self.transport.send, rd.messages)
+        out = Applied([], [], [])
+        if snap is not None:
+            snap.path.unlink(missing_ok=True)  # installed: its tables are in the database now
+        if not rd.committed:
+            return out
+        results = self.store.apply(rd.committed)
+        chat = self.store.chat
+        by_index = {e.index: e.data for e in rd.committed if e.kind == EntryKind.COMMAND}
+        for index, result in results:
+            try:
+                cmd = C.decode(by_index[index])
+            except (msgspec.DecodeError, msgspec.ValidationError):
+                continue  # garbage in the log: applying it changed nothing, nobody waits for it
+            out.results.append((index, cmd.client, cmd.seq, result))
+            if not result.ok:
+                continue
+            if type(cmd) is C.Send and result.data:
+                sender = chat.users.get(cmd.user)
+                rid = chat.by_key.get(cmd.to.lower())
+                if sender is not None and rid is not None:
+                    msg = queries.Message(index, sender.name, result.data["to"], cmd.body, result.data["sent_at"])
+                    out.messages.append((sender.id, rid, msg))
+            elif type(cmd) is C.DeleteAccount:
+                out.deleted_users.append(cmd.user)
+        return out
+
+    def _after(self, rd: Ready, applied: Applied) -> None:
+        if rd.soft_state is not None:
+            ss = rd.soft_state
+            log.info("replica %d: %s in term %d%s", self.id, ss.role.value, ss.term,
+                     f", primary {ss.leader}" if ss.leader and ss.leader != self.id else "")
+            assert self._leader_changed is not None
+            self._leader_changed.set()
+            self._leader_changed = asyncio.Event()
+        if rd.membership is not None and self.transport is not None:
+            self.transport.membership_changed(rd.membership)
+        for _index, client, seq, result in applied.results:
+            fut = self._waiters.pop((client, seq), None)
+            if fut is not None and not fut.done():
+                fut.set_result(result)
+        for sender, recipient, msg in applied.messages:
+            self.push(sender, recipient, msg)
+        for uid in applied.deleted_users:
+            self.account_deleted(uid)
+        if rd.committed:
+            self.applied = rd.committed[-1].index
+        elif rd.snapshot is not None:
+            self.applied = rd.snapshot.index
+        self._release(self._applied_waiters, self.applied)
+        if rd.entries:
+            self._release(self._persisted_waiters, rd.entries[-1].index)
+        for r in rd.reads:
+            fut = self._reads.pop(r.request_id, None)
+            if fut is not None and not fut.done():
+                fut.set_result(r.index)
+        if (
+            not self._snapshotting
+            and self.applied - self.node.log.snapshot.index >= self.cfg.snapshot_every + self.cfg.snapshot_keep
+        ):
+            self._snapshotting = True
+            assert self.loop is not None
+            self.loop.create_task(self._snapshot())
+
+    @staticmethod
+    def _release(heap: list[tuple[int, int, asyncio.Future]], upto: int) -> None:
+        while heap and heap[0][0] <= upto:
+            _, _, fut = heapq.heappop(heap)
+            if not fut.done():
+                fut.set_result(None)
+
+    async def _snapshot(self) -> None:
+        """Snapshot the applied state (in its own thread: it only reads) and
+        forget the log before it, keeping a little for followers just behind."""
+        loop = self.loop
+        assert loop is not None
+        try:
+            snap = await loop.run_in_executor(self.snap_io, self.store.create_snapshot, self.snap_dir)
+            point = snap.meta.index - self.cfg.snapshot_keep
+            if point > self.node.log.snapshot.index:
+                await loop.run_in_executor(self.io, self.store.compact, point)
+                self.node.compact(point)
+            log.info("replica %d: snapshot at %d (%d bytes); log kept from %d", self.id, snap.meta.index,
+                     snap.size, self.node.log.first_index)
+        except Exception:
+            log.exception("replica %d: snapshot failed", self.id)
+        finally:
+            self._snapshotting = False
+
+    def latest_snapshot(self) -> SnapshotFile | None:
+        return latest_snapshot(self.snap_dir)
+
+    # ------------------------------------------------------------------ peers
+    def step(self, message: Any) -> None:
+        """A message from a peer (already authenticated by the transport)."""
+        self.node.step(message)
+        self._kick()
+
+    # ------------------------------------------------------------------ who leads
+    def primary_id(self) -> int:
+        return self.node.leader
+
+    def primary_address(self) -> str | None:
+        lead = self.node.leader
+        if not lead:
+            return None
+        try:
+            return self.cfg.spec(lead).client_address
+        except Exception:
+            return None
+
+    async def _wait_leader_change(self, timeout: float) -> None:
+        assert self._leader_changed is not None
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._leader_changed.wait(), timeout)
+
+    async def _until_primary_known(self, deadline: float) -> None:
+        while not self.node.leader:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise Unavailable("no primary: an election is under way or too few servers are reachable")
+            await self._wait_leader_change(left)
+
+    # ------------------------------------------------------------------ writes
+    async def submit(self, data: bytes, client: str, seq: int, concern: str) -> C.Result:
+        """Propose a chat command and wait until it is applied here (majority),
+        on every voting server (all), or only durable on this primary (async)."""
+        if len(self._waiters) >= self.cfg.max_pending_writes:
+            raise Busy(f"{len(self._waiters)} writes are waiting for commit on this server")
+        if concern != "majority" and self.node.role is not Role.PRIMARY:
+            raise Unavailable(f"write concern '{concern}' is served by the primary", self.primary_address())
+        key = (client, seq)
+        assert self.loop is not None
+        fut = self._waiters.get(key)
+        if fut is None or fut.done():
+            fut = self._waiters[key] = self.loop.create_future()
+        deadline = time.monotonic() + self.cfg.request_timeout_s
+        while True:
+            await self._until_primary_known(min(deadline, time.monotonic() + self.cfg.election_wait_s))
+            leader, term = self.node.leader, self.node.term
+            try:
+                index = self.node.propose(data)
+            except Refused as exc:
+                if exc.code == "busy":
+                    raise Busy(str(exc)) from None
+                await self._wait_leader_change(min(0.2, max(0.0, deadline - time.monotonic())))
+                if time.monotonic() >= deadline:
+                    raise Unavailable(str(exc), self.primary_address()) from None
+                continue
+            self._kick()
+            if concern == "async" and index is not None:
+                await self._wait_index(self._persisted_waiters, index, deadline)
+                return C.Result(code="ok", data={"index": index, "concern": "async"})
+            # Wait for the answer; propose again if the primary changed meanwhile or
+            # a forwarded command seems lost (exactly-once makes a repeat harmless).
+            while not fut.done():
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    self._waiters.pop(key, None)
+                    raise Unavailable(
+                        "the command was not applied in time; retry it with the same seq (it will not be applied twice)",
+                        self.primary_address(),
+                    )
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(asyncio.shield(fut), min(left, 1.0 if index is None else 2.0))
+                if not fut.done() and (self.node.leader, self.node.term) != (leader, term):
+                    break
+                if not fut.done() and index is None:
+                    break
+            if fut.done():
+                break
+        result = fut.result()
+        if concern == "all" and result.ok:
+            await self._all_have(self.applied, deadline)
+        return result
+
+    async def _wait_index(self, heap: list, index: int, deadline: float) -> None:
+        assert self.loop is not None
+        fut = self.loop.create_future()
+        heapq.heappush(heap, (index, next(self._seq), fut))
+        try:
+            await asyncio.wait_for(fut, max(0.0, deadline - time.monotonic()))
+        except TimeoutError:
+            raise Unavailable("timed out", self.primary_address()) from None
+
+    async def _all_have(self, index: int, deadline: float) -> None:
+        """Write concern "all": every voting server has the entry on disk."""
+        node = self.node
+        while True:
+            if node.role is Role.PRIMARY and all(
+                v in node.progress and node.progress[v].match >= index for v in node.membership.voters
+            ):
+                return
+            if time.monotonic() >= deadline:
+                raise Unavailable("committed on a majority, but not confirmed by every server in time")
+            await asyncio.sleep(0.01)
+
+    # ------------------------------------------------------------------ reads
+    async def read_barrier(self, consistency: str) -> None:
+        """Linearizable: wait until this replica has applied everything committed
+        before the call (ReadIndex, via the primary). Local: return at once."""
+        if consistency == "local":
+            return
+        assert self.loop is not None
+        deadline = time.monotonic() + self.cfg.request_timeout_s
+        while True:
+            await self._until_primary_known(min(deadline, time.monotonic() + self.cfg.election_wait_s))
+            rid = next(self._read_ids)
+            fut = self._reads[rid] = self.loop.create_future()
+            try:
+                self.node.read_index(rid)
+            except Refused:
+                self._reads.pop(rid, None)
+                await self._wait_leader_change(0.2)
+                if time.monotonic() >= deadline:
+                    raise Unavailable("no primary to confirm the read", self.primary_address()) from None
+                continue
+            self._kick()
+            try:
+                index = await asyncio.wait_for(fut, min(1.0, max(0.01, deadline - time.monotonic())))
+                break
+            except TimeoutError:
+                self._reads.pop(rid, None)
+                if time.monotonic() >= deadline:
+                    raise Unavailable("the primary did not confirm the read in time", self.primary_address()) from None
+        if self.applied < index:
+            await self._wait_index(self._applied_waiters, index, deadline)
+
+    async def wait_applied(self, index: int) -> None:
+        if self.applied < index:
+            await self._wait_index(self._applied_waiters, index, time.monotonic() + self.cfg.request_timeout_s)
+
+    def query(self, fn: Callable[..., Any], *args: Any, **kw: Any) -> Any:
+        """Run a read query on this replica's state (view read before the tables)."""
+        view = self.store.chat.view
+        return fn(self.reader, view, *args, **kw)
+
+    async def run_blocking(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """Slow CPU work (password hashing) off the event loop."""
+        assert self.loop is not None
+        return await self.loop.run_in_executor(None, fn, *args)
+
+    # ------------------------------------------------------------------ status
+    def status(self) -> dict[str, Any]:
+        n = self.node
+        lead = n.leader
+        return {
+            "id": self.id,
+            "role": n.role.value,
+            "term": n.term,
+            "commit_index": n.commit,
+            "applied_index": self.applied,
+            "last_index": n.last_index,
+            "snapshot_index": n.log.snapshot.index,
+            "digest": f"{self.store.digest():016x}",
+            "primary": lead or None,
+            "primary_address": self.primary_address(),
+            "voters": sorted(n.membership.voters),
+            "learners": sorted(n.membership.learners),
+        }
+

@@ -1,0 +1,322 @@
+"""Client connections: requests in, answers and pushed messages out.
+
+Every server accepts clients. Requests on one connection are handled
+concurrently and answered by id. A connection is authenticated by ``login`` or
+by ``auth`` with a token from any server; it then acts as that user and no
+other. Writes become chat commands proposed to the cluster (a backup forwards
+them to the primary); reads are linearizable unless the request asks for local
+consistency. A subscribed connection gets every new message to or from its user
+as this replica applies it, and on (re)subscribing everything after the last
+message it saw: nothing is missed, nothing arrives twice.
+
+Bad input never costs more than that one request (or, for a broken frame, that
+one connection): malformed JSON, unknown ops, wrong types, missing or extra
+fields, oversized frames each get an error with a stable code.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+from chorus.chat import commands as C
+from chorus.chat import queries, rules
+from chorus.chat.passwords import hash_password, verify_password
+from chorus.wire import FrameDecoder, FrameError, encode_frame
+from chorus.wire import client as W
+
+from . import auth
+from .config import Config
+from .replica import Busy, Unavailable
+
+if TYPE_CHECKING:
+    from .replica import Replica
+
+log = logging.getLogger("chorus.clients")
+MAX_OUT_BUFFER = 16 << 20  # a client this far behind in reading is disconnected
+
+
+class ClientError(Exception):
+    def __init__(self, code: str, message: str, primary: str | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.primary = primary
+
+
+class ClientServer:
+    def __init__(self, replica: Replica, cfg: Config) -> None:
+        self.replica = replica
+        self.cfg = cfg
+        self.by_user: dict[int, set[ClientSession]] = {}
+        self.sessions: set[ClientSession] = set()
+        self.server: asyncio.AbstractServer | None = None
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        spec = self.replica.spec
+        self.server = await loop.create_server(lambda: ClientSession(self), spec.host, spec.client_port,
+                                               reuse_address=True)
+
+    def stop_accepting(self) -> None:
+        if self.server is not None:
+            self.server.close()
+
+    def close(self) -> None:
+        for s in list(self.sessions):
+            s.close()
+
+    def push(self, sender: int, recipient: int, msg: queries.Message) -> None:
+        for uid in {sender, recipient}:
+            for s in self.by_user.get(uid, ()):
+                s.push(msg)
+
+    def account_deleted(self, uid: int) -> None:
+        for s in list(self.by_user.get(uid, ())):
+            s.logout()
+
+    def _bind(self, session: ClientSession, uid: int | None) -> None:
+        if session.uid is not None:
+            peers = self.by_user.get(session.uid)
+            if peers is not None:
+                peers.discard(session)
+                if not peers:
+                    del self.by_user[session.uid]
+        session.uid = uid
+        if uid is not None:
+            self.by_user.setdefault(uid, set()).add(session)
+
+
+class ClientSession(asyncio.Protocol):
+    def __init__(self, server: ClientServer) -> None:
+        self.server = server
+        self.replica = server.replica
+        self.cfg = server.cfg
+        self.decoder = FrameDecoder(self.cfg.max_frame)
+        self.transport: asyncio.Transport | None = None
+        self.uid: int | None = None
+        self.name = ""
+        self.in_flight = 0
+        self.tasks: set[asyncio.Task] = set()
+        # Pushing: None while not subscribed; while catching up, live messages wait in `held`.
+        self.pushed_upto: int | None = None
+        self.held: list[queries.Message] | None = None
+
+    # ------------------------------------------------------------------ the connection
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        self.server.sessions.add(self)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.server.sessions.discard(self)
+        self.server._bind(self, None)
+        for t in self.tasks:
+            t.cancel()
+        self.transport = None
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            frames = self.decoder.feed(data)
+        except FrameError as exc:
+            self._send(W.error(None, "frame_too_large", str(exc)))
+            self.close()
+            return
+        for body in frames:
+            if self.in_flight >= self.cfg.max_in_flight:
+                self._send(W.error(None, "busy", f"more than {self.cfg.max_in_flight} requests in flight"))
+                continue
+            try:
+                req = W.decode_request(body)
+            except W.ProtocolError as exc:
+                self._send(W.error(exc.request_id, exc.code, str(exc)))
+                continue
+            self.in_flight += 1
+            task = asyncio.get_running_loop().create_task(self._handle(req))
+            self.tasks.add(task)
+            task.add_done_callback(self.tasks.discard)
+
+    def _send(self, frame_body: bytes) -> None:
+        t = self.transport
+        if t is None or t.is_closing():
+            return
+        if t.get_write_buffer_size() > MAX_OUT_BUFFER:
+            log.warning("client %s does not read its answers; disconnecting it", t.get_extra_info("peername"))
+            t.close()
+            return
+        t.write(encode_frame(frame_body, 1 << 30))
+
+    async def _handle(self, req: W.AnyRequest) -> None:
+        try:
+            result = await self._dispatch(req)
+            self._send(W.ok(req.id, result))
+        except ClientError as exc:
+            self._send(W.error(req.id, exc.code, str(exc), exc.primary))
+        except Unavailable as exc:
+            self._send(W.error(req.id, "unavailable", str(exc), exc.primary or self.replica.primary_address()))
+        except Busy as exc:
+            self._send(W.error(req.id, "busy", str(exc)))
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("request %r failed", type(req).__name__)
+            self._send(W.error(req.id, "internal", "the server failed to handle this request; it is logged"))
+        finally:
+            self.in_flight -= 1
+
+    # ------------------------------------------------------------------ requests
+    def _need_user(self) -> int:
+        if self.uid is None:
+            raise ClientError("unauthenticated", "log in first (or send a token with auth)")
+        return self.uid
+
+    async def _dispatch(self, req: W.AnyRequest) -> Any:
+        r = self.replica
+        match req:
+            case W.Status():
+                return r.status()
+            case W.Register():
+                return await self._register(req)
+            case W.Login():
+                return await self._login(req)
+            case W.Auth():
+                return await self._auth(req.token)
+        uid = self._need_user()
+        now = int(time.time() * 1000)
+        match req:
+            case W.Send():
+                cmd: C.AnyCommand = C.Send(client=req.client, seq=req.seq, acked=req.acked, ts=now, user=uid,
+                                           to=req.to, body=req.body)
+                return await self._write(req, cmd, predicted={"sent_at": now, "to": req.to})
+            case W.DeleteMessages():
+                cmd = C.DeleteMessages(client=req.client, seq=req.seq, acked=req.acked, ts=now, user=uid,
+                                       ids=tuple(req.ids))
+                return await self._write(req, cmd)
+            case W.MarkRead():
+                cmd = C.MarkRead(client=req.client, seq=req.seq, acked=req.acked, ts=now, user=uid,
+                                 peer=req.peer, upto=req.upto)
+                return await self._write(req, cmd)
+            case W.SetViewCount():
+                cmd = C.SetViewCount(client=req.client, seq=req.seq, acked=req.acked, ts=now, user=uid,
+                                     count=req.count)
+                return await self._write(req, cmd)
+            case W.LogOff():
+                cmd = C.LogOff(client=req.client, seq=req.seq, acked=req.acked, ts=now, user=uid)
+                return await self._write(req, cmd)
+            case W.DeleteAccount():
+                cmd = C.DeleteAccount(client=req.client, seq=req.seq, acked=req.acked, ts=now, user=uid)
+                result = await self._write(req, cmd)
+                self.logout()
+                return result
+            case W.Users():
+                await r.read_barrier(req.consistency)
+                names = queries.list_users(r.reader, req.pattern, after=req.after, limit=req.limit)
+                return {"users": names, "next": names[-1] if len(names) == req.limit and names else None}
+            case W.Conversations():
+                await r.read_barrier(req.consistency)
+                return {"conversations": r.query(queries.conversations, uid)}
+            case W.History():
+                await r.read_barrier(req.consistency)
+                return {"messages": r.query(queries.history, uid, req.peer, before=req.before, limit=req.limit)}
+            case W.Stats():
+                await r.read_barrier(req.consistency)
+                return r.query(queries.user_stats, uid)
+            case W.Subscribe():
+                return await self._subscribe(req.after)
+        raise ClientError("invalid_request", f"{type(req).__name__} is not handled")
+
+    def _check_write(self, req: W.Write) -> str:
+        if not 0 < len(req.client) <= 64:
+            raise ClientError("invalid_request", "client is an id of 1 to 64 characters")
+        if req.seq < 1 or req.acked < 0 or req.acked >= req.seq + 1_000_000:
+            raise ClientError("invalid_request", "seq counts from 1; acked is the highest seq fully answered")
+        return req.concern or self.cfg.write_concern
+
+    async def _write(self, req: W.Write, cmd: C.AnyCommand, predicted: dict | None = None) -> Any:
+        concern = self._check_write(req)
+        result = await self.replica.submit(C.encode(cmd), req.client, req.seq, concern)
+        if result.data is not None and result.data.get("concern") == "async":
+            # Answered once durable on this primary only: what applying it will give.
+            return {"id": result.data["index"], **(predicted or {}), "concern": "async"}
+        if not result.ok:
+            if result.code == "unknown_user":  # the account was deleted meanwhile
+                self.logout()
+                raise ClientError("unauthenticated", result.message)
+            raise ClientError(result.code, result.message)
+        return result.data
+
+    async def _register(self, req: W.Register) -> Any:
+        problem = rules.name_problem(req.name)
+        if problem:
+            raise ClientError("invalid_name", problem)
+        weak = rules.password_problems(req.password)
+        if weak:
+            raise ClientError("weak_password", "the password needs " + ", ".join(weak))
+        pw_hash = await self.replica.run_blocking(hash_password, req.password)
+        cmd = C.Register(client=req.client, seq=req.seq, acked=req.acked, ts=int(time.time() * 1000),
+                         name=req.name, pw_hash=pw_hash)
+        return await self._write(req, cmd)
+
+    async def _login(self, req: W.Login) -> Any:
+        r = self.replica
+        await r.read_barrier("linearizable")
+        user = queries.find_user(r.reader, req.name)
+        ok = user is not None and await r.run_blocking(verify_password, user.pw_hash, req.password)
+        if not ok or user is None:
+            raise ClientError("bad_credentials", "wrong user name or password")
+        now = int(time.time())
+        token = auth.issue(self.cfg.secret_bytes, user.id, user.name, now, self.cfg.token_ttl_s)
+        self.server._bind(self, user.id)
+        self.name = user.name
+        return {"token": token, "id": user.id, "name": user.name, "expires_at": now + self.cfg.token_ttl_s,
+                "last_logoff": user.last_logoff, "view_count": user.view_count}
+
+    async def _auth(self, token: str) -> Any:
+        try:
+            claims = auth.verify(self.cfg.secret_bytes, token, int(time.time()))
+        except auth.BadToken as exc:
+            raise ClientError("unauthenticated", str(exc)) from None
+        r = self.replica
+        # Linearizable: a replica just behind must know of the registration, and of a deletion.
+        await r.read_barrier("linearizable")
+        user = queries.user_by_id(r.reader, claims.uid)
+        if user is None or user.name != claims.name:
+            raise ClientError("unauthenticated", "this account no longer exists")
+        self.server._bind(self, user.id)
+        self.name = user.name
+        return {"id": user.id, "name": user.name, "last_logoff": user.last_logoff, "view_count": user.view_count}
+
+    def logout(self) -> None:
+        self.server._bind(self, None)
+        self.pushed_upto = None
+        self.held = None
+
+    # ------------------------------------------------------------------ pushing
+    async def _subscribe(self, after: int) -> Any:
+        uid = self._need_user()
+        self.pushed_upto, self.held = after, []  # live pushes wait while we catch up
+        missed = self.replica.query(queries.messages_after, uid, after, limit=10_000)
+        for m in missed:
+            self._push_now(m)
+        held, self.held = self.held or [], None
+        for m in held:
+            self._push_now(m)
+        return {"subscribed": True, "upto": self.pushed_upto}
+
+    def push(self, msg: queries.Message) -> None:
+        if self.pushed_upto is None:
+            return
+        if self.held is not None:
+            self.held.append(msg)
+        else:
+            self._push_now(msg)
+
+    def _push_now(self, msg: queries.Message) -> None:
+        if self.pushed_upto is not None and msg.id > self.pushed_upto:
+            self.pushed_upto = msg.id
+            self._send(W.event("message", msg))
+

@@ -1,0 +1,12 @@
+"""The codec between bytes and typed messages, with no I/O.
+
+- ``frames``: 4-byte length + JSON framing, the size limit checked first;
+- ``client``: the client protocol (requests, responses, push events);
+- ``peer``: the peer protocol (the consensus messages in their envelope, HELLO,
+  SNAPSHOT_CHUNK).
+"""
+
+from . import client, peer
+from .frames import DEFAULT_MAX_FRAME, FrameDecoder, FrameError, encode_frame
+
+__all__ = ["DEFAULT_MAX_FRAME", "FrameDecoder", "FrameError", "client", "encode_frame", "peer"]

@@ -1,0 +1,206 @@
+"""The client protocol: requests, responses and push events, as typed messages.
+
+Every request is a JSON object with an ``op`` and an ``id`` chosen by the client;
+every response names that id, so a client may have many requests in flight
+(pipelining). A response is ``{"id", "ok": true, "result"}`` or
+``{"id", "ok": false, "error": {"code", "message", "primary"}}``; codes are stable
+(see ERROR_CODES and docs/protocol.md). Push events have no id:
+``{"event": "message", "message": {...}}``.
+
+Writes carry (client, seq, acked) for exactly-once execution: ``client`` is a
+random id the client picks once, ``seq`` numbers its writes, ``acked`` is the
+highest seq below which it has every answer. Retrying a write with the same
+(client, seq), on any server, gets the first answer and changes nothing.
+
+Unknown fields are refused: a send cannot name its sender, which is the logged-in
+user of the connection.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import msgspec
+
+Consistency = Literal["linearizable", "local"]
+WriteConcern = Literal["majority", "all", "async"]
+
+ERROR_CODES = {
+    "malformed": "the frame is not a JSON object",
+    "frame_too_large": "the frame is over the size limit (the connection is closed)",
+    "invalid_request": "unknown op, missing or extra field, or a field of the wrong type",
+    "unauthenticated": "log in (or send a valid token with auth) first",
+    "unavailable": "no primary could take the request in time; retry, maybe on the primary named",
+    "busy": "the server is overloaded; retry later",
+    "rejected": "the chat refused the command (the message says why)",
+}
+
+
+class Request(msgspec.Struct, kw_only=True, tag_field="op", forbid_unknown_fields=True):
+    id: int
+
+
+class Write(Request, kw_only=True, forbid_unknown_fields=True):
+    client: str
+    seq: int
+    acked: int = 0
+    concern: WriteConcern | None = None  # None: the server's default
+
+
+class Read(Request, kw_only=True, forbid_unknown_fields=True):
+    consistency: Consistency = "linearizable"
+
+
+class Register(Write, tag="register", kw_only=True, forbid_unknown_fields=True):
+    name: str
+    password: str
+
+
+class Login(Request, tag="login", kw_only=True, forbid_unknown_fields=True):
+    name: str
+    password: str
+
+
+class Auth(Request, tag="auth", kw_only=True, forbid_unknown_fields=True):
+    token: str
+
+
+class Send(Write, tag="send", kw_only=True, forbid_unknown_fields=True):
+    to: str
+    body: str
+
+
+class DeleteMessages(Write, tag="delete_messages", kw_only=True, forbid_unknown_fields=True):
+    ids: list[int]
+
+
+class MarkRead(Write, tag="mark_read", kw_only=True, forbid_unknown_fields=True):
+    peer: str
+    upto: int
+
+
+class SetViewCount(Write, tag="set_view_count", kw_only=True, forbid_unknown_fields=True):
+    count: int
+
+
+class LogOff(Write, tag="log_off", kw_only=True, forbid_unknown_fields=True):
+    pass
+
+
+class DeleteAccount(Write, tag="delete_account", kw_only=True, forbid_unknown_fields=True):
+    pass
+
+
+class Users(Read, tag="users", kw_only=True, forbid_unknown_fields=True):
+    pattern: str = "*"
+    after: str = ""
+    limit: int = 50
+
+
+class Conversations(Read, tag="conversations", kw_only=True, forbid_unknown_fields=True):
+    pass
+
+
+class History(Read, tag="history", kw_only=True, forbid_unknown_fields=True):
+    peer: str
+    before: int | None = None
+    limit: int = 50
+
+
+class Stats(Read, tag="stats", kw_only=True, forbid_unknown_fields=True):
+    pass
+
+
+class Subscribe(Request, tag="subscribe", kw_only=True, forbid_unknown_fields=True):
+    """Push every message after ``after`` (a message id), then new ones as they come."""
+
+    after: int = 0
+
+
+class Status(Request, tag="status", kw_only=True, forbid_unknown_fields=True):
+    pass
+
+
+AnyRequest = (
+    Register | Login | Auth | Send | DeleteMessages | MarkRead | SetViewCount | LogOff | DeleteAccount
+    | Users | Conversations | History | Stats | Subscribe | Status
+)
+WRITES = (Register, Send, DeleteMessages, MarkRead, SetViewCount, LogOff, DeleteAccount)
+OPS = sorted(cls.__struct_config__.tag for cls in AnyRequest.__args__)  # type: ignore[attr-defined]
+
+
+class _Id(msgspec.Struct):
+    id: int | None = None
+
+
+class ProtocolError(Exception):
+    """A request that cannot be served; ``code`` is one of ERROR_CODES."""
+
+    def __init__(self, code: str, message: str, request_id: int | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.request_id = request_id
+
+
+_request_decoder = msgspec.json.Decoder(AnyRequest)
+_id_decoder = msgspec.json.Decoder(_Id)
+_encoder = msgspec.json.Encoder()
+
+
+def decode_request(body: bytes) -> AnyRequest:
+    """Raises ProtocolError (with the request id when it can be read) for anything
+    that is not a well-formed request."""
+    try:
+        return _request_decoder.decode(body)
+    except msgspec.ValidationError as exc:
+        try:
+            rid = _id_decoder.decode(body).id
+        except (msgspec.ValidationError, msgspec.DecodeError):
+            rid = None
+        raise ProtocolError("invalid_request", _explain(str(exc)), rid) from None
+    except msgspec.DecodeError as exc:
+        raise ProtocolError("malformed", f"not a JSON object: {exc}") from None
+
+
+def _explain(text: str) -> str:
+    if "Invalid value" in text and "$.op" in text:
+        return f"unknown op; the ops are {', '.join(OPS)}"
+    if "Object contains unknown field" in text:
+        return text + " (a request acts as the logged-in user: it cannot name another)"
+    return text
+
+
+def ok(request_id: int, result: Any = None) -> bytes:
+    return _encoder.encode({"id": request_id, "ok": True, "result": result})
+
+
+def error(request_id: int | None, code: str, message: str, primary: str | None = None) -> bytes:
+    return _encoder.encode(
+        {"id": request_id, "ok": False, "error": {"code": code, "message": message, "primary": primary}}
+    )
+
+
+def event(kind: str, payload: Any) -> bytes:
+    return _encoder.encode({"event": kind, kind: payload})
+
+
+def encode(obj: Any) -> bytes:
+    return _encoder.encode(obj)
+
+
+class Reply(msgspec.Struct):
+    """A response or an event, as a client reads it."""
+
+    id: int | None = None
+    ok: bool | None = None
+    result: Any = None
+    error: dict[str, Any] | None = None
+    event: str | None = None
+    message: Any = None
+
+
+_reply_decoder = msgspec.json.Decoder(Reply)
+
+
+def decode_reply(body: bytes) -> Reply:
+    return _reply_decoder.decode(body)
