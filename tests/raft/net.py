@@ -64,6 +64,10 @@ class Net:
                 st.entries = entries_for_terms(logs[i])
             if terms and i in terms:
                 st.hard_state = HardState(terms[i], 0, 0)
+            elif logs:
+                # A member of a cluster whose history the test wrote by hand: not a
+                # fresh start, so no bootstrap entry of its own.
+                st.hard_state = HardState(1, 0, 0)
             self.start(i)
 
     # ---- nodes

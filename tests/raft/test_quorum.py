@@ -9,7 +9,7 @@ import random
 from hypothesis import given
 from hypothesis import strategies as st
 
-from chorus.raft import Membership, RaftNode
+from chorus.raft import HardState, Membership, Persisted, RaftNode
 from chorus.raft.node import Role
 from chorus.raft.progress import Progress
 
@@ -31,7 +31,8 @@ def test_any_two_majorities_intersect(n: int) -> None:
 def test_commit_index_is_the_highest_index_a_majority_holds(n: int, data) -> None:
     ids = list(range(1, n + 1))
     learners = data.draw(st.lists(st.integers(10, 12), unique=True, max_size=2))
-    node = RaftNode(1, Membership(frozenset(ids), frozenset(learners)), rng=random.Random(0))
+    node = RaftNode(1, Membership(frozenset(ids), frozenset(learners)), rng=random.Random(0),
+                    persisted=Persisted(HardState(1, 0, 0)))  # not a fresh start: no bootstrap entry
     # Make it primary of term 2 with a log of terms [1]*5 + [2]*5.
     node.term, node.role, node.leader = 2, Role.PRIMARY, 1
     node.log.append(entries_for_terms([1] * 5 + [2] * 5))

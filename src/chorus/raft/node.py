@@ -170,13 +170,21 @@ class RaftNode:
         self.vote = p.hard_state.vote
         self.log = RaftLog(p.snapshot or SnapshotMeta(0, 0, membership))
         self.log.append(p.entries)
-        self.commit = max(p.hard_state.commit, p.applied, self.log.snapshot.index)
+        fresh = p.hard_state == HardState() and p.snapshot is None and not p.entries
+        if fresh and membership.voters:
+            # Bootstrap (as etcd does): the initial membership is entry 1 of every initial
+            # member's log, the same on each, committed by construction. A server that
+            # joins later starts empty and learns it from the log like any other change,
+            # so every index has the same membership on every server (snapshots carry it).
+            self.term = 1
+            self.log.append([Entry(1, 1, int(EntryKind.CONFIG), membership.encode())])
+        self.commit = max(p.hard_state.commit, p.applied, self.log.snapshot.index, 1 if fresh and membership.voters else 0)
         assert self.commit <= self.log.last_index, "storage lost committed entries"
 
         # Membership: the latest configuration in the log takes effect at once,
         # committed or not (Raft dissertation §4.1). History lets a truncation revert it.
         self._configs: list[tuple[int, Membership]] = []
-        for e in p.entries:
+        for e in self.log.entries:
             if e.kind == EntryKind.CONFIG:
                 self._configs.append((e.index, Membership.decode(e.data)))
         self.membership = self._configs[-1][1] if self._configs else self.log.snapshot.membership
@@ -205,8 +213,8 @@ class RaftNode:
         self._outbox: list[Message] = []
         self._reads_out: list[ReadState] = []
         self._forward_buf: list[bytes] = []
-        self._unsaved_from = self.log.last_index + 1  # first entry not yet handed out to persist
-        self._persisted = self.log.last_index  # last entry known to be durable
+        self._unsaved_from = self.log.snapshot.index + len(p.entries) + 1  # first entry not yet handed out to persist
+        self._persisted = self._unsaved_from - 1  # last entry known to be durable
         self._apply_from = self.applied + 1  # first committed entry not yet handed out to apply
         self._snapshot_out: SnapshotMeta | None = None
         self._membership_changed = True
