@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from chorus.client import Client, Rejected, Unauthenticated
+from chorus.server.config import load
 from chorus.wire import encode_frame
 from chorus.wire.peer import Hello, encode_peer
 
@@ -324,15 +325,20 @@ def test_bad_input_gets_clear_errors_and_nobody_else_notices(cluster: Cluster) -
         assert reply["error"]["code"] == "frame_too_large"
         assert huge.closed()
         # A peer frame from a server id that is not in the cluster.
+        fingerprint = load(cluster.config).fingerprint
         peer = socket.create_connection(("127.0.0.1", cluster.peer_ports[0]), timeout=5)
-        hello = Hello.sign(b"test-secret-0123456789abcdef", 99, 1, "n")
+        hello = Hello.sign(b"test-secret-0123456789abcdef", 99, 1, "n", fingerprint)
         peer.sendall(encode_frame(encode_peer(hello)))
         data = peer.recv(4096)
         assert b"ERROR" in data and b"not a member" in data
         # And one with the wrong secret.
         peer2 = socket.create_connection(("127.0.0.1", cluster.peer_ports[0]), timeout=5)
-        peer2.sendall(encode_frame(encode_peer(Hello.sign(b"wrong-secret", 2, 1, "n"))))
+        peer2.sendall(encode_frame(encode_peer(Hello.sign(b"wrong-secret", 2, 1, "n", fingerprint))))
         assert b"does not know the cluster secret" in peer2.recv(4096)
+        # And one from a server configured with another list of servers.
+        peer3 = socket.create_connection(("127.0.0.1", cluster.peer_ports[0]), timeout=5)
+        peer3.sendall(encode_frame(encode_peer(Hello.sign(b"test-secret-0123456789abcdef", 2, 1, "n", "0" * 16))))
+        assert b"different list of servers" in peer3.recv(4096)
         assert (await good.send("bob", "and still served")).id > 0
         rows = await cluster.statuses()
         assert all("error" not in row for row in rows)

@@ -26,6 +26,7 @@ CHORUS_SNAPSHOT_KEEP (entries). With no file at all: three replicas on
 
 from __future__ import annotations
 
+import hashlib
 import os
 import tomllib
 from dataclasses import dataclass, field, replace
@@ -95,6 +96,12 @@ class Config:
     @property
     def secret_bytes(self) -> bytes:
         return self.secret.encode()
+
+    @property
+    def fingerprint(self) -> str:
+        """Identifies the server list: every server of a cluster must have the same."""
+        text = ";".join(f"{s.id}={s.host}:{s.peer_port}:{s.client_port}" for s in sorted(self.servers, key=lambda s: s.id))
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def default_servers(size: int = 3, host: str = "127.0.0.1", peer_base: int = 8081, client_base: int = 8091):

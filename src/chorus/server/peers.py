@@ -93,7 +93,8 @@ class PeerLink:
                 backoff = min(backoff * 2, 1.0)
                 continue
             backoff = 0.05
-            hello = Hello.sign(self.t.cfg.secret_bytes, self.t.replica.id, self.peer.id, secrets.token_hex(8))
+            hello = Hello.sign(self.t.cfg.secret_bytes, self.t.replica.id, self.peer.id, secrets.token_hex(8),
+                               self.t.cfg.fingerprint)
             writer.write(encode_frame(encode_peer(hello)))
             for frame in self.pending:
                 writer.write(frame)
@@ -199,7 +200,9 @@ class PeerTransport:
                 raise MessageError("a peer connection must start with HELLO")
             if frame.server_id not in self.known or frame.to != self.replica.id:
                 raise MessageError(f"server {frame.server_id} is not a member of this cluster")
-            if not frame.valid(self.cfg.secret_bytes):
+            if frame.cluster != self.cfg.fingerprint:
+                raise MessageError(f"server {frame.server_id} has a different list of servers in its configuration")
+            if not frame.valid(self.cfg.secret_bytes, self.cfg.fingerprint):
                 raise MessageError(f"server {frame.server_id} does not know the cluster secret")
             sender = frame.server_id
             while True:

@@ -6,8 +6,10 @@ Every frame has the envelope of the original design, ``{"type", "term",
 the transport's own:
 
 - HELLO opens every peer connection. It proves the sender knows the cluster
-  secret: an HMAC over (sender, addressee, nonce). A server that cannot prove it,
-  or claims an id that is not in the configuration, is cut off.
+  secret and has the same list of servers: an HMAC over (sender, addressee,
+  nonce, fingerprint of the server list). Servers with different lists would
+  bootstrap different logs. A server that cannot prove both, or claims an id that
+  is not in the configuration, is cut off.
 - SNAPSHOT_CHUNK carries a piece of a snapshot file, base64 in JSON. The chunks
   come in order, followed by the INSTALL_SNAPSHOT message that names the
   snapshot.
@@ -30,18 +32,21 @@ class Hello(msgspec.Struct, frozen=True, kw_only=True):
     server_id: int
     to: int
     nonce: str
+    cluster: str  # the fingerprint of the sender's server list
     mac: str
 
     @staticmethod
-    def sign(secret: bytes, server_id: int, to: int, nonce: str) -> Hello:
-        return Hello(server_id=server_id, to=to, nonce=nonce, mac=_mac(secret, server_id, to, nonce))
+    def sign(secret: bytes, server_id: int, to: int, nonce: str, cluster: str) -> Hello:
+        return Hello(server_id=server_id, to=to, nonce=nonce, cluster=cluster,
+                     mac=_mac(secret, server_id, to, nonce, cluster))
 
-    def valid(self, secret: bytes) -> bool:
-        return hmac.compare_digest(self.mac, _mac(secret, self.server_id, self.to, self.nonce))
+    def valid(self, secret: bytes, cluster: str) -> bool:
+        return hmac.compare_digest(self.mac, _mac(secret, self.server_id, self.to, self.nonce, cluster))
 
 
-def _mac(secret: bytes, server_id: int, to: int, nonce: str) -> str:
-    return hmac.new(secret, f"chorus-peer:{server_id}->{to}:{nonce}".encode(), hashlib.sha256).hexdigest()
+def _mac(secret: bytes, server_id: int, to: int, nonce: str, cluster: str) -> str:
+    text = f"chorus-peer:{server_id}->{to}:{nonce}:{cluster}"
+    return hmac.new(secret, text.encode(), hashlib.sha256).hexdigest()
 
 
 class SnapshotChunk(msgspec.Struct, frozen=True, kw_only=True):
@@ -70,7 +75,7 @@ def encode_peer(frame: PeerFrame) -> bytes:
         return _encoder.encode(to_envelope(frame))
     if isinstance(frame, Hello):
         env = {"type": "HELLO", "term": 0, "server_id": frame.server_id, "to": frame.to,
-               "payload": {"nonce": frame.nonce, "mac": frame.mac}}
+               "payload": {"nonce": frame.nonce, "cluster": frame.cluster, "mac": frame.mac}}
         return _encoder.encode(env)
     payload = msgspec.structs.asdict(frame)
     for k in ("server_id", "to", "term"):
