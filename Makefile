@@ -5,13 +5,17 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 JOBS   ?= 2
 
-.PHONY: test lint sim bench-core bench-store clean
+.PHONY: run test lint sim bench-core bench-store clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[test]'
 	touch $(STAMP)
+
+# A local cluster of 3 servers (SIZE=5 for five), shown live; Ctrl-C stops it.
+run: $(STAMP)
+	$(VENV)/bin/chorus cluster up --size $(or $(SIZE),3) --data $(or $(DATA),data)
 
 test: $(STAMP)
 	$(PY) -m ruff check src tests bench
