@@ -34,7 +34,7 @@ def verify(secret: bytes, token: str, now_s: int) -> Claims:
     try:
         body_text, mac = token.rsplit(".", 1)
         body = body_text.encode()
-        if not hmac.compare_digest(mac, _mac(secret, body)):
+        if not hmac.compare_digest(mac.encode(), _mac(secret, body).encode()):  # bytes: any text is safe
             raise BadToken("the token's signature is not valid")
         claims = msgspec.json.decode(base64.urlsafe_b64decode(body + b"=" * (-len(body) % 4)), type=Claims)
     except (ValueError, msgspec.DecodeError, msgspec.ValidationError, UnicodeError):

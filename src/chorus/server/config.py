@@ -146,6 +146,12 @@ def _int(text: str, what: str) -> int:
         raise ConfigError(f"{what} must be an integer, not {text!r}") from None
 
 
+def _whole(value: object) -> int:
+    if type(value) is not int:
+        raise TypeError(value)
+    return value
+
+
 def _from_toml(raw: dict, path: Path) -> Config:
     cluster = raw.get("cluster", {})
     timing = raw.get("timing", {})
@@ -166,12 +172,17 @@ def _from_toml(raw: dict, path: Path) -> Config:
         kw["secret"] = str(cluster["secret"])
     if "write_concern" in cluster:
         kw["write_concern"] = str(cluster["write_concern"])
-    for key in ("tick_ms", "heartbeat_ms"):
-        if key in timing:
-            kw[key] = int(timing[key])
-    if "election_timeout_ms" in timing:
-        lo, hi = timing["election_timeout_ms"]
-        kw["election_timeout_ms"] = (int(lo), int(hi))
+    try:
+        for key in ("tick_ms", "heartbeat_ms"):
+            if key in timing:
+                kw[key] = _whole(timing[key])
+        if "election_timeout_ms" in timing:
+            lo, hi = timing["election_timeout_ms"]
+            kw["election_timeout_ms"] = (_whole(lo), _whole(hi))
+    except (TypeError, ValueError):
+        raise ConfigError(
+            f"{path}: [timing] takes whole numbers of milliseconds, and election_timeout_ms = [min, max]"
+        ) from None
     return Config(**kw)
 
 

@@ -26,9 +26,10 @@ Consistency = Literal["linearizable", "local"]
 WriteConcern = Literal["majority", "all", "async"]
 
 ERROR_CODES = {
-    "malformed": "the frame is not a JSON object",
+    "malformed": "the frame is not JSON at all",
+    "internal": "the server failed to handle a valid request (a bug; it is logged there)",
     "frame_too_large": "the frame is over the size limit (the connection is closed)",
-    "invalid_request": "unknown op, missing or extra field, or a field of the wrong type",
+    "invalid_request": "not a JSON object, an unknown op, a missing or extra field, or a field of the wrong type",
     "unauthenticated": "log in (or send a valid token with auth) first",
     "unavailable": "no primary could take the request in time; retry, maybe on the primary named",
     "busy": "the server is overloaded; retry later",

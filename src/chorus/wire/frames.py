@@ -19,6 +19,8 @@ class FrameError(Exception):
 
 
 def encode_frame(body: bytes, max_frame: int = DEFAULT_MAX_FRAME) -> bytes:
+    if not body:
+        raise FrameError("empty frame")
     if len(body) > max_frame:
         raise FrameError(f"frame of {len(body)} bytes is over the {max_frame}-byte limit")
     return _LEN.pack(len(body)) + body

@@ -41,7 +41,8 @@ class Hello(msgspec.Struct, frozen=True, kw_only=True):
                      mac=_mac(secret, server_id, to, nonce, cluster))
 
     def valid(self, secret: bytes, cluster: str) -> bool:
-        return hmac.compare_digest(self.mac, _mac(secret, self.server_id, self.to, self.nonce, cluster))
+        expected = _mac(secret, self.server_id, self.to, self.nonce, cluster)
+        return hmac.compare_digest(self.mac.encode(), expected.encode())  # bytes: any text is safe
 
 
 def _mac(secret: bytes, server_id: int, to: int, nonce: str, cluster: str) -> str:

@@ -1,0 +1,134 @@
+"""Framing: a 4-byte big-endian length, then the body; the limit is checked first."""
+
+from __future__ import annotations
+
+import struct
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from chorus.wire import DEFAULT_MAX_FRAME, FrameDecoder, FrameError, encode_frame
+
+bodies = st.lists(st.binary(min_size=1, max_size=300), max_size=20)
+
+
+def _stream(frames: list[bytes]) -> bytes:
+    return b"".join(encode_frame(f) for f in frames)
+
+
+def test_encoding_is_a_big_endian_length_then_the_body() -> None:
+    assert encode_frame(b"hello") == b"\x00\x00\x00\x05hello"
+    assert encode_frame(b"x" * 258) == b"\x00\x00\x01\x02" + b"x" * 258
+
+
+def test_one_feed_with_several_frames_yields_them_all_in_order() -> None:
+    d = FrameDecoder()
+    frames = [b"a", b'{"op":"status","id":1}', b"\x00" * 1000]
+    assert d.feed(_stream(frames)) == frames
+    assert d.buffered == 0
+    assert d.feed(b"") == []
+
+
+@settings(deadline=None)
+@given(bodies)
+def test_fed_byte_by_byte_yields_exactly_the_frames(frames: list[bytes]) -> None:
+    data = _stream(frames)
+    d = FrameDecoder()
+    out: list[bytes] = []
+    ends = set()
+    pos = 0
+    for f in frames:
+        pos += 4 + len(f)
+        ends.add(pos)
+    for i in range(len(data)):
+        got = d.feed(data[i : i + 1])
+        # A frame comes out exactly when its last byte arrives, and not before.
+        assert len(got) == (1 if i + 1 in ends else 0)
+        out += got
+    assert out == frames
+    assert d.buffered == 0
+
+
+@settings(deadline=None)
+@given(bodies, st.data())
+def test_fed_in_arbitrary_pieces_yields_exactly_the_frames(frames: list[bytes], data: st.DataObject) -> None:
+    stream = _stream(frames)
+    cuts = sorted(data.draw(st.lists(st.integers(0, len(stream)), max_size=30), label="cuts"))
+    pieces = [stream[a:b] for a, b in zip([0, *cuts], [*cuts, len(stream)], strict=True)]
+    assert b"".join(pieces) == stream
+    d = FrameDecoder()
+    out: list[bytes] = []
+    fed = 0
+    for p in pieces:
+        out += d.feed(p)
+        fed += len(p)
+        # After each piece: every frame wholly received, and nothing more.
+        complete, pos = 0, 0
+        for f in frames:
+            pos += 4 + len(f)
+            if pos <= fed:
+                complete += 1
+        assert out == frames[:complete]
+    assert out == frames
+    assert d.buffered == 0
+
+
+def test_a_frame_split_inside_its_length_prefix_is_reassembled() -> None:
+    d = FrameDecoder()
+    data = encode_frame(b"payload")
+    assert d.feed(data[:2]) == []
+    assert d.feed(data[2:5]) == []
+    assert d.feed(data[5:]) == [b"payload"]
+
+
+def test_an_oversized_length_is_refused_from_its_four_header_bytes() -> None:
+    d = FrameDecoder()
+    header = struct.pack(">I", 50 * 1024 * 1024)
+    with pytest.raises(FrameError, match="limit"):
+        d.feed(header)
+    # Nothing of the announced body was waited for or buffered.
+    assert d.buffered <= 4
+
+
+def test_an_oversized_length_is_refused_when_the_header_comes_in_pieces() -> None:
+    d = FrameDecoder()
+    header = struct.pack(">I", 50 * 1024 * 1024)
+    assert d.feed(header[:3]) == []
+    with pytest.raises(FrameError):
+        d.feed(header[3:])
+
+
+def test_an_oversized_frame_after_a_good_one_is_refused() -> None:
+    d = FrameDecoder()
+    assert d.feed(encode_frame(b"ok")) == [b"ok"]
+    with pytest.raises(FrameError):
+        d.feed(struct.pack(">I", DEFAULT_MAX_FRAME + 1))
+
+
+def test_the_limit_is_the_decoders_own() -> None:
+    d = FrameDecoder(max_frame=10)
+    assert d.feed(encode_frame(b"x" * 10)) == [b"x" * 10]
+    with pytest.raises(FrameError):
+        d.feed(struct.pack(">I", 11))
+
+
+def test_a_zero_length_frame_is_refused() -> None:
+    with pytest.raises(FrameError, match="empty"):
+        FrameDecoder().feed(b"\x00\x00\x00\x00")
+
+
+def test_a_zero_length_frame_after_a_good_one_is_refused() -> None:
+    d = FrameDecoder()
+    assert d.feed(encode_frame(b"a")) == [b"a"]
+    with pytest.raises(FrameError):
+        d.feed(b"\x00\x00" + b"\x00\x00")
+
+
+def test_encode_refuses_bodies_over_the_limit() -> None:
+    assert encode_frame(b"x" * DEFAULT_MAX_FRAME)[4:] == b"x" * DEFAULT_MAX_FRAME
+    with pytest.raises(FrameError, match="limit"):
+        encode_frame(b"x" * (DEFAULT_MAX_FRAME + 1))
+    assert encode_frame(b"x" * 10, max_frame=10) == b"\x00\x00\x00\x0a" + b"x" * 10
+    with pytest.raises(FrameError):
+        encode_frame(b"x" * 11, max_frame=10)
