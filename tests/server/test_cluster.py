@@ -318,6 +318,20 @@ def test_bad_input_gets_clear_errors_and_nobody_else_notices(cluster: Cluster) -
         reply = r.reply()
         assert reply["error"]["code"] == "invalid_request" and "sender" in reply["error"]["message"]
         assert (await good.send("bob", "still served")).id > 0
+        # Out of range: a number past 2**62, too many ids at once (they would make a log
+        # entry too big to replicate), an over-long message.
+        auth = b'{"op":"auth","id":6,"token":"' + good.token.encode() + b'"}'
+        r.send(auth)
+        assert r.reply()["ok"]
+        r.send(b'{"op":"history","id":7,"peer":"bob","before":99999999999999999999}')
+        assert r.reply()["error"]["code"] == "invalid_request"
+        many = ",".join(str(i) for i in range(100_000)).encode()
+        r.send(b'{"op":"delete_messages","id":8,"client":"x","seq":1,"ids":[' + many + b"]}")
+        reply = r.reply()
+        assert reply["error"]["code"] == "invalid_request" and "1000" in reply["error"]["message"]
+        r.send(b'{"op":"send","id":9,"client":"x","seq":2,"to":"bob","body":"' + b"y" * 4001 + b'"}')
+        assert r.reply()["error"]["code"] == "invalid_request"
+        assert (await good.send("bob", "and replication goes on")).id > 0
         # A 50 MB length prefix: refused before any of it is read, and that connection closes.
         huge = Raw(addr)
         huge.raw((50 * 1024 * 1024).to_bytes(4, "big"))
@@ -369,6 +383,43 @@ def test_retrying_a_write_with_the_same_seq_applies_it_once(cluster: Cluster) ->
         await a.close()
 
     run(main())
+
+
+def test_a_write_sent_to_two_servers_at_once_is_pushed_once(cluster: Cluster) -> None:
+    async def main():
+        await cluster.primary()
+        bob = await user(cluster, "bob")
+        alice = await user(cluster, "alice")
+        received: list = []
+
+        async def listen():
+            async for m in bob.events():
+                received.append(m)
+
+        listener = asyncio.create_task(listen())
+        await wait_for(lambda: _subscribed(bob), 5, "bob's subscription")
+        conns = [Raw(cluster.address(i)) for i in (1, 2)]
+        for k, r in enumerate(conns):
+            r.send(b'{"op":"auth","id":%d,"token":"' % k + alice.token.encode() + b'"}')
+            assert r.reply()["ok"]
+        send = b'{"op":"send","id":10,"client":"twice","seq":1,"to":"bob","body":"once only"}'
+        for r in conns:
+            r.send(send)
+        answers = [r.reply() for r in conns]
+        assert answers[0]["result"] == answers[1]["result"]
+        last = await alice.send("bob", "a later one")  # pushed after any duplicate would be
+        await wait_for(lambda: _at_least(received, 2) if received and received[-1].id == last.id else _no(), 10,
+                       "the later message")
+        assert [m.body for m in received] == ["once only", "a later one"]
+        listener.cancel()
+        await alice.close()
+        await bob.close()
+
+    run(main())
+
+
+async def _no() -> bool:
+    return False
 
 
 def test_write_concerns(cluster: Cluster) -> None:

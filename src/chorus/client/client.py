@@ -196,7 +196,7 @@ class Client:
                     last_exc = exc
                     continue
                 self._next = (self.servers.index(address) + 1) % len(self.servers) if address in self.servers else self._next
-                conn = _Connection(address, reader, writer, self._on_event, self.max_frame)
+                conn = _Connection(address, reader, writer, self._on_event, max(self.max_frame, 64 << 20))
                 self._conn = conn
                 try:
                     await self._resume(conn)

@@ -971,9 +971,16 @@ class RaftNode:
                     self._send_append(pid, pr, allow_empty=True)  # tell it the new commit index
         elif self._forward_buf:
             if self.leader != NONE:
-                self._send(
-                    Forward(term=self.term, server_id=self.id, to=self.leader, commands=tuple(self._forward_buf))
-                )
+                # In pieces of at most max_msg_bytes (at least one command each).
+                batch: list[bytes] = []
+                size = 0
+                for data in self._forward_buf:
+                    if batch and size + len(data) > self.cfg.max_msg_bytes:
+                        self._send(Forward(term=self.term, server_id=self.id, to=self.leader, commands=tuple(batch)))
+                        batch, size = [], 0
+                    batch.append(data)
+                    size += len(data)
+                self._send(Forward(term=self.term, server_id=self.id, to=self.leader, commands=tuple(batch)))
             self._forward_buf.clear()
 
     def has_ready(self) -> bool:

@@ -66,7 +66,8 @@ class Config:
     tick_ms: int = 50
     election_timeout_ms: tuple[int, int] = (1500, 3000)
     heartbeat_ms: int = 150
-    max_frame: int = 1 << 20
+    max_frame: int = 1 << 20  # what a client may send in one frame
+    peer_max_frame: int = 16 << 20  # what a server may send another (entries travel in base64)
     request_timeout_s: float = 10.0  # the longest a write or read waits before "unavailable"
     election_wait_s: float = 4.0  # how long a request waits for a primary to be elected
     snapshot_every: int = 20_000  # entries applied between snapshots

@@ -44,7 +44,9 @@ async def read_frame(reader: asyncio.StreamReader, max_frame: int) -> bytes:
 
 
 def _error_frame(text: str) -> bytes:
-    return encode_frame(msgspec.json.encode({"type": "ERROR", "term": 0, "server_id": 0, "payload": {"message": text}}))
+    return encode_frame(msgspec.json.encode(
+        {"type": "ERROR", "term": 0, "server_id": 0, "to": 0, "payload": {"message": text}}
+    ))
 
 
 class PeerLink:
@@ -68,7 +70,7 @@ class PeerLink:
             if self.snapshot_task is None or self.snapshot_task.done():
                 self.snapshot_task = asyncio.get_running_loop().create_task(self._send_snapshot(m))
             return
-        self._write(encode_frame(encode_peer(m), self.t.cfg.max_frame))
+        self._write(encode_frame(encode_peer(m), self.t.cfg.peer_max_frame))
 
     def _write(self, frame: bytes) -> None:
         w = self.writer
@@ -131,11 +133,11 @@ class PeerLink:
                 chunk = SnapshotChunk(
                     server_id=replica.id, to=self.peer.id, term=m.term, index=snap.meta.index,
                     snapshot_term=snap.meta.term, membership=snap.meta.membership, size=snap.size,
-                    sha256=snap.sha256, digest=snap.digest, offset=offset, data=data,
+                    sha256=snap.sha256, digest=f"{snap.digest:016x}", offset=offset, data=data,
                 )
-                w.write(encode_frame(encode_peer(chunk), self.t.cfg.max_frame))
+                w.write(encode_frame(encode_peer(chunk), self.t.cfg.peer_max_frame))
                 await w.drain()
-            self._write(encode_frame(encode_peer(msgspec.structs.replace(m, snapshot=snap.meta)), self.t.cfg.max_frame))
+            self._write(encode_frame(encode_peer(msgspec.structs.replace(m, snapshot=snap.meta)), self.t.cfg.peer_max_frame))
             ok = True
             log.info("sent snapshot at %d (%d bytes) to %d", snap.meta.index, snap.size, self.peer.id)
         except (OSError, ConnectionError):
@@ -178,7 +180,10 @@ class PeerTransport:
         for m in messages:
             link = self.links.get(m.to)
             if link is not None:
-                link.send(m)
+                try:
+                    link.send(m)
+                except FrameError as exc:  # cannot happen with bounded commands; never stop the others
+                    log.error("cannot send %s to %d: %s", m.type, m.to, exc)
 
     async def close(self) -> None:
         for link in self.links.values():
@@ -195,7 +200,7 @@ class PeerTransport:
         self.inbound.add(writer)
         sender = 0
         try:
-            frame = decode_peer(await read_frame(reader, self.cfg.max_frame))
+            frame = decode_peer(await read_frame(reader, self.cfg.peer_max_frame))
             if not isinstance(frame, Hello):
                 raise MessageError("a peer connection must start with HELLO")
             if frame.server_id not in self.known or frame.to != self.replica.id:
@@ -206,12 +211,17 @@ class PeerTransport:
                 raise MessageError(f"server {frame.server_id} does not know the cluster secret")
             sender = frame.server_id
             while True:
-                frame = decode_peer(await read_frame(reader, self.cfg.max_frame))
+                frame = decode_peer(await read_frame(reader, self.cfg.peer_max_frame))
                 if isinstance(frame, SnapshotChunk):
                     await self._chunk(sender, frame)
                 elif isinstance(frame, Message):
                     if frame.server_id != sender:
                         raise MessageError(f"server {sender} sent a message as server {frame.server_id}")
+                    if type(frame) is InstallSnapshot and frame.snapshot.index not in self.replica.received_snapshots:
+                        # Its chunks did not all arrive: without them it cannot be installed.
+                        log.warning("INSTALL_SNAPSHOT at %d from %d without its data: dropped",
+                                    frame.snapshot.index, sender)
+                        continue
                     try:
                         self.replica.step(frame)
                     except MessageError as exc:
@@ -236,7 +246,8 @@ class PeerTransport:
         if c.offset == 0:
             if rx is not None:
                 rx.abort()
-            rx = self.receivers[sender] = SnapshotReceiver(self.replica.in_dir, c.meta, c.size, c.sha256, c.digest)
+            rx = self.receivers[sender] = SnapshotReceiver(self.replica.in_dir, c.meta, c.size, c.sha256,
+                                                           int(c.digest, 16))
         if rx is None:
             return  # the start of this snapshot was lost; the primary will send it again
         try:

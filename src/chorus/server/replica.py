@@ -193,7 +193,9 @@ class Replica:
             out.results.append((index, cmd.client, cmd.seq, result))
             if not result.ok:
                 continue
-            if type(cmd) is C.Send and result.data:
+            if type(cmd) is C.Send and result.data and result.data["id"] == index:
+                # (A retried send that reached the log twice answers with the first
+                # one's id the second time: nothing new to push.)
                 sender = chat.users.get(cmd.user)
                 rid = chat.by_key.get(cmd.to.lower())
                 if sender is not None and rid is not None:

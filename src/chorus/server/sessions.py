@@ -77,6 +77,9 @@ class ClientServer:
             s.logout()
 
     def _bind(self, session: ClientSession, uid: int | None) -> None:
+        if session.uid != uid:  # another user (or none): the old one's pushes stop here
+            session.pushed_upto = None
+            session.held = None
         if session.uid is not None:
             peers = self.by_user.get(session.uid)
             if peers is not None:
@@ -127,13 +130,13 @@ class ClientSession(asyncio.Protocol):
             self.close()
             return
         for body in frames:
-            if self.in_flight >= self.cfg.max_in_flight:
-                self._send(W.error(None, "busy", f"more than {self.cfg.max_in_flight} requests in flight"))
-                continue
             try:
                 req = W.decode_request(body)
             except W.ProtocolError as exc:
                 self._send(W.error(exc.request_id, exc.code, str(exc)))
+                continue
+            if self.in_flight >= self.cfg.max_in_flight:
+                self._send(W.error(req.id, "busy", f"more than {self.cfg.max_in_flight} requests in flight"))
                 continue
             self.in_flight += 1
             task = asyncio.get_running_loop().create_task(self._handle(req))
@@ -215,7 +218,8 @@ class ClientSession(asyncio.Protocol):
             case W.Users():
                 await r.read_barrier(req.consistency)
                 names = queries.list_users(r.reader, req.pattern, after=req.after, limit=req.limit)
-                return {"users": names, "next": names[-1] if len(names) == req.limit and names else None}
+                # A full page may have a next one: ask again with after = "next".
+                return {"users": names, "next": names[-1] if names and len(names) == req.limit else None}
             case W.Conversations():
                 await r.read_barrier(req.consistency)
                 return {"conversations": r.query(queries.conversations, uid)}
@@ -299,9 +303,13 @@ class ClientSession(asyncio.Protocol):
     async def _subscribe(self, after: int) -> Any:
         uid = self._need_user()
         self.pushed_upto, self.held = after, []  # live pushes wait while we catch up
-        missed = self.replica.query(queries.messages_after, uid, after, limit=10_000)
-        for m in missed:
-            self._push_now(m)
+        while True:  # everything missed, a page at a time
+            missed = self.replica.query(queries.messages_after, uid, self.pushed_upto, limit=1000)
+            for m in missed:
+                self._push_now(m)
+            if len(missed) < 1000 or self.transport is None:
+                break
+            await asyncio.sleep(0)  # let others be served between pages
         held, self.held = self.held or [], None
         for m in held:
             self._push_now(m)

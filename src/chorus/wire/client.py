@@ -8,8 +8,8 @@ every response names that id, so a client may have many requests in flight
 ``{"event": "message", "message": {...}}``.
 
 Writes carry (client, seq, acked) for exactly-once execution: ``client`` is a
-random id the client picks once, ``seq`` numbers its writes, ``acked`` is the
-highest seq below which it has every answer. Retrying a write with the same
+random id the client picks once, ``seq`` numbers its writes from 1, ``acked`` is
+the highest seq such that the client has the answer of every seq up to it. Retrying a write with the same
 (client, seq), on any server, gets the first answer and changes nothing.
 
 Unknown fields are refused: a send cannot name its sender, which is the logged-in
@@ -18,33 +18,56 @@ user of the connection.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
 
 Consistency = Literal["linearizable", "local"]
 WriteConcern = Literal["majority", "all", "async"]
 
+# Every field is bounded, so no command can grow past a few kilobytes in the log.
+Number = Annotated[int, msgspec.Meta(ge=0, le=2**62)]
+Limit = Annotated[int, msgspec.Meta(ge=1, le=1000)]
+Name = Annotated[str, msgspec.Meta(max_length=64)]
+Body = Annotated[str, msgspec.Meta(max_length=4000)]
+Ids = Annotated[list[Number], msgspec.Meta(max_length=1000)]
+
 ERROR_CODES = {
+    # The protocol.
     "malformed": "the frame is not JSON at all",
-    "internal": "the server failed to handle a valid request (a bug; it is logged there)",
-    "frame_too_large": "the frame is over the size limit (the connection is closed)",
-    "invalid_request": "not a JSON object, an unknown op, a missing or extra field, or a field of the wrong type",
-    "unauthenticated": "log in (or send a valid token with auth) first",
-    "unavailable": "no primary could take the request in time; retry, maybe on the primary named",
+    "invalid_request": "not a JSON object, an unknown op, a missing, extra or out-of-range field, "
+                       "or a field of the wrong type",
+    "frame_too_large": "the frame is empty or over the size limit (the connection is closed)",
+    "unauthenticated": "log in (or send a valid token with auth) first; or the account no longer exists",
+    "unavailable": "no primary could take the request in time; retry (the same write: same client and seq), "
+                   "maybe on the primary named",
     "busy": "the server is overloaded; retry later",
-    "rejected": "the chat refused the command (the message says why)",
+    "internal": "the server failed to handle a valid request (a bug; it is logged there)",
+    # Logging in and registering.
+    "bad_credentials": "wrong user name or password",
+    "invalid_name": "a user name is 3-20 letters or digits",
+    "weak_password": "the password needs 8+ characters with a digit and an uppercase letter, no spaces",
+    "name_taken": "the name is taken (names are unique regardless of case)",
+    # The chat refusing a command.
+    "no_such_user": "there is no user of that name",
+    "invalid_message": "a message is 1 to 4,000 characters, not only spaces",
+    "no_conversation": "there is no conversation with that user",
+    "invalid_view_count": "the view count is 1 to 1,000",
+    "too_many": "at most 1,000 message ids at a time",
+    "stale_request": "a write whose seq the client acknowledged long ago (never applied twice)",
+    "bad_command": "a log entry that is not a chat command (not sent by the server itself)",
+    "invalid_password_hash": "a registration without an argon2id hash (not sent by the server itself)",
 }
 
 
 class Request(msgspec.Struct, kw_only=True, tag_field="op", forbid_unknown_fields=True):
-    id: int
+    id: Number
 
 
 class Write(Request, kw_only=True, forbid_unknown_fields=True):
-    client: str
-    seq: int
-    acked: int = 0
+    client: Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
+    seq: Annotated[int, msgspec.Meta(ge=1, le=2**62)]
+    acked: Number = 0
     concern: WriteConcern | None = None  # None: the server's default
 
 
@@ -53,35 +76,35 @@ class Read(Request, kw_only=True, forbid_unknown_fields=True):
 
 
 class Register(Write, tag="register", kw_only=True, forbid_unknown_fields=True):
-    name: str
-    password: str
+    name: Name
+    password: Annotated[str, msgspec.Meta(max_length=256)]
 
 
 class Login(Request, tag="login", kw_only=True, forbid_unknown_fields=True):
-    name: str
-    password: str
+    name: Name
+    password: Annotated[str, msgspec.Meta(max_length=256)]
 
 
 class Auth(Request, tag="auth", kw_only=True, forbid_unknown_fields=True):
-    token: str
+    token: Annotated[str, msgspec.Meta(max_length=1024)]
 
 
 class Send(Write, tag="send", kw_only=True, forbid_unknown_fields=True):
-    to: str
-    body: str
+    to: Name
+    body: Body
 
 
 class DeleteMessages(Write, tag="delete_messages", kw_only=True, forbid_unknown_fields=True):
-    ids: list[int]
+    ids: Ids
 
 
 class MarkRead(Write, tag="mark_read", kw_only=True, forbid_unknown_fields=True):
-    peer: str
-    upto: int
+    peer: Name
+    upto: Number
 
 
 class SetViewCount(Write, tag="set_view_count", kw_only=True, forbid_unknown_fields=True):
-    count: int
+    count: Number
 
 
 class LogOff(Write, tag="log_off", kw_only=True, forbid_unknown_fields=True):
@@ -93,9 +116,9 @@ class DeleteAccount(Write, tag="delete_account", kw_only=True, forbid_unknown_fi
 
 
 class Users(Read, tag="users", kw_only=True, forbid_unknown_fields=True):
-    pattern: str = "*"
-    after: str = ""
-    limit: int = 50
+    pattern: Name = "*"
+    after: Name = ""
+    limit: Limit = 50
 
 
 class Conversations(Read, tag="conversations", kw_only=True, forbid_unknown_fields=True):
@@ -103,9 +126,9 @@ class Conversations(Read, tag="conversations", kw_only=True, forbid_unknown_fiel
 
 
 class History(Read, tag="history", kw_only=True, forbid_unknown_fields=True):
-    peer: str
-    before: int | None = None
-    limit: int = 50
+    peer: Name
+    before: Number | None = None
+    limit: Limit = 50
 
 
 class Stats(Read, tag="stats", kw_only=True, forbid_unknown_fields=True):
@@ -115,7 +138,7 @@ class Stats(Read, tag="stats", kw_only=True, forbid_unknown_fields=True):
 class Subscribe(Request, tag="subscribe", kw_only=True, forbid_unknown_fields=True):
     """Push every message after ``after`` (a message id), then new ones as they come."""
 
-    after: int = 0
+    after: Number = 0
 
 
 class Status(Request, tag="status", kw_only=True, forbid_unknown_fields=True):

@@ -59,7 +59,7 @@ class SnapshotChunk(msgspec.Struct, frozen=True, kw_only=True):
     membership: Membership
     size: int
     sha256: str
-    digest: int
+    digest: str  # 16 hex digits (an unsigned 64-bit number does not fit every JSON reader)
     offset: int
     data: bytes
 
