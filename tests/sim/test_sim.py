@@ -39,7 +39,7 @@ def test_trace_is_readable() -> None:
     lines: list[str] = []
     run_seed(5, trace=lines.append)
     text = "\n".join(lines)
-    assert lines[0].startswith("[ 0.000000] n1 starts: n1 BACKUP t0")
+    assert lines[0].startswith("[ 0.000000] n1 starts: n1 BACKUP t1")  # (entry 1: the bootstrap)
     for expected in ("seed 5: nodes=", "<- REQUEST_VOTE", "<- REPLICATE ", "is PRIMARY of term", "HEAL", "converged"):
         assert expected in text, expected
     assert all("\n" not in line for line in lines)
