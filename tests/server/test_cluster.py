@@ -205,6 +205,38 @@ def test_a_replica_that_was_down_catches_up_from_the_log_and_from_a_snapshot(tmp
         c.stop_all()
 
 
+def test_pushed_messages_resume_across_a_failover_without_gaps_or_repeats(cluster: Cluster) -> None:
+    async def main():
+        p = await cluster.primary()
+        order = [cluster.address(p)] + [a for a in cluster.addresses if a != cluster.address(p)]
+        bob = await user(cluster, "bob", order, shuffle=False)  # listening on the primary, which will die
+        assert bob.server == cluster.address(p)
+        alice = await user(cluster, "alice", list(reversed(order)))
+        again = Client(cluster.addresses)
+        assert (await again.auth(alice.token))["name"] == "alice"
+        received: list = []
+
+        async def listen():
+            async for m in bob.events():
+                received.append(m)
+
+        listener = asyncio.create_task(listen())
+        await wait_for(lambda: _subscribed(bob), 5, "bob's subscription")
+        sent = [await alice.send("bob", f"before {k}") for k in range(10)]
+        cluster.kill(p)
+        for k in range(10):
+            sent.append(await alice.send("bob", f"after {k}"))
+        target = len(sent)
+        await wait_for(lambda: _at_least(received, target), 30, "every message to be pushed")
+        assert [m.id for m in received] == [m.id for m in sent]
+        assert bob.server != cluster.address(p)  # it moved to another server by itself
+        listener.cancel()
+        for c in (alice, bob, again):
+            await c.close()
+
+    run(main())
+
+
 def test_kill_all_replicas_at_once_and_restart(cluster: Cluster) -> None:
     async def main():
         await cluster.primary()

@@ -73,11 +73,12 @@ def _error(code: str, message: str, primary: str | None) -> ChorusError:
 
 class _Connection:
     def __init__(self, address: str, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                 on_event, max_frame: int) -> None:
+                 on_event, max_frame: int, on_lost=None) -> None:
         self.address = address
         self.reader, self.writer = reader, writer
         self.waiting: dict[int, asyncio.Future] = {}
         self.on_event = on_event
+        self.on_lost = on_lost
         self.decoder = FrameDecoder(max_frame)
         self.closed = asyncio.get_running_loop().create_future()
         self.task = asyncio.get_running_loop().create_task(self._read())
@@ -108,6 +109,8 @@ class _Connection:
         self.waiting.clear()
         if not self.closed.done():
             self.closed.set_result(None)
+            if self.on_lost is not None:
+                self.on_lost(self)
         with contextlib.suppress(Exception):
             self.writer.close()
 
@@ -123,6 +126,7 @@ class _Connection:
             self.waiting.pop(rid, None)
 
     def close(self) -> None:
+        self.on_lost = None  # closed on purpose
         self.task.cancel()
         self._fail(ConnectionError("closed"))
 
@@ -138,7 +142,11 @@ class Client:
         write_concern: str | None = None,
         consistency: str = "linearizable",
         max_frame: int = 1 << 20,
+        shuffle: bool = True,
     ) -> None:
+        """``servers``: any of the cluster's client addresses (host:port). The first
+        one tried is picked at random, to spread clients over the servers, unless
+        ``shuffle`` is False (then in the order given)."""
         self.servers = [s.strip() for s in (servers.split(",") if isinstance(servers, str) else servers) if s.strip()]
         if not self.servers:
             raise ValueError("give at least one server (host:port)")
@@ -156,7 +164,9 @@ class Client:
         self._seq = 0
         self._answered: set[int] = set()
         self._acked = 0
-        self._next = random.randrange(len(self.servers))
+        self._next = random.randrange(len(self.servers)) if shuffle else 0
+        self._closing = False
+        self._reconnecting: asyncio.Task | None = None
         self._events: asyncio.Queue[Message] | None = None
         self._last_event = 0
         self._subscribed = False
@@ -168,6 +178,9 @@ class Client:
         await self.close()
 
     async def close(self) -> None:
+        self._closing = True
+        if self._reconnecting is not None:
+            self._reconnecting.cancel()
         if self._conn is not None:
             self._conn.close()
             self._conn = None
@@ -196,7 +209,8 @@ class Client:
                     last_exc = exc
                     continue
                 self._next = (self.servers.index(address) + 1) % len(self.servers) if address in self.servers else self._next
-                conn = _Connection(address, reader, writer, self._on_event, max(self.max_frame, 64 << 20))
+                conn = _Connection(address, reader, writer, self._on_event, max(self.max_frame, 64 << 20),
+                                   self._lost)
                 self._conn = conn
                 try:
                     await self._resume(conn)
@@ -224,6 +238,24 @@ class Client:
                                     self.request_timeout)
             if not reply.ok:
                 raise ConnectionError("could not subscribe again")
+
+    def _lost(self, conn: _Connection) -> None:
+        """A connection broke. A subscribed client gets back on its own, at once:
+        the events must keep coming even if it never sends another request."""
+        if self._conn is conn:
+            self._conn = None
+        if self._subscribed and not self._closing and (self._reconnecting is None or self._reconnecting.done()):
+            self._reconnecting = asyncio.get_running_loop().create_task(self._reconnect())
+
+    async def _reconnect(self) -> None:
+        attempt = 0
+        while not self._closing and self._subscribed:
+            try:
+                await self._connect()
+                return
+            except (ConnectionError, TimeoutError, OSError, ChorusError):
+                attempt += 1
+                await asyncio.sleep(min(1.0, 0.05 * 2 ** min(attempt, 5)) * random.uniform(0.5, 1.5))
 
     def _on_event(self, conn: _Connection, reply: W.Reply) -> None:
         if reply.event == "message" and self._events is not None:
@@ -301,11 +333,12 @@ class Client:
         return result
 
     async def auth(self, token: str) -> dict:
-        """Resume a session from a token (any server issued it)."""
-        self.token = token
-        self._drop(self._conn)
-        result = await self._call("status")  # connecting sends the token
-        return {"server": result}
+        """Resume a session from a token (any server issued it): the user's id,
+        name, last log-off and view count."""
+        self.token = None  # (the connection authenticates with it below, not before)
+        result = await self._call("auth", token=token)
+        self.token, self.user = token, result["name"]
+        return result
 
     async def send(self, to: str, body: str) -> Message:
         r = await self._call("send", to=to, body=body)
