@@ -344,7 +344,7 @@ class World:
         if rd.snapshot is not None:
             self._check_snapshot_install(node)
         self._check_persisted(node, rd)
-        if self.rng.random() < self.p.crash_in_io:
+        if not self.healed and self.rng.random() < self.p.crash_in_io:  # (no faults once healed)
             self.crash(node, "after persisting, before sending")
             self._schedule_restart(node)
             return
@@ -371,7 +371,7 @@ class World:
         node.reads.extend((r.request_id, r.index) for r in rd.reads)
         if node.reads:
             self._serve_reads(node)
-        if self.rng.random() < self.p.crash_in_io / 2:
+        if not self.healed and self.rng.random() < self.p.crash_in_io / 2:
             self.crash(node, "after applying, before advance")
             self._schedule_restart(node)
             return
