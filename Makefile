@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 JOBS   ?= 2
 
-.PHONY: run test lint sim bench-core bench-store clean
+.PHONY: run test lint sim chaos bench-core bench-store clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -32,6 +32,11 @@ ifdef SEED
 else
 	$(PY) -m tests.sim --start $(or $(START),0) --count $(or $(COUNT),1000) --jobs $(JOBS) $(SIMFLAGS)
 endif
+
+# Fault injection on a real cluster (kill -9, pause, partitions) with a checker;
+# DURATION= seconds (default 600), SEED= to repeat a schedule. Reports in chaos-report/.
+chaos: $(STAMP)
+	$(PY) -m tests.chaos --duration $(or $(DURATION),600) $(if $(SEED),--seed $(SEED))
 
 bench-core: $(STAMP)
 	$(PY) bench/core.py

@@ -38,15 +38,20 @@ def free_ports(n: int) -> list[int]:
 
 class Cluster:
     def __init__(self, root: Path, size: int = 3, *, fast: bool = True, snapshot_every: int | None = None,
-                 extra_env: dict[str, str] | None = None) -> None:
+                 extra_env: dict[str, str] | None = None, hosts: list[str] | None = None,
+                 launcher: Callable[[int], list[str]] | None = None) -> None:
+        """``hosts``: each server's address (default: all on loopback); ``launcher``:
+        the command prefix that starts server i (e.g. ``ip netns exec ...``)."""
         self.root = root
         self.size = size
+        self.hosts = hosts or ["127.0.0.1"] * size
+        self.launcher = launcher
         ports = free_ports(2 * size)
         self.peer_ports = ports[:size]
         self.client_ports = ports[size:]
         timing = "tick_ms = 10\nelection_timeout_ms = [150, 300]\nheartbeat_ms = 30\n" if fast else ""
         servers = "".join(
-            f"\n[[server]]\nid = {i + 1}\nhost = \"127.0.0.1\"\npeer_port = {self.peer_ports[i]}\n"
+            f"\n[[server]]\nid = {i + 1}\nhost = \"{self.hosts[i]}\"\npeer_port = {self.peer_ports[i]}\n"
             f"client_port = {self.client_ports[i]}\n"
             for i in range(size)
         )
@@ -63,7 +68,7 @@ class Cluster:
 
     @property
     def addresses(self) -> list[str]:
-        return [f"127.0.0.1:{p}" for p in self.client_ports]
+        return [f"{h}:{p}" for h, p in zip(self.hosts, self.client_ports, strict=True)]
 
     def address(self, i: int) -> str:
         return self.addresses[i - 1]
@@ -71,8 +76,9 @@ class Cluster:
     def start(self, i: int | None = None) -> None:
         for k in [i] if i else range(1, self.size + 1):
             log = open(self.root / f"server{k}.log", "ab")  # noqa: SIM115 - kept by the child
+            prefix = self.launcher(k) if self.launcher else []
             self.procs[k] = subprocess.Popen(
-                [sys.executable, "-m", "chorus", "serve", "--id", str(k), "--config", str(self.config)],
+                [*prefix, sys.executable, "-m", "chorus", "serve", "--id", str(k), "--config", str(self.config)],
                 stdout=log, stderr=log, env=self.env, cwd=self.root,
             )
 

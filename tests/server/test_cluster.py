@@ -417,6 +417,34 @@ def test_retrying_a_write_with_the_same_seq_applies_it_once(cluster: Cluster) ->
     run(main())
 
 
+def test_retrying_delete_account_after_it_was_applied_gets_its_saved_answer(cluster: Cluster) -> None:
+    """The reply to a delete_account is lost; the retry cannot authenticate any
+    more (the account is gone) yet must learn that its delete succeeded, not be
+    told "unauthenticated" as if nothing happened."""
+    async def main():
+        await cluster.primary()
+        a = await user(cluster, "alice")
+        r = Raw(cluster.address(1))
+        r.send(b'{"op":"auth","id":1,"token":"' + a.token.encode() + b'"}')
+        assert r.reply()["ok"]
+        delete = b'{"op":"delete_account","id":%d,"client":"leaver","seq":1}'
+        r.send(delete % 2)
+        first = r.reply()
+        assert first["ok"], first
+        retry = Raw(cluster.address(3))
+        retry.send(b'{"op":"auth","id":1,"token":"' + a.token.encode() + b'"}')
+        assert retry.reply()["error"]["code"] == "unauthenticated"
+        retry.send(delete % 2)
+        second = retry.reply()
+        assert second["ok"] and second["result"] == first["result"], second
+        # Any other write on that unauthenticated connection is still refused.
+        retry.send(b'{"op":"send","id":3,"client":"leaver","seq":2,"to":"alice","body":"hi"}')
+        assert retry.reply()["error"]["code"] == "unauthenticated"
+        await a.close()
+
+    run(main())
+
+
 def test_a_write_sent_to_two_servers_at_once_is_pushed_once(cluster: Cluster) -> None:
     async def main():
         await cluster.primary()

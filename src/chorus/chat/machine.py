@@ -141,6 +141,11 @@ class ChatMachine:
         self.flush()
         return results
 
+    def saved_result(self, client: str, seq: int) -> Result | None:
+        """The answer kept for a write already applied (exactly-once), if any."""
+        c = self.clients.get(client)
+        return c.results.get(seq) if c is not None else None
+
     def apply(self, index: int, data: bytes) -> Result:
         return self.apply_batch(((index, data),))[0]
 

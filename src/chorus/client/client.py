@@ -231,7 +231,11 @@ class Client:
                 if err.get("code") in _RETRYABLE:
                     raise ConnectionError(err.get("message", "unavailable"))
                 self.token = None
-                raise _error(err.get("code", "unauthenticated"), err.get("message", ""), err.get("primary"))
+                if self._subscribed:
+                    raise _error(err.get("code", "unauthenticated"), err.get("message", ""), err.get("primary"))
+                # Not an error yet: the request being retried may be the one that
+                # ended the session (delete_account); the server answers a retried
+                # write from its saved result, anything else with "unauthenticated".
         if self._subscribed:
             rid = next(self._ids)
             reply = await conn.call(rid, encode_frame(W.encode({"op": "subscribe", "id": rid, "after": self._last_event})),
