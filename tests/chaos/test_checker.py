@@ -7,7 +7,7 @@ import copy
 
 import pytest
 
-from tests.chaos.checker import check
+from tests.chaos.checker import body_key, check
 
 BODY = {k: f"{k}:" + "x" * 120 for k in "abcdef"}
 
@@ -38,8 +38,10 @@ def clean() -> tuple[list[dict], dict[int, dict]]:
         send("f", 2.2, 2.3, 15, frm="temp1", to="user0"),
         op("delete_account", 2.4, 2.5, user="temp1"),
         op("register", 2.6, 2.7, "fail", name="user1"),     # taken
-        op("history", 3.0, 3.1, result=[[12, "user0", "user1", BODY["c"]], [11, "user1", "user0", BODY["b"]],
-                                        [10, "user0", "user1", BODY["a"]]], user="user0", peer="user1", limit=100),
+        op("history", 3.0, 3.1, result=[[12, "user0", "user1", body_key(BODY["c"])],
+                                        [11, "user1", "user0", body_key(BODY["b"])],
+                                        [10, "user0", "user1", body_key(BODY["a"])]], user="user0", peer="user1",
+           limit=100),
     ]
     state = {"users": ["user0", "user1"],
              "messages": {10: ["user0", "user1", BODY["a"]], 11: ["user1", "user0", BODY["b"]],
@@ -106,7 +108,7 @@ def read_shows_deleted(ops, reps):
 
 
 def read_invents(ops, reps):
-    ops[-1]["result"].append([8, "user0", "user1", "never sent"])
+    ops[-1]["result"].append([8, "user0", "user1", body_key("never sent")])
 
 
 def name_twice(ops, reps):

@@ -24,6 +24,8 @@ from dataclasses import dataclass, field
 from chorus.client import Client
 from chorus.client.errors import ChorusError, Unavailable
 
+from .checker import body_key
+
 PASSWORD = "Chaos1234"
 
 
@@ -106,7 +108,8 @@ class Workload:
                 outcome, r = await self.record(w, "history", {"user": f"user{w}", "peer": peer, "limit": 100},
                                                lambda peer=peer: c.history(peer, limit=100))
                 if outcome == "ok":
-                    self.history.ops[-1]["result"] = [[m.id, m.sender, m.recipient, m.body] for m in r]
+                    self.history.ops[-1]["result"] = [[m.id, m.sender, m.recipient, body_key(m.body)]
+                                                         for m in r]
             elif roll < 0.95:
                 if mine:
                     mid = mine.pop(rng.randrange(len(mine)))
