@@ -44,7 +44,9 @@ def test_kill_9_never_loses_a_durable_batch(tmp_path: Path) -> None:
         store = ReplicaStore(path)
         p = store.restore()
         k = p.hard_state.commit
-        assert k in (reported, reported + 1), (k, reported)  # the next one may have made it, unreported
+        # Nothing reported durable is lost. Later batches may have made it too: the
+        # child goes on writing until the kill lands (on a busy machine, several).
+        assert k >= reported, (k, reported)
         assert tuple(p.entries) == child.log_after(k)
         assert store.digest() == schema.full_digest(store.conn)
         applied = store.applied()
