@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 JOBS   ?= 2
 
-.PHONY: run test lint sim chaos bench-core bench-store clean
+.PHONY: run test lint sim chaos bench bench-core bench-store bench-cluster clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -37,6 +37,19 @@ endif
 # DURATION= seconds (default 600), SEED= to repeat a schedule. Reports in chaos-report/.
 chaos: $(STAMP)
 	$(PY) -m tests.chaos --duration $(or $(DURATION),600) $(if $(SEED),--seed $(SEED))
+
+# Benchmarks: tables and plots in bench/results/. QUICK=1: the cluster only, small (under 2 minutes).
+bench: $(STAMP)
+ifdef QUICK
+	$(PY) bench/cluster.py --quick
+else
+	$(PY) bench/core.py
+	$(PY) bench/store.py
+	$(PY) bench/cluster.py
+endif
+
+bench-cluster: $(STAMP)
+	$(PY) bench/cluster.py $(if $(QUICK),--quick)
 
 bench-core: $(STAMP)
 	$(PY) bench/core.py

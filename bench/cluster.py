@@ -1,0 +1,439 @@
+"""How fast is a real chorus cluster? Three `chorus serve` processes on this
+machine (durable: fsync, majority write concern), the load from separate client
+processes.
+
+    python bench/cluster.py                 # everything (about 10 minutes)
+    python bench/cluster.py --quick         # a smaller version (under 2 minutes)
+    python bench/cluster.py --only send     # one part: send, delivery, failover, connections
+
+Parts:
+- send: throughput and latency with 1, 8, 64 and 256 concurrent clients, each
+  sending 150-byte messages and waiting for each answer (commit on a majority)
+  before the next;
+- delivery: from a send to the push arriving at a recipient connected to a
+  different replica, while 64 other clients load the cluster;
+- failover: kill -9 of the primary under load, 20 times, with the default
+  election timeouts (1.5-3.0 s) and with the fast profile (150-300 ms); the
+  outage is the longest gap between two acknowledged sends around each kill;
+- connections: 10,000 idle logged-in connections to one replica, all
+  subscribed: the server's memory per connection, and how long one message
+  takes to be pushed to all of them.
+
+Writes bench/results/cluster.md (the tables) and PNG plots beside it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import itertools
+import multiprocessing as mp
+import os
+import resource
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from tests.server.cluster import Cluster  # noqa: E402
+
+from chorus.client import Client  # noqa: E402
+from chorus.wire import FrameDecoder, encode_frame  # noqa: E402
+from chorus.wire import client as W  # noqa: E402
+
+RESULTS = Path(__file__).parent / "results"
+PASSWORD = "Bench1234"
+BODY = "m" * 150
+
+
+def pct(xs: list[float], p: float) -> float:
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(p / 100 * len(xs)))] if xs else float("nan")
+
+
+# ---------------------------------------------------------------------------- load processes
+def load_worker(servers: list[str], tokens: list[tuple[str, str]], start_at: float, stop_at: float,
+                out) -> None:
+    """A load process: one Client per (token, recipient), each sending in a loop
+    from ``start_at`` to ``stop_at`` (monotonic clock, shared by all processes).
+    Sends back [(start, end)] of every acknowledged send, and the errors."""
+    async def one(token: str, to: str, spans: list, errors: list) -> None:
+        c = Client(servers, request_timeout=10, retry_for=30)
+        try:
+            await c.auth(token)
+            while time.monotonic() < start_at:
+                await asyncio.sleep(min(0.05, start_at - time.monotonic()))
+            while (t0 := time.monotonic()) < stop_at:
+                try:
+                    await c.send(to, BODY)
+                except Exception as exc:  # counted, not hidden
+                    errors.append(f"{type(exc).__name__}: {exc}")
+                    continue
+                spans.append((t0, time.monotonic()))
+        finally:
+            await c.close()
+
+    async def main() -> None:
+        spans: list = []
+        errors: list = []
+        await asyncio.gather(*(one(tok, to, spans, errors) for tok, to in tokens))
+        out.send((spans, errors))
+
+    try:
+        import uvloop
+        uvloop.run(main())
+    except ImportError:
+        asyncio.run(main())
+
+
+class Load:
+    """N clients spread over up to ``procs`` processes."""
+
+    def __init__(self, servers: list[str], users: list[tuple[str, str]], n: int, seconds: float,
+                 warmup: float = 1.0, procs: int = 2) -> None:
+        ctx = mp.get_context("spawn")
+        self.start_at = time.monotonic() + 2.0 + warmup  # processes take a moment to start
+        self.measure_from = self.start_at
+        self.stop_at = self.start_at + seconds
+        pairs = [(users[i % len(users)][1], users[(i + 1) % len(users)][0]) for i in range(n)]
+        self.pipes, self.procs = [], []
+        for k in range(min(procs, n)):
+            recv, send = ctx.Pipe(duplex=False)
+            p = ctx.Process(target=load_worker, args=(servers, pairs[k::procs], self.start_at - warmup,
+                                                      self.stop_at, send), daemon=True)
+            p.start()
+            self.pipes.append(recv)
+            self.procs.append(p)
+
+    async def results(self) -> tuple[list[tuple[float, float]], list[str]]:
+        spans, errors = [], []
+        for pipe in self.pipes:
+            s, e = await asyncio.get_running_loop().run_in_executor(None, pipe.recv)
+            spans += s
+            errors += e
+        for p in self.procs:
+            p.join()
+        return sorted(spans), errors
+
+
+async def make_users(addresses: list[str], n: int, prefix: str) -> list[tuple[str, str]]:
+    """Register and log in n users (in parallel: the servers hash passwords on
+    their own threads); returns [(name, token)]."""
+    sem = asyncio.Semaphore(16)
+
+    async def one(i: int) -> tuple[str, str]:
+        async with sem:
+            c = Client(addresses)
+            name = f"{prefix}user{i}"
+            await c.register(name, PASSWORD)
+            await c.login(name, PASSWORD)
+            await c.close()
+            return name, c.token or ""
+
+    return list(await asyncio.gather(*(one(i) for i in range(n))))
+
+
+def new_cluster(fast: bool = False) -> Cluster:
+    c = Cluster(Path(tempfile.mkdtemp(prefix="chorus-bench-")), 3, fast=fast)
+    c.start()
+    return c
+
+
+# ---------------------------------------------------------------------------- the parts
+async def bench_send(counts: list[int], seconds: float) -> list[dict]:
+    cluster = new_cluster()
+    try:
+        await cluster.primary(30)
+        users = await make_users(cluster.addresses, max(counts), "s")
+        rows = []
+        for n in counts:
+            load = Load(cluster.addresses, users, n, seconds, procs=1 if n == 1 else 2)
+            spans, errors = await load.results()
+            inside = [(a, b) for a, b in spans if load.measure_from <= a and b <= load.stop_at]
+            lat = [b - a for a, b in inside]
+            rows.append({"clients": n, "rate": len(inside) / seconds, "p50": pct(lat, 50) * 1e3,
+                         "p99": pct(lat, 99) * 1e3, "errors": len(errors)})
+            print(f"send, {n} clients: {rows[-1]['rate']:,.0f} sends/s, p50 {rows[-1]['p50']:.1f} ms, "
+                  f"p99 {rows[-1]['p99']:.1f} ms, {len(errors)} errors", flush=True)
+        return rows
+    finally:
+        cluster.stop_all()
+
+
+async def bench_delivery(seconds: float, load_clients: int = 64) -> dict:
+    cluster = new_cluster()
+    try:
+        await cluster.primary(30)
+        users = await make_users(cluster.addresses, load_clients, "d")
+        (_, a_token), (b_name, b_token) = await make_users(cluster.addresses, 2, "probe")
+        sender = Client([cluster.address(1)], shuffle=False)
+        receiver = Client([cluster.address(2)], shuffle=False)
+        await sender.auth(a_token)
+        await receiver.auth(b_token)
+        arrived: dict[str, float] = {}
+
+        async def listen() -> None:
+            async for m in receiver.events():
+                arrived[m.body] = time.monotonic()
+
+        listener = asyncio.create_task(listen())
+        load = Load(cluster.addresses, users, load_clients, seconds + 2)
+        while time.monotonic() < load.start_at + 1:
+            await asyncio.sleep(0.05)
+        sent: dict[str, float] = {}
+        k = 0
+        while time.monotonic() < load.stop_at - 1:
+            k += 1
+            body = f"probe {k} " + "p" * 140
+            sent[body] = time.monotonic()
+            await sender.send(b_name, body)
+            await asyncio.sleep(0.02)
+        deadline = time.monotonic() + 10
+        while len(arrived) < len(sent) and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        listener.cancel()
+        spans, _ = await load.results()
+        lat = [arrived[b] - t for b, t in sent.items() if b in arrived]
+        await sender.close()
+        await receiver.close()
+        row = {"probes": len(sent), "arrived": len(lat), "p50": pct(lat, 50) * 1e3, "p99": pct(lat, 99) * 1e3,
+               "load": len([s for s in spans if load.measure_from <= s[0]]) / (load.stop_at - load.measure_from),
+               "latencies": lat}
+        print(f"delivery under {load_clients}-client load ({row['load']:,.0f} sends/s): p50 {row['p50']:.1f} ms, "
+              f"p99 {row['p99']:.1f} ms, {row['arrived']}/{row['probes']} arrived", flush=True)
+        return row
+    finally:
+        cluster.stop_all()
+
+
+async def bench_failover(kills: int, fast: bool, clients: int = 16) -> dict:
+    cluster = new_cluster(fast=fast)
+    try:
+        await cluster.primary(30)
+        users = await make_users(cluster.addresses, clients, "f")
+        acks: list[float] = []
+        stop = asyncio.Event()
+
+        async def sender(token: str, to: str) -> None:
+            c = Client(cluster.addresses, request_timeout=5, retry_for=60)
+            await c.auth(token)
+            while not stop.is_set():
+                await c.send(to, BODY)
+                acks.append(time.monotonic())
+            await c.close()
+
+        tasks = [asyncio.create_task(sender(users[i][1], users[(i + 1) % clients][0])) for i in range(clients)]
+        outages = []
+        for _ in range(kills):
+            await cluster.converged(60)
+            primary = await cluster.primary(30)
+            n0 = len(acks)
+            while len(acks) < n0 + 5 * clients:  # under load
+                await asyncio.sleep(0.01)
+            killed_at = time.monotonic()
+            cluster.kill(primary)
+            while sum(1 for t in acks[n0:] if t > killed_at) < 5 * clients:  # service is back
+                await asyncio.sleep(0.02)
+            window = sorted(t for t in acks if t >= killed_at - 1.0)
+            outages.append(max(b - a for a, b in itertools.pairwise(window)))
+            cluster.start(primary)
+        stop.set()
+        await asyncio.gather(*tasks)
+        row = {"profile": "fast (150-300 ms)" if fast else "default (1.5-3.0 s)", "kills": kills,
+               "median": statistics.median(outages), "p90": pct(outages, 90), "max": max(outages),
+               "outages": outages}
+        print(f"failover, {row['profile']}: {kills} kills, outage median {row['median'] * 1e3:.0f} ms, "
+              f"p90 {row['p90'] * 1e3:.0f} ms, max {row['max'] * 1e3:.0f} ms", flush=True)
+        return row
+    finally:
+        cluster.stop_all()
+
+
+def rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+async def bench_connections(n: int) -> dict:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, max(soft, n + 1000)), hard))
+    cluster = new_cluster()
+    try:
+        await cluster.primary(30)
+        (name, token), (_, other_token) = await make_users(cluster.addresses, 2, "crowd")
+        host, port = cluster.address(1).rsplit(":", 1)
+        pid = cluster.procs[1].pid
+        before = rss_kib(pid)
+        got = 0
+        all_in = asyncio.Event()
+        sent_at = 0.0
+        last = [0.0]
+
+        class Conn(asyncio.Protocol):
+            def connection_made(self, transport):
+                self.t, self.dec, self.replies = transport, FrameDecoder(1 << 20), 0
+                self.ready = asyncio.get_running_loop().create_future()
+                # (Requests on one connection run concurrently: subscribe once authenticated.)
+                transport.write(encode_frame(W.encode({"op": "auth", "id": 1, "token": token})))
+
+            def data_received(self, data):
+                nonlocal got
+                for body in self.dec.feed(data):
+                    reply = W.decode_reply(body)
+                    if reply.event is not None:
+                        got += 1
+                        last[0] = time.monotonic()
+                        if got == n:
+                            all_in.set()
+                    elif reply.id == 1:
+                        self.t.write(encode_frame(W.encode({"op": "subscribe", "id": 2, "after": 0})))
+                    elif reply.id == 2 and not self.ready.done():
+                        self.ready.set_result(reply.ok)
+
+        loop = asyncio.get_running_loop()
+        conns = []
+        t0 = time.monotonic()
+        for k in range(0, n, 500):
+            batch = await asyncio.gather(*(loop.create_connection(Conn, host, int(port)) for _ in range(min(500, n - k))))
+            conns += [p for _, p in batch]
+            if not all(await asyncio.gather(*(p.ready for _, p in batch))):
+                raise RuntimeError("a connection could not authenticate and subscribe")
+        setup = time.monotonic() - t0
+        after = rss_kib(pid)
+        c = Client([cluster.address(2)])
+        await c.auth(other_token)
+        sent_at = time.monotonic()
+        await c.send(name, "to everyone at once " + "c" * 120)
+        await asyncio.wait_for(all_in.wait(), 120)
+        row = {"connections": n, "per_conn_kib": (after - before) / n, "rss_before_mib": before / 1024,
+               "rss_after_mib": after / 1024, "setup_s": setup, "push_all_ms": (last[0] - sent_at) * 1e3}
+        print(f"{n:,} connections: {row['per_conn_kib']:.1f} KiB each (RSS {before / 1024:.0f} -> "
+              f"{after / 1024:.0f} MiB), pushed to all in {row['push_all_ms']:.0f} ms", flush=True)
+        await c.close()
+        for p in conns:
+            p.t.close()
+        return row
+    finally:
+        cluster.stop_all()
+
+
+# ---------------------------------------------------------------------------- report
+def plots(send_rows: list[dict], delivery: dict | None, failovers: list[dict]) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    made = []
+    if send_rows:
+        fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
+        xs = [r["clients"] for r in send_rows]
+        a.plot(xs, [r["rate"] for r in send_rows], "o-")
+        a.set_xscale("log", base=2)
+        a.set_xlabel("concurrent clients")
+        a.set_ylabel("sends/s (committed on a majority)")
+        a.set_title("send throughput, 3 replicas, fsync")
+        b.plot(xs, [r["p50"] for r in send_rows], "o-", label="p50")
+        b.plot(xs, [r["p99"] for r in send_rows], "s-", label="p99")
+        b.set_xscale("log", base=2)
+        b.set_yscale("log")
+        b.set_xlabel("concurrent clients")
+        b.set_ylabel("latency (ms)")
+        b.legend()
+        b.set_title("send latency")
+        fig.tight_layout()
+        fig.savefig(RESULTS / "cluster-send.png", dpi=90)
+        plt.close(fig)
+        made.append("cluster-send.png")
+    if failovers:
+        fig, ax = plt.subplots(figsize=(7, 4))
+        ax.boxplot([[o * 1e3 for o in f["outages"]] for f in failovers])
+        ax.set_xticks(range(1, len(failovers) + 1), [f["profile"] for f in failovers])
+        for k, f in enumerate(failovers, 1):
+            ax.scatter([k] * len(f["outages"]), [o * 1e3 for o in f["outages"]], s=10, alpha=0.6)
+        ax.set_ylabel("client-visible outage (ms)")
+        ax.set_title("kill -9 of the primary under load")
+        fig.tight_layout()
+        fig.savefig(RESULTS / "cluster-failover.png", dpi=90)
+        plt.close(fig)
+        made.append("cluster-failover.png")
+    if delivery and delivery["latencies"]:
+        fig, ax = plt.subplots(figsize=(7, 4))
+        ax.hist([x * 1e3 for x in delivery["latencies"]], bins=50)
+        ax.set_xlabel("send to push at another replica (ms)")
+        ax.set_ylabel("messages")
+        ax.set_title("delivery latency under load")
+        fig.tight_layout()
+        fig.savefig(RESULTS / "cluster-delivery.png", dpi=90)
+        plt.close(fig)
+        made.append("cluster-delivery.png")
+    return made
+
+
+async def main(args: argparse.Namespace) -> int:
+    parts = args.only or ["send", "delivery", "failover", "connections"]
+    q = args.quick
+    send_rows: list[dict] = []
+    delivery = None
+    failovers: list[dict] = []
+    conns = None
+    if "send" in parts:
+        send_rows = await bench_send([1, 8, 64] if q else [1, 8, 64, 256], 3 if q else 10)
+    if "delivery" in parts:
+        delivery = await bench_delivery(4 if q else 10)
+    if "failover" in parts:
+        failovers = [await bench_failover(3 if q else 20, fast=False), await bench_failover(3 if q else 20, fast=True)]
+    if "connections" in parts:
+        conns = await bench_connections(1000 if q else 10_000)
+
+    lines = ["# A 3-replica cluster", "",
+             f"`python bench/cluster.py{' --quick' if q else ''}` on Python {sys.version.split()[0]}, "
+             f"{os.cpu_count()} cores; three `chorus serve` processes on this machine (fsync on, majority write "
+             "concern), load from separate client processes, 150-byte messages; each client waits for each "
+             "answer before its next send.", ""]
+    if send_rows:
+        lines += ["| clients | sends/s | p50 | p99 | errors | target |", "| ---: | ---: | ---: | ---: | ---: | --- |"]
+        targets = {1: ">= 2,000/s, p50 <= 0.8 ms", 64: ">= 12,000/s, p99 <= 20 ms", 256: ">= 15,000/s"}
+        lines += [f"| {r['clients']} | {r['rate']:,.0f} | {r['p50']:.2f} ms | {r['p99']:.1f} ms | {r['errors']} | "
+                  f"{targets.get(r['clients'], '')} |" for r in send_rows]
+        lines.append("")
+    if delivery:
+        lines += ["| delivery: send to push at another replica | result |", "| --- | ---: |",
+                  f"| under 64-client load ({delivery['load']:,.0f} sends/s) | p50 {delivery['p50']:.1f} ms, "
+                  f"p99 {delivery['p99']:.1f} ms ({delivery['arrived']}/{delivery['probes']} arrived) |", ""]
+    if failovers:
+        lines += ["| failover: kill -9 of the primary, 16 clients sending | kills | outage median | p90 | max | target |",
+                  "| --- | ---: | ---: | ---: | ---: | --- |"]
+        for f in failovers:
+            target = "<= 0.4 s" if f["profile"].startswith("fast") else "<= 2.5 s"
+            lines.append(f"| {f['profile']} | {f['kills']} | {f['median']:.2f} s | {f['p90']:.2f} s | "
+                         f"{f['max']:.2f} s | median {target} |")
+        lines.append("")
+    if conns:
+        lines += ["| idle subscribed connections on one replica | result | target |", "| --- | ---: | --- |",
+                  f"| {conns['connections']:,} connections: server memory per connection | "
+                  f"{conns['per_conn_kib']:.1f} KiB (RSS {conns['rss_before_mib']:.0f} -> "
+                  f"{conns['rss_after_mib']:.0f} MiB) | <= 20 KiB |",
+                  f"| one message pushed to all of them | {conns['push_all_ms']:.0f} ms | |",
+                  f"| connecting, authenticating and subscribing them all | {conns['setup_s']:.1f} s | |", ""]
+    made = plots(send_rows, delivery, failovers)
+    lines += [f"![{m}]({m})" for m in made]
+    RESULTS.mkdir(exist_ok=True)
+    out = args.out or RESULTS / ("cluster-quick.md" if q else "cluster.md")
+    out.write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--only", nargs="*", choices=["send", "delivery", "failover", "connections"])
+    ap.add_argument("--out", type=Path, default=None)
+    sys.exit(asyncio.run(main(ap.parse_args())))
