@@ -210,7 +210,7 @@ async def bench_delivery(seconds: float, load_clients: int = 64) -> dict:
         cluster.stop_all()
 
 
-async def bench_failover(kills: int, fast: bool, clients: int = 16) -> dict:
+async def bench_failover(kills: int, fast: bool, clients: int = 16, verbose: bool = True) -> dict:
     cluster = new_cluster(fast=fast)
     try:
         await cluster.primary(30)
@@ -239,7 +239,10 @@ async def bench_failover(kills: int, fast: bool, clients: int = 16) -> dict:
             while sum(1 for t in acks[n0:] if t > killed_at) < 5 * clients:  # service is back
                 await asyncio.sleep(0.02)
             window = sorted(t for t in acks if t >= killed_at - 1.0)
-            outages.append(max(b - a for a, b in itertools.pairwise(window)))
+            gap, at = max((b - a, a - killed_at) for a, b in itertools.pairwise(window))
+            outages.append(gap)
+            if verbose:
+                print(f"  kill n{primary}: outage {gap * 1e3:.0f} ms, starting {at * 1e3:+.0f} ms from the kill")
             cluster.start(primary)
         stop.set()
         await asyncio.gather(*tasks)

@@ -313,6 +313,8 @@ class Client:
             attempt += 1
             if loop.time() >= deadline:
                 raise error
+            if attempt == 1 and isinstance(error, Unavailable) and prefer is None and self._conn is None:
+                continue  # the server went away: try the next one at once, back off after that
             await asyncio.sleep(min(1.0, 0.05 * 2 ** min(attempt, 5)) * random.uniform(0.5, 1.5))
 
     def _drop(self, conn: _Connection | None) -> None:

@@ -341,8 +341,7 @@ class Replica:
                         "the command was not applied in time; retry it with the same seq (it will not be applied twice)",
                         self.primary_address(),
                     )
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(asyncio.shield(fut), min(left, 1.0 if index is None else 2.0))
+                await self._answer_or_leader_change(fut, min(left, 1.0 if index is None else 2.0))
                 if not fut.done() and (self.node.leader, self.node.term) != (leader, term):
                     break
                 if not fut.done() and index is None:
@@ -353,6 +352,17 @@ class Replica:
         if concern == "all" and result.ok:
             await self._all_have(self.applied, deadline)
         return result
+
+    async def _answer_or_leader_change(self, fut: asyncio.Future, timeout: float) -> None:
+        """Wait for the answer, but no longer than the primary stays the same: after
+        a failover a command forwarded to the old primary is proposed again at
+        once, not after the timeout."""
+        assert self.loop is not None and self._leader_changed is not None
+        change = self.loop.create_task(self._leader_changed.wait())
+        try:
+            await asyncio.wait((fut, change), timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            change.cancel()
 
     async def _wait_index(self, heap: list, index: int, deadline: float) -> None:
         assert self.loop is not None
