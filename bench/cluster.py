@@ -242,7 +242,8 @@ async def bench_failover(kills: int, fast: bool, clients: int = 16, verbose: boo
             gap, at = max((b - a, a - killed_at) for a, b in itertools.pairwise(window))
             outages.append(gap)
             if verbose:
-                print(f"  kill n{primary}: outage {gap * 1e3:.0f} ms, starting {at * 1e3:+.0f} ms from the kill")
+                print(f"  kill n{primary} at {time.time() - (time.monotonic() - killed_at):.3f}: outage {gap * 1e3:.0f} ms, "
+                      f"starting {at * 1e3:+.0f} ms from the kill")
             cluster.start(primary)
         stop.set()
         await asyncio.gather(*tasks)

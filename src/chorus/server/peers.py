@@ -61,6 +61,13 @@ class PeerLink:
         self.task: asyncio.Task | None = None
         self.snapshot_task: asyncio.Task | None = None
         self.closed = False
+        self.peer_is_back = asyncio.Event()  # it connected to us: retry at once
+
+    async def _pause(self, seconds: float) -> None:
+        """Wait before connecting again, unless the peer shows up first."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.peer_is_back.wait(), seconds)
+        self.peer_is_back.clear()
 
     def start(self) -> None:
         self.task = asyncio.get_running_loop().create_task(self._connect_loop())
@@ -91,7 +98,7 @@ class PeerLink:
                     asyncio.open_connection(self.peer.host, self.peer.peer_port), timeout=2.0
                 )
             except (OSError, TimeoutError):
-                await asyncio.sleep(backoff * (0.5 + secrets.randbelow(1000) / 1000))
+                await self._pause(backoff * (0.5 + secrets.randbelow(1000) / 1000))
                 backoff = min(backoff * 2, 1.0)
                 continue
             backoff = 0.05
@@ -116,7 +123,7 @@ class PeerLink:
                 writer.close()
             if not self.closed:
                 self.t.replica.node.report_unreachable(self.peer.id)
-                await asyncio.sleep(backoff)
+                await self._pause(backoff)
 
     async def _send_snapshot(self, m: InstallSnapshot) -> None:
         replica = self.t.replica
@@ -210,6 +217,11 @@ class PeerTransport:
             if not frame.valid(self.cfg.secret_bytes, self.cfg.fingerprint):
                 raise MessageError(f"server {frame.server_id} does not know the cluster secret")
             sender = frame.server_id
+            link = self.links.get(sender)
+            if link is not None and link.writer is None:
+                # A restarted peer: our link to it may be waiting out a backoff of up
+                # to a second; an election could need it sooner than that.
+                link.peer_is_back.set()
             while True:
                 frame = decode_peer(await read_frame(reader, self.cfg.peer_max_frame))
                 if isinstance(frame, SnapshotChunk):

@@ -406,13 +406,14 @@ class Replica:
                     raise Unavailable("no primary to confirm the read", self.primary_address()) from None
                 continue
             self._kick()
-            try:
-                index = await asyncio.wait_for(fut, min(1.0, max(0.01, deadline - time.monotonic())))
+            # Asked of the primary; asked again if it changes meanwhile (or is silent for 1 s).
+            await self._answer_or_leader_change(fut, min(1.0, max(0.01, deadline - time.monotonic())))
+            if fut.done():
+                index = fut.result()
                 break
-            except TimeoutError:
-                self._reads.pop(rid, None)
-                if time.monotonic() >= deadline:
-                    raise Unavailable("the primary did not confirm the read in time", self.primary_address()) from None
+            self._reads.pop(rid, None)
+            if time.monotonic() >= deadline:
+                raise Unavailable("the primary did not confirm the read in time", self.primary_address())
         if self.applied < index:
             await self._wait_index(self._applied_waiters, index, deadline)
 
