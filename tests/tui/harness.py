@@ -57,7 +57,7 @@ class Headless:
         return await asyncio.create_task(step(self.pilot, *args, **kw), context=self.context)
 
 
-async def until(pilot: Pilot, check: Callable[[], T], what: str, timeout: float = 20.0) -> T:
+async def until(pilot: Pilot, check: Callable[[], T], what: str, timeout: float = 30.0) -> T:
     """Let the app run until ``check()`` is true (and return it), or fail after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout
     while True:

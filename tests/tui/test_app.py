@@ -11,7 +11,7 @@ import pytest
 
 from chorus.client import Client
 from chorus.tui.login import LoginScreen
-from chorus.tui.model import SENDING, SENT
+from chorus.tui.model import SENDING, SENT, moment
 from chorus.tui.widgets import MessageItem, MessageList
 
 from ..server.cluster import Cluster
@@ -156,6 +156,18 @@ def test_two_users_chat_live_page_back_delete_and_leave(cluster: Cluster) -> Non
             await bob.do(until, lambda: len(bodies(b)) == 2, "two messages a page")
             assert (await checker.stats()).view_count == 2
 
+            # Bob logs out, alice writes, bob logs in again: when he left, and what came since.
+            await bob.do(press, "ctrl+s", "tab", "tab", "enter")  # the count, save, log out
+            await bob.do(until, lambda: isinstance(b.screen, LoginScreen), "bob's login screen")
+            left = (await checker.stats()).last_logoff
+            assert left is not None
+            await alice.do(say, "still there?")
+            await alice.do(until, lambda: states(a).get("still there?") == SENT, "alice's message sent")
+            await bob.do(log_in, "bob")
+            assert f"You last logged off at {moment(left)}." in text_of(b, "#welcome")
+            assert "Since then, new messages from alice (1 unread)." in text_of(b, "#welcome")
+            assert contacts(b)[:1] == ["alice 1"]
+
             # Alice deletes her account, once she confirms.
             settings_delete_account = ("ctrl+s", "tab", "tab", "tab", "enter")  # count, save, log out, delete
             await alice.do(press, *settings_delete_account)
@@ -172,7 +184,7 @@ def test_two_users_chat_live_page_back_delete_and_leave(cluster: Cluster) -> Non
             await bob.do(press, "ctrl+q")
             await bob.do(until, lambda: not b.is_running, "the app to exit")
         bob_again = Client(cluster.addresses)
-        assert (await bob_again.login("bob", PASSWORD))["last_logoff"] is not None
+        assert (await bob_again.login("bob", PASSWORD))["last_logoff"] > left
         await bob_again.close()
 
     run(main())
@@ -211,6 +223,9 @@ def test_a_failover_with_the_app_open(cluster: Cluster) -> None:
             assert states(app)["in the outage"] == SENDING and shown(app, "in the outage").endswith("… sending")
             await alice.do(until, lambda: app.cluster.reconnecting and "sending" in shown(app, "in the outage"),
                            "the outage, seen")
+            await alice.do(press, "ctrl+q")  # quitting now would drop it: the app asks first
+            assert "1 message is still being sent. Quit anyway?" in text_of(app, "#question")
+            await alice.do(press, "enter")  # no
             cluster.start(first)
             await alice.do(until, lambda: states(app).get("in the outage") == SENT, "the message sent", timeout=60)
             await alice.do(until, lambda: not app.cluster.reconnecting, "the banner gone")

@@ -4,6 +4,7 @@ and a watch on every server for the status bar."""
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 
 from textual import work
@@ -31,11 +32,13 @@ class ChatApp(App[None]):
     cluster: reactive[ClusterView] = reactive(ClusterView)
     """What the status bar shows; ``cluster.reconnecting`` during a failover."""
 
-    def __init__(self, servers: list[str], *, retry_for: float = 120.0, poll_every: float = 0.5,
+    def __init__(self, servers: list[str], *, retry_for: float = math.inf, poll_every: float = 0.5,
                  hold: float = 1.5, shuffle: bool = True) -> None:
-        """``retry_for``: how long a request (a send typed during a failover) keeps
-        being retried; ``poll_every``: seconds between looks at the servers;
-        ``hold``: the least time "reconnecting..." stays up."""
+        """``retry_for``: how long a request keeps being retried; by default as
+        long as the app runs, so that a message typed during an outage goes out
+        whenever a majority is back (the status bar says what is going on).
+        ``poll_every``: seconds between looks at the servers; ``hold``: the least
+        time "reconnecting..." stays up."""
         super().__init__()
         self.servers = servers
         self.retry_for = retry_for
@@ -55,6 +58,9 @@ class ChatApp(App[None]):
     def on_mount(self) -> None:
         self.push_screen(LoginScreen(self.client))
         self.watch_servers()
+
+    async def on_unmount(self) -> None:
+        await self.client.close()
 
     # ------------------------------------------------------------------- cluster
     @work(group="servers")

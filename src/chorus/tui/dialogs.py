@@ -47,7 +47,7 @@ class ConfirmScreen(ModalScreen[bool]):
 
     def compose(self) -> ComposeResult:
         with Vertical():
-            yield Static(self.question)
+            yield Static(self.question, id="question")
             with Horizontal():
                 yield Button("Cancel", id="no")
                 yield Button(self.yes, id="yes", variant="error")

@@ -32,6 +32,9 @@ class RuleCheck(Horizontal):
     RuleCheck > .mark {
         width: 2;
     }
+    RuleCheck > .text {
+        width: 1fr;
+    }
     """
 
     def __init__(self, rule: str, *, id: str) -> None:

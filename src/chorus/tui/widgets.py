@@ -72,7 +72,7 @@ class ContactItem(ListItem):
         width: auto;
         padding: 0 1;
         background: $accent;
-        color: $text-accent;
+        color: auto 90%;
         text-style: bold;
     }
     """
