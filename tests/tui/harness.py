@@ -10,7 +10,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 from textual.pilot import Pilot
-from textual.widgets import Input, Static
+from textual.widgets import Input, ListView, Static
 
 from chorus.tui import ChatApp
 from chorus.tui.chat import ChatScreen
@@ -117,6 +117,15 @@ def bodies(app: ChatApp) -> list[str]:
     return [e.body for e in app.screen.query_one(MessageList).entries()]
 
 
+async def highlight(pilot: Pilot, selector: str, index: int) -> None:
+    """Move the cursor of a list to row ``index`` with the arrow keys."""
+    rows = pilot.app.screen.query_one(selector, ListView)
+    if rows.index is None:
+        await pilot.press("down")
+    while rows.index != index:
+        await pilot.press("down" if rows.index < index else "up")
+
+
 async def open_conversation(pilot: Pilot, peer: str) -> None:
     """Find ``peer`` with the search box and open the conversation."""
     await pilot.press("ctrl+f")
@@ -124,11 +133,10 @@ async def open_conversation(pilot: Pilot, peer: str) -> None:
     field.clear()
     await pilot.press(*peer, "enter")
     await until(pilot, lambda: any(c.split()[0] == peer for c in contacts(pilot.app)), f"{peer} in the contacts")
-    index = next(i for i, c in enumerate(contacts(pilot.app)) if c.split()[0] == peer)
-    pilot.app.screen.query_one("#contacts").index = index
+    await highlight(pilot, "#contacts", next(i for i, c in enumerate(contacts(pilot.app)) if c.split()[0] == peer))
     await pilot.press("enter")
-    await until(pilot, lambda: (s := chat_screen(pilot.app)) and s.conversation is not None and s.conversation.peer.lower() == peer.lower(),
-                f"the conversation with {peer}")
+    await until(pilot, lambda: (s := chat_screen(pilot.app)) and s.conversation is not None
+                and s.conversation.peer.lower() == peer.lower(), f"the conversation with {peer}")
 
 
 async def say(pilot: Pilot, text: str) -> None:

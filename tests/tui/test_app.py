@@ -21,6 +21,7 @@ from .harness import (
     bodies,
     chat_screen,
     contacts,
+    highlight,
     log_in,
     open_conversation,
     say,
@@ -139,8 +140,8 @@ def test_two_users_chat_live_page_back_delete_and_leave(cluster: Cluster) -> Non
             # Alice selects one of her messages and deletes it.
             await alice.do(press, "escape", "tab")  # from the contacts to the messages
             assert a.screen.focused is a.screen.query_one(MessageList)
-            note3 = next(i for i, e in enumerate(a.screen.query_one(MessageList).entries()) if e.body == "note 3")
-            a.screen.query_one(MessageList).index = note3
+            rows = a.screen.query_one(MessageList).children
+            await alice.do(highlight, "#messages", next(i for i, r in enumerate(rows) if isinstance(r, MessageItem) and r.entry.body == "note 3"))
             await alice.do(press, "space")
             assert shown(a, "note 3").startswith("[x] ")
             await alice.do(press, "delete")

@@ -14,7 +14,7 @@ from textual.reactive import reactive
 
 from chorus.client import ChorusError, Client, server_status
 
-from .chat import ChatScreen, Session
+from .chat import ChatScreen, Session, unsent_text
 from .dialogs import ConfirmScreen
 from .login import LoginScreen
 from .model import ClusterView, Latch, primary_of, trouble
@@ -124,8 +124,7 @@ class ChatApp(App[None]):
         chat = next((s for s in self.screen_stack if isinstance(s, ChatScreen)), None)
         unsent = chat.unsent if chat is not None else 0
         if unsent:
-            question = f"{unsent} message{'s are' if unsent > 1 else ' is'} still being sent. Quit anyway?"
-            self.push_screen(ConfirmScreen(question, "Quit"), self.quit_anyway)
+            self.push_screen(ConfirmScreen(f"{unsent_text(unsent)} Quit anyway?", "Quit"), self.quit_anyway)
         else:
             self.leave()
 

@@ -31,6 +31,10 @@ from .widgets import ContactItem, ContactList, MessageItem, MessageList, MoreIte
 REFRESH_EVERY = 10.0  # seconds between re-reads of the contact list (new users, unread counts)
 
 
+def unsent_text(n: int) -> str:
+    return f"{n} message{'s are' if n > 1 else ' is'} still being sent."
+
+
 @dataclass
 class Session:
     name: str
@@ -311,12 +315,19 @@ class ChatScreen(Screen):
     def settings_chosen(self, choice: int | str | None) -> None:
         if isinstance(choice, int):
             self.set_view_count(choice)
+        elif choice == "log_out" and self.unsent:
+            question = f"{unsent_text(self.unsent)} Log out anyway?"
+            self.app.push_screen(ConfirmScreen(question, "Log out"), self.log_out)
         elif choice == "log_out":
-            self.post_message(self.SessionEnded("logged out", log_off=True))
+            self.log_out(True)
         elif choice == "delete_account":
             question = (f"Delete the account {self.session.name}, and every message of every "
                         "conversation it is in, for everyone? This cannot be undone.")
             self.app.push_screen(ConfirmScreen(question, "Delete account"), self.delete_account)
+
+    def log_out(self, yes: bool | None) -> None:
+        if yes:
+            self.post_message(self.SessionEnded("logged out", log_off=True))
 
     @work(group="settings")
     async def set_view_count(self, count: int) -> None:

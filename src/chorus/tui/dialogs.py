@@ -2,43 +2,50 @@
 
 from __future__ import annotations
 
+from typing import TypeVar
+
 from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.screen import ModalScreen
 from textual.validation import Integer
-from textual.widgets import Button, Input, Static
+from textual.widgets import Button, Footer, Input, Static
 
 from chorus.chat.rules import VIEW_COUNT_MAX
 
-DIALOG_CSS = """
-{name} {
-    align: center middle;
-}
-{name} > Vertical {
-    width: 60;
-    max-width: 100%;
-    height: auto;
-    border: thick $primary;
-    background: $surface;
-    padding: 1 2;
-}
-{name} Horizontal {
-    height: auto;
-    margin-top: 1;
-    align-horizontal: right;
-}
-{name} Button {
-    margin-left: 2;
-}
-"""
+T = TypeVar("T")
 
 
-class ConfirmScreen(ModalScreen[bool]):
+class Dialog(ModalScreen[T]):
+    """A box in the middle of the screen, over the dimmed one below."""
+
+    DEFAULT_CSS = """
+    Dialog {
+        align: center middle;
+    }
+    Dialog > Vertical {
+        width: 60;
+        max-width: 100%;
+        height: auto;
+        border: thick $primary;
+        background: $surface;
+        padding: 1 2;
+    }
+    Dialog Horizontal {
+        height: auto;
+        margin-top: 1;
+        align-horizontal: right;
+    }
+    Dialog Button {
+        margin-left: 2;
+    }
+    """
+
+
+class ConfirmScreen(Dialog[bool]):
     """A yes/no question; no is the default."""
 
-    DEFAULT_CSS = DIALOG_CSS.replace("{name}", "ConfirmScreen")
     BINDINGS = [Binding("escape", "dismiss(False)", "Cancel")]
 
     def __init__(self, question: str, yes: str) -> None:
@@ -51,6 +58,7 @@ class ConfirmScreen(ModalScreen[bool]):
             with Horizontal():
                 yield Button("Cancel", id="no")
                 yield Button(self.yes, id="yes", variant="error")
+        yield Footer()
 
     def on_mount(self) -> None:
         self.query_one("#no", Button).focus()
@@ -60,13 +68,13 @@ class ConfirmScreen(ModalScreen[bool]):
         self.dismiss(event.button.id == "yes")
 
 
-class SettingsScreen(ModalScreen[int | str | None]):
+class SettingsScreen(Dialog[int | str | None]):
     """The view count, and the account: log out, or delete it. Dismissed with
     the new view count, "log_out", "delete_account", or None."""
 
-    DEFAULT_CSS = DIALOG_CSS.replace("{name}", "SettingsScreen") + """
+    DEFAULT_CSS = """
     SettingsScreen > Vertical { width: 72; }
-    SettingsScreen .error { color: $text-error; }
+    SettingsScreen .error { display: none; color: $text-error; }
     """
     BINDINGS = [Binding("escape", "dismiss(None)", "Close")]
 
@@ -80,16 +88,17 @@ class SettingsScreen(ModalScreen[int | str | None]):
             yield Static(f"Messages per page (1 to {VIEW_COUNT_MAX}), shown at first and by each \"view more\":")
             yield Input(str(self.view_count), id="count", type="integer",
                         validators=[Integer(minimum=1, maximum=VIEW_COUNT_MAX)])
-            yield Static(id="problem", classes="error")
+            yield Static(f"a number from 1 to {VIEW_COUNT_MAX}", id="problem", classes="error")
             with Horizontal():
                 yield Button("Save", id="save", variant="primary")
                 yield Button("Log out", id="log_out")
                 yield Button("Delete account", id="delete_account", variant="error")
+        yield Footer()
 
     @on(Input.Changed)
     def check(self, event: Input.Changed) -> None:
         valid = event.validation_result is None or event.validation_result.is_valid
-        self.query_one("#problem", Static).update("" if valid else f"a number from 1 to {VIEW_COUNT_MAX}")
+        self.query_one("#problem").display = not valid
         self.query_one("#save", Button).disabled = not valid
 
     @on(Input.Submitted)

@@ -190,7 +190,7 @@ class MessageList(ListView):
             want = [e.key for e in entries]
             rows = list(self.query(MessageItem))
             have = [row.entry.key for row in rows]
-            if want[: len(have)] == have:  # new messages at the end
+            if want[: len(have)] == have:  # new messages at the end (or none yet)
                 await self.extend(MessageItem(by_key[k], log) for k in want[len(have):])
             elif have and want[-len(have):] == have:  # older ones at the top
                 older = [MessageItem(by_key[k], log) for k in want[: len(want) - len(have)]]
@@ -208,7 +208,6 @@ class MessageList(ListView):
             elif more and not (log is not None and log.has_more):
                 await self.remove_items([0])
             for row in self.query(MessageItem):
-                row.entry = by_key[row.entry.key]
                 row.show(log)
             if to_end:
                 self.scroll_end(animate=False)
