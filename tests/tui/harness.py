@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import html
+import re
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
@@ -69,9 +71,14 @@ async def until(pilot: Pilot, check: Callable[[], T], what: str, timeout: float 
         await pilot.pause(0.05)
 
 
+async def press(pilot: Pilot, *keys: str) -> None:
+    await pilot.press(*keys)
+
+
 async def type_into(pilot: Pilot, selector: str, text: str, *, enter: bool = True, keys: bool = False) -> None:
-    """Focus a field, type ``text`` (key by key with ``keys``, else pasted in
-    one go, which is quicker), and press enter."""
+    """Focus a field and put ``text`` in it instead of what it held: key by key
+    with ``keys`` (focusing a field selects its text, so typing replaces it),
+    else pasted in one go, which is quicker. Then press enter, unless told not to."""
     field = pilot.app.screen.query_one(selector, Input)
     field.focus()
     await pilot.pause()
@@ -92,11 +99,17 @@ async def log_in(pilot: Pilot, name: str, password: str = PASSWORD, *, register:
     await type_into(pilot, "#password", password, enter=not register, keys=True)
     if register:
         await pilot.press("ctrl+n")
-    return await until(pilot, lambda: chat_screen(pilot.app), f"{name}'s chat screen", timeout=30)
+    return await until(pilot, lambda: chat_screen(pilot.app), f"{name}'s chat screen")
 
 
 def chat_screen(app: ChatApp) -> ChatScreen | None:
     return app.screen if isinstance(app.screen, ChatScreen) else None
+
+
+def screen_text(app: ChatApp) -> str:
+    """Every piece of text on the screen as the terminal shows it (from a screenshot)."""
+    pieces = re.findall(r">([^<]*)</text>", app.export_screenshot())
+    return " ".join(html.unescape(p).replace("\xa0", " ") for p in pieces)
 
 
 def text_of(app: ChatApp, selector: str) -> str:

@@ -20,6 +20,7 @@ from .harness import (
     Headless,
     chat_screen,
     open_conversation,
+    press,
     say,
     status,
     type_into,
@@ -52,12 +53,12 @@ async def scenes(cluster: Cluster, out: Path) -> None:
         await alice.do(save, out / "tui-login.svg")
 
         await alice.do(type_into, "#password", "Secret123", enter=False, keys=True)
-        await alice.do(lambda pilot: pilot.press("ctrl+n"))
+        await alice.do(press, "ctrl+n")  # register
         await alice.do(until, lambda: chat_screen(app), "the chat screen")
         await bob.send("alice", "hi alice! are you coming on Friday?")
         await carol.send("alice", "the slides are ready")
         await alice.do(open_conversation, "bob")
-        await alice.do(lambda pilot: pilot.press("ctrl+f", "backspace", "escape"))  # every contact again
+        await alice.do(press, "ctrl+f", "backspace", "escape")  # every contact again
         for text in ("hi bob, yes I am", "I can bring the cake", "what time does it start?"):
             await alice.do(say, text)
         await alice.do(until, lambda: not app.screen.conversation.unsent, "the messages sent")
@@ -74,7 +75,7 @@ async def scenes(cluster: Cluster, out: Path) -> None:
         await alice.do(save, out / "tui-failover.svg")
         cluster.start(first)
         await alice.do(until, lambda: not app.screen.conversation.unsent, "the message sent", timeout=60)
-        await alice.do(lambda pilot: pilot.press("ctrl+q"))
+        await alice.do(press, "ctrl+q")
     for client in (bob, carol):
         await client.close()
 

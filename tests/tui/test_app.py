@@ -24,7 +24,9 @@ from .harness import (
     highlight,
     log_in,
     open_conversation,
+    press,
     say,
+    screen_text,
     status,
     text_of,
     type_into,
@@ -42,10 +44,6 @@ def cluster(tmp_path: Path) -> Iterator[Cluster]:
 
 def run(coro):
     return asyncio.run(coro)
-
-
-async def press(pilot, *keys: str) -> None:
-    await pilot.press(*keys)
 
 
 def states(app) -> dict[str, str]:
@@ -140,6 +138,9 @@ def test_two_users_chat_live_page_back_delete_and_leave(cluster: Cluster) -> Non
             # Alice selects one of her messages and deletes it.
             await alice.do(press, "escape", "tab")  # from the contacts to the messages
             assert a.screen.focused is a.screen.query_one(MessageList)
+            footer = screen_text(a)  # every key fits in 80 columns
+            for key in ("Select", "Delete", "Find", "More", "Settings", "Quit"):
+                assert key in footer
             rows = a.screen.query_one(MessageList).children
             await alice.do(highlight, "#messages", next(i for i, r in enumerate(rows) if isinstance(r, MessageItem) and r.entry.body == "note 3"))
             await alice.do(press, "space")
@@ -211,6 +212,7 @@ def test_a_failover_with_the_app_open(cluster: Cluster) -> None:
             cluster.kill(first)
             await alice.do(until, lambda: app.cluster.reconnecting, "reconnecting", timeout=10)
             assert status(app).startswith("⟳ reconnecting...")
+            assert "reconnecting..." in screen_text(app)
             await alice.do(say, "during the failover")
             await alice.do(until, lambda: states(app).get("during the failover") == SENT, "the message sent", timeout=60)
             second = await cluster.primary()
@@ -224,6 +226,7 @@ def test_a_failover_with_the_app_open(cluster: Cluster) -> None:
             assert states(app)["in the outage"] == SENDING and shown(app, "in the outage").endswith("… sending")
             await alice.do(until, lambda: app.cluster.reconnecting and "sending" in shown(app, "in the outage"),
                            "the outage, seen")
+            assert "sending" in screen_text(app) and "reconnecting..." in screen_text(app)
             await alice.do(press, "ctrl+q")  # quitting now would drop it: the app asks first
             assert "1 message is still being sent. Quit anyway?" in text_of(app, "#question")
             await alice.do(press, "enter")  # no

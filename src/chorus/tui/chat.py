@@ -350,5 +350,6 @@ class ChatScreen(Screen):
         except ChorusError as exc:
             self.notify(f"could not delete the account: {exc.message}", severity="error")
             return
+        n = result["deleted_messages"]
         self.post_message(self.SessionEnded(
-            f"account {self.session.name} deleted, with {result['deleted_messages']} messages", log_off=False))
+            f"account {self.session.name} deleted, with {n} message{'s' if n != 1 else ''}", log_off=False))
