@@ -101,13 +101,13 @@ class ChatScreen(Screen):
                 yield ContactList(self.session.name, id="contacts")
             with Vertical(id="pane"):
                 yield Static(id="title")
-                yield Static(self.greeting, id="welcome")
+                yield Static(Text(self.greeting), id="welcome")
                 yield MessageList(id="messages")
                 yield Input(placeholder="pick someone on the left", id="composer", disabled=True)
         yield Footer()
 
     async def on_mount(self) -> None:
-        self.query_one("#title", Static).update(f"Welcome, {self.session.name}")
+        self.query_one("#title", Static).update(Text(f"Welcome, {self.session.name}"))
         self.query_one("#messages").display = False
         await self.show_contacts()
         self.query_one("#contacts").focus()
@@ -186,7 +186,7 @@ class ChatScreen(Screen):
         try:
             page = await self.client.history(peer, limit=self.session.view_count)
         except ChorusError as exc:
-            self.notify(f"could not read the conversation: {exc.message}", severity="error")
+            self.notify(f"could not read the conversation: {exc.message}", severity="error", markup=False)
             return
         log.add_page(page, self.session.view_count)
         await self.messages.show(log, to_end=True)
@@ -204,7 +204,7 @@ class ChatScreen(Screen):
         try:
             page = await self.client.history(log.peer, limit=self.session.view_count, before=log.oldest_id)
         except ChorusError as exc:
-            self.notify(f"could not read older messages: {exc.message}", severity="error")
+            self.notify(f"could not read older messages: {exc.message}", severity="error", markup=False)
             return
         log.add_page(page, self.session.view_count)
         if log is self.conversation:
@@ -241,7 +241,7 @@ class ChatScreen(Screen):
         try:
             result = await self.client.delete_messages(ids)
         except ChorusError as exc:
-            self.notify(f"could not delete: {exc.message}", severity="error")
+            self.notify(f"could not delete: {exc.message}", severity="error", markup=False)
             return
         log.remove(result["deleted"])
         if log is self.conversation:
@@ -255,7 +255,7 @@ class ChatScreen(Screen):
         if self.conversation is None:
             return
         if problem := body_problem(event.value):
-            self.notify(problem, severity="warning")
+            self.notify(problem, severity="warning", markup=False)
             return
         entry = self.conversation.add_pending(event.value)
         event.input.clear()
@@ -334,7 +334,7 @@ class ChatScreen(Screen):
         try:
             result = await self.client.set_view_count(count)
         except ChorusError as exc:
-            self.notify(f"could not save the view count: {exc.message}", severity="error")
+            self.notify(f"could not save the view count: {exc.message}", severity="error", markup=False)
             return
         self.session.view_count = result["view_count"]
         self.notify(f"conversations now show {self.session.view_count} messages at a time")
@@ -348,7 +348,7 @@ class ChatScreen(Screen):
         try:
             result = await self.client.delete_account()
         except ChorusError as exc:
-            self.notify(f"could not delete the account: {exc.message}", severity="error")
+            self.notify(f"could not delete the account: {exc.message}", severity="error", markup=False)
             return
         n = result["deleted_messages"]
         self.post_message(self.SessionEnded(

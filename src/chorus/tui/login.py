@@ -112,7 +112,7 @@ class LoginScreen(Screen):
             with Horizontal(id="buttons"):
                 yield Button("Log in", id="login", variant="primary")
                 yield Button("Register", id="register")
-            yield Static(self.notice, id="form-status")
+            yield Static(Text(self.notice), id="form-status")
         yield Footer()
 
     def on_mount(self) -> None:
@@ -185,5 +185,5 @@ class LoginScreen(Screen):
             self.query_one("#form-status", Static).update(Text(message, style="bold red"))
             return
         line = self.query_one(f"#{field}-error", Static)
-        line.update(message)
+        line.update(Text(message))
         line.display = bool(message)

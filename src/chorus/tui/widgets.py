@@ -41,7 +41,7 @@ class StatusBar(Static):
 
     def show(self, view: ClusterView) -> None:
         self.set_class(view.reconnecting, "-reconnecting")
-        self.update(status_text(view, self.user))
+        self.update(Text(status_text(view, self.user)))
 
 
 def status_text(view: ClusterView, user: str | None) -> str:
