@@ -246,6 +246,8 @@ def test_a_failover_with_the_app_open(cluster: Cluster) -> None:
             page = [m.body for m in reversed(await bob.history("alice", limit=100))]
             assert page == ["before", "during the failover", "in the outage", "all three got through", "after"]
             assert bodies(app) == page
+            await alice.do(press, "ctrl+q")
+            await alice.do(until, lambda: not app.is_running, "the app to exit")
         await bob.close()
 
     run(main())

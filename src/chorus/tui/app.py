@@ -107,9 +107,14 @@ class ChatApp(App[None]):
         self.switch_screen(LoginScreen(self.client, notice))
         self.update_cluster()
 
+    def chat_screen(self) -> ChatScreen | None:
+        return next((s for s in self.screen_stack if isinstance(s, ChatScreen)), None)
+
     async def close_session(self, *, log_off: bool) -> None:
-        """Record the log-off (what "last seen" shows), if asked and it can be
-        done in a few seconds, and close the client."""
+        """Stop the chat screen, record the log-off (what "last seen" shows) if
+        asked and it can be done in a few seconds, and close the client."""
+        if (chat := self.chat_screen()) is not None:
+            chat.stop()
         if log_off and self.session is not None:
             try:
                 await asyncio.wait_for(self.client.log_off(), LOG_OFF_WAIT)
@@ -121,8 +126,7 @@ class ChatApp(App[None]):
     # ---------------------------------------------------------------------- quit
     async def action_quit(self) -> None:
         """Log off and leave; ask first if messages are still being sent."""
-        chat = next((s for s in self.screen_stack if isinstance(s, ChatScreen)), None)
-        unsent = chat.unsent if chat is not None else 0
+        unsent = chat.unsent if (chat := self.chat_screen()) is not None else 0
         if unsent:
             self.push_screen(ConfirmScreen(f"{unsent_text(unsent)} Quit anyway?", "Quit"), self.quit_anyway)
         else:

@@ -114,7 +114,13 @@ class ChatScreen(Screen):
         self.listen()
         self.send_queued()
         self.refresh_contacts()
-        self.set_interval(REFRESH_EVERY, self.refresh_contacts)
+        self.refresher = self.set_interval(REFRESH_EVERY, self.refresh_contacts)
+
+    def stop(self) -> None:
+        """The session is over: no more requests, pushes or refreshes from this screen
+        (none must touch its widgets while they are being taken down)."""
+        self.refresher.stop()
+        self.workers.cancel_node(self)
 
     @property
     def unsent(self) -> int:
