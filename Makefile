@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 JOBS   ?= 2
 
-.PHONY: run test lint sim chaos bench bench-core bench-store bench-cluster clean
+.PHONY: run chat test lint sim chaos screenshots bench bench-core bench-store bench-cluster clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -16,6 +16,10 @@ $(STAMP): pyproject.toml
 # A local cluster of 3 servers (SIZE=5 for five), shown live; Ctrl-C stops it.
 run: $(STAMP)
 	$(VENV)/bin/chorus cluster up --size $(or $(SIZE),3) --data $(or $(DATA),data)
+
+# The terminal chat app, on the local cluster (SERVERS=host:port,... for another).
+chat: $(STAMP)
+	$(VENV)/bin/chorus chat $(if $(SERVERS),--servers $(SERVERS))
 
 test: $(STAMP)
 	$(PY) -m ruff check src tests bench
@@ -50,6 +54,10 @@ endif
 
 bench-cluster: $(STAMP)
 	$(PY) bench/cluster.py $(if $(QUICK),--quick)
+
+# The chat app's screenshots in docs/, from a cluster of 3 in a temporary directory.
+screenshots: $(STAMP)
+	$(PY) -m tests.tui.screenshots
 
 bench-core: $(STAMP)
 	$(PY) bench/core.py

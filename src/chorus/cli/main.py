@@ -3,6 +3,7 @@
     chorus serve --id N [--config chorus.toml]     run one replica
     chorus cluster up [--size 3|5] [--data DIR]    run a local cluster, with a live table
     chorus status [--json] [--servers ...]         every server's role, term, indexes, digest
+    chorus chat [--servers ...]                    the terminal chat app
     chorus register NAME                           (asks for the password)
     chorus login NAME  /  chorus logout
     chorus send TO MESSAGE...
@@ -67,7 +68,7 @@ def password(args: argparse.Namespace, prompt: str = "Password: ") -> str:
     return getpass.getpass(prompt)
 
 
-async def chat_command(args: argparse.Namespace) -> int:
+async def client_command(args: argparse.Namespace) -> int:
     from chorus.client import ChorusError, Client
 
     session = load_session()
@@ -182,6 +183,8 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--yes", action="store_true")
     q = client_parser("status", "every server's role, term, indexes and digest")
     q.add_argument("--json", action="store_true")
+    q = sub.add_parser("chat", help="the terminal chat app")
+    q.add_argument("--servers", help=f"host:port,... (default {DEFAULT_SERVERS})")
     return ap
 
 
@@ -197,8 +200,13 @@ def main(argv: list[str] | None = None) -> int:
         return up(args.size, args.data, fast=args.fast)
     if args.command == "status":
         return asyncio.run(status_command(args))
+    if args.command == "chat":
+        from chorus.tui import ChatApp
+
+        ChatApp(servers_of(args)).run()
+        return 0
     try:
-        return asyncio.run(chat_command(args))
+        return asyncio.run(client_command(args))
     except KeyboardInterrupt:
         return 130
 

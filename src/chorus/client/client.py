@@ -22,7 +22,7 @@ import contextlib
 import itertools
 import random
 import secrets
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Any
 
 import msgspec
@@ -170,6 +170,9 @@ class Client:
         self._events: asyncio.Queue[Message] | None = None
         self._last_event = 0
         self._subscribed = False
+        self._retrying = 0
+        self.on_change: Callable[[], None] | None = None
+        """Called whenever ``server`` or ``retrying`` may have changed (a UI shows them)."""
 
     async def __aenter__(self) -> Client:
         return self
@@ -187,8 +190,18 @@ class Client:
 
     @property
     def server(self) -> str | None:
-        """The server this client is talking to now."""
-        return self._conn.address if self._conn is not None else None
+        """The server this client is talking to now (None between servers)."""
+        conn = self._conn
+        return conn.address if conn is not None and not conn.closed.done() else None
+
+    @property
+    def retrying(self) -> bool:
+        """Whether a request failed and is being retried: a failover or an overloaded cluster."""
+        return self._retrying > 0
+
+    def _changed(self) -> None:
+        if self.on_change is not None:
+            self.on_change()
 
     # ------------------------------------------------------------------ connections
     async def _connect(self, prefer: str | None = None) -> _Connection:
@@ -218,6 +231,7 @@ class Client:
                     last_exc = exc
                     conn.close()
                     continue
+                self._changed()
                 return conn
             raise ConnectionError(f"no server answered ({', '.join(self.servers)}): {last_exc}")
 
@@ -248,6 +262,7 @@ class Client:
         the events must keep coming even if it never sends another request."""
         if self._conn is conn:
             self._conn = None
+        self._changed()
         if self._subscribed and not self._closing and (self._reconnecting is None or self._reconnecting.done()):
             self._reconnecting = asyncio.get_running_loop().create_task(self._reconnect())
 
@@ -282,46 +297,55 @@ class Client:
             fields.setdefault("consistency", self.consistency)
         prefer: str | None = None
         attempt = 0
-        while True:
-            try:
-                conn = await self._connect(prefer)
-                rid = next(self._ids)
-                if write:
-                    fields["acked"] = self._acked
-                reply = await conn.call(rid, encode_frame(W.encode({"op": op, "id": rid, **fields}), self.max_frame),
-                                        self.request_timeout)
-            except (ConnectionError, TimeoutError, OSError) as exc:
-                self._drop(conn if "conn" in locals() else None)
-                prefer = None
-                error: Exception = Unavailable("unavailable", str(exc), None)
-            else:
-                if reply.ok:
+        try:
+            while True:
+                try:
+                    conn = await self._connect(prefer)
+                    rid = next(self._ids)
                     if write:
-                        self._answered_seq(fields["seq"])
-                    return reply.result
-                err = reply.error or {}
-                code = err.get("code", "internal")
-                exc2 = _error(code, err.get("message", ""), err.get("primary"))
-                if code not in _RETRYABLE:
-                    if write:
-                        self._answered_seq(fields["seq"])
-                    raise exc2
-                error = exc2
-                prefer = err.get("primary")
-                if prefer and self._conn is not None and prefer != self._conn.address:
-                    self._drop(self._conn)  # go to the server it named
-            attempt += 1
-            if loop.time() >= deadline:
-                raise error
-            if attempt == 1 and isinstance(error, Unavailable) and prefer is None and self._conn is None:
-                continue  # the server went away: try the next one at once, back off after that
-            await asyncio.sleep(min(1.0, 0.05 * 2 ** min(attempt, 5)) * random.uniform(0.5, 1.5))
+                        fields["acked"] = self._acked
+                    reply = await conn.call(rid, encode_frame(W.encode({"op": op, "id": rid, **fields}), self.max_frame),
+                                            self.request_timeout)
+                except (ConnectionError, TimeoutError, OSError) as exc:
+                    self._drop(conn if "conn" in locals() else None)
+                    prefer = None
+                    error: Exception = Unavailable("unavailable", str(exc), None)
+                else:
+                    if reply.ok:
+                        if write:
+                            self._answered_seq(fields["seq"])
+                        return reply.result
+                    err = reply.error or {}
+                    code = err.get("code", "internal")
+                    exc2 = _error(code, err.get("message", ""), err.get("primary"))
+                    if code not in _RETRYABLE:
+                        if write:
+                            self._answered_seq(fields["seq"])
+                        raise exc2
+                    error = exc2
+                    prefer = err.get("primary")
+                    if prefer and self._conn is not None and prefer != self._conn.address:
+                        self._drop(self._conn)  # go to the server it named
+                attempt += 1
+                if attempt == 1:
+                    self._retrying += 1
+                    self._changed()
+                if loop.time() >= deadline:
+                    raise error
+                if attempt == 1 and isinstance(error, Unavailable) and prefer is None and self._conn is None:
+                    continue  # the server went away: try the next one at once, back off after that
+                await asyncio.sleep(min(1.0, 0.05 * 2 ** min(attempt, 5)) * random.uniform(0.5, 1.5))
+        finally:
+            if attempt:
+                self._retrying -= 1
+                self._changed()
 
     def _drop(self, conn: _Connection | None) -> None:
         if conn is not None:
             conn.close()
         if self._conn is conn:
             self._conn = None
+            self._changed()
 
     def _answered_seq(self, seq: int) -> None:
         self._answered.add(seq)
