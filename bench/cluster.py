@@ -2,9 +2,9 @@
 machine (durable: fsync, majority write concern), the load from separate client
 processes.
 
-    python bench/cluster.py                 # everything (about 10 minutes)
-    python bench/cluster.py --quick         # a smaller version (under 2 minutes)
-    python bench/cluster.py --only send     # one part: send, delivery, failover, connections
+    python bench/cluster.py                 # everything (about 20 minutes)
+    python bench/cluster.py --quick         # a smaller version, growth left out (under 2 minutes)
+    python bench/cluster.py --only send     # one part: send, delivery, failover, connections, growth
 
 Parts:
 - send: throughput and latency with 1, 8, 64 and 256 concurrent clients, each
@@ -17,7 +17,9 @@ Parts:
   outage is the longest gap between two acknowledged sends around each kill;
 - connections: 10,000 idle logged-in connections to one replica, all
   subscribed: the server's memory per connection, and how long one message
-  takes to be pushed to all of them.
+  takes to be pushed to all of them;
+- growth: send throughput (64 clients) on an empty cluster and again once
+  1,000,000 messages are stored (filled through the cluster: minutes).
 
 Writes bench/results/cluster.md (the tables) and PNG plots beside it.
 """
@@ -257,6 +259,36 @@ async def bench_failover(kills: int, fast: bool, clients: int = 16, verbose: boo
         cluster.stop_all()
 
 
+async def bench_growth(stored: int, seconds: float, clients: int = 64) -> dict:
+    """Send throughput on an empty cluster, then again once ``stored`` messages
+    are stored (filled through the cluster itself, with 256 clients)."""
+    cluster = new_cluster()
+    try:
+        await cluster.primary(30)
+        users = await make_users(cluster.addresses, 256, "g")
+
+        async def rate() -> float:
+            load = Load(cluster.addresses, users, clients, seconds)
+            spans, _ = await load.results()
+            return len([s for s in spans if load.measure_from <= s[0] and s[1] <= load.stop_at]) / seconds
+
+        empty = await rate()
+        t0 = time.monotonic()
+        while (applied := (await cluster.statuses())[0].get("applied_index", 0)) < stored:
+            left = stored - applied
+            await Load(cluster.addresses, users, 256, min(60.0, max(5.0, left / 2500)), warmup=0).results()
+            print(f"growth: {applied:,} entries applied, filling to {stored:,}", flush=True)
+        fill_s = time.monotonic() - t0
+        await cluster.converged(120)
+        full = await rate()
+        row = {"stored": stored, "empty": empty, "full": full, "ratio": full / empty, "fill_s": fill_s}
+        print(f"growth: {empty:,.0f} sends/s empty, {full:,.0f} with {stored:,} stored: ratio {row['ratio']:.2f}",
+              flush=True)
+        return row
+    finally:
+        cluster.stop_all()
+
+
 def rss_kib(pid: int) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -381,12 +413,13 @@ def plots(send_rows: list[dict], delivery: dict | None, failovers: list[dict]) -
 
 
 async def main(args: argparse.Namespace) -> int:
-    parts = args.only or ["send", "delivery", "failover", "connections"]
+    parts = args.only or ["send", "delivery", "failover", "connections"] + ([] if args.quick else ["growth"])
     q = args.quick
     send_rows: list[dict] = []
     delivery = None
     failovers: list[dict] = []
     conns = None
+    growth = None
     if "send" in parts:
         send_rows = await bench_send([1, 8, 64] if q else [1, 8, 64, 256], 3 if q else 10)
     if "delivery" in parts:
@@ -395,6 +428,8 @@ async def main(args: argparse.Namespace) -> int:
         failovers = [await bench_failover(3 if q else 20, fast=False), await bench_failover(3 if q else 20, fast=True)]
     if "connections" in parts:
         conns = await bench_connections(1000 if q else 10_000)
+    if "growth" in parts:
+        growth = await bench_growth(50_000 if q else 1_000_000, 3 if q else 10)
 
     lines = ["# A 3-replica cluster", "",
              f"`python bench/cluster.py{' --quick' if q else ''}` on Python {sys.version.split()[0]}, "
@@ -426,6 +461,13 @@ async def main(args: argparse.Namespace) -> int:
                   f"{conns['rss_after_mib']:.0f} MiB) | <= 20 KiB |",
                   f"| one message pushed to all of them | {conns['push_all_ms']:.0f} ms | |",
                   f"| connecting, authenticating and subscribing them all | {conns['setup_s']:.1f} s | |", ""]
+    if growth:
+        lines += ["| growth: 64 clients sending | result | target |", "| --- | ---: | --- |",
+                  f"| empty cluster / once {growth['stored']:,} entries are applied (all but ~260 of them messages) | "
+                  f"{growth['empty']:,.0f} / "
+                  f"{growth['full']:,.0f} sends/s | |",
+                  f"| ratio | {growth['ratio']:.2f} | >= 0.90 |",
+                  f"| filling it through the cluster (256 clients) | {growth['fill_s']:.0f} s | |", ""]
     made = plots(send_rows, delivery, failovers)
     lines += [f"![{m}]({m})" for m in made]
     RESULTS.mkdir(exist_ok=True)
@@ -438,6 +480,6 @@ async def main(args: argparse.Namespace) -> int:
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--only", nargs="*", choices=["send", "delivery", "failover", "connections"])
+    ap.add_argument("--only", nargs="*", choices=["send", "delivery", "failover", "connections", "growth"])
     ap.add_argument("--out", type=Path, default=None)
     sys.exit(asyncio.run(main(ap.parse_args())))
