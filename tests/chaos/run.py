@@ -57,18 +57,24 @@ class Nemesis:
         self.faults: list[Fault] = []
         self.primaries: list[tuple[float, int | None, int]] = []  # (time, primary, term) on change
 
-    async def primary(self) -> int | None:
+    async def leader(self) -> tuple[int | None, int]:
+        """(the primary of the highest term any server claims, that term), or
+        (None, the highest term seen) when no server is primary."""
         rows = [r for r in await self.cluster.statuses() if "error" not in r]
-        leaders = [r["id"] for r in rows if r["role"] == "PRIMARY"]
-        return max(leaders, key=lambda i: next(r["term"] for r in rows if r["id"] == i)) if leaders else None
+        claims = [(r["term"], r["id"]) for r in rows if r["role"] == "PRIMARY"]
+        if claims:
+            term, primary = max(claims)
+            return primary, term
+        return None, max((r["term"] for r in rows), default=0)
+
+    async def primary(self) -> int | None:
+        return (await self.leader())[0]
 
     async def monitor(self, stop: asyncio.Event) -> None:
         """Record who is primary, as the servers say, a few times a second."""
         last: tuple[int | None, int] | None = None
         while not stop.is_set():
-            rows = [r for r in await self.cluster.statuses() if "error" not in r]
-            leaders = sorted(((r["term"], r["id"]) for r in rows if r["role"] == "PRIMARY"), reverse=True)
-            now = (leaders[0][1], leaders[0][0]) if leaders else (None, max((r["term"] for r in rows), default=0))
+            now = await self.leader()
             if last is None or now[0] != last[0] or (now[0] is not None and now[1] != last[1]):
                 self.primaries.append((self.history.now(), *now))
                 last = now

@@ -4,24 +4,12 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
-from pathlib import Path
-
-import pytest
 
 from chorus.client import Client
 
 from .cluster import Cluster, wait_for
 
 PASSWORD = "Secret123"
-
-
-@pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[Cluster]:
-    c = Cluster(tmp_path, 3)
-    c.start()
-    yield c
-    c.stop_all()
 
 
 def test_a_ui_sees_the_connection_break_and_a_write_wait_for_a_majority(cluster: Cluster) -> None:

@@ -7,7 +7,6 @@ import random
 import socket
 import sqlite3
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -20,14 +19,6 @@ from chorus.wire.peer import Hello, encode_peer
 from .cluster import Cluster, wait_for
 
 PASSWORD = "Secret123"
-
-
-@pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[Cluster]:
-    c = Cluster(tmp_path, 3)
-    c.start()
-    yield c
-    c.stop_all()
 
 
 def run(coro):
@@ -301,6 +292,10 @@ class Raw:
     def send(self, body: bytes) -> None:
         self.sock.sendall(encode_frame(body, 1 << 30))
 
+    def auth(self, token: str, rid: int = 1) -> dict:
+        self.send(b'{"op":"auth","id":%d,"token":"%s"}' % (rid, token.encode()))
+        return self.reply()
+
     def raw(self, data: bytes) -> None:
         self.sock.sendall(data)
 
@@ -399,14 +394,12 @@ def test_retrying_a_write_with_the_same_seq_applies_it_once(cluster: Cluster) ->
         await user(cluster, "bob")
         a = await user(cluster, "alice")
         r = Raw(cluster.address(2))
-        r.send(b'{"op":"auth","id":1,"token":"' + a.token.encode() + b'"}')
-        assert r.reply()["ok"]
+        assert r.auth(a.token)["ok"]
         send = b'{"op":"send","id":%d,"client":"retrier","seq":1,"to":"bob","body":"exactly once"}'
         r.send(send % 2)
         first = r.reply()
         other = Raw(cluster.address(3))
-        other.send(b'{"op":"auth","id":1,"token":"' + a.token.encode() + b'"}')
-        assert other.reply()["ok"]
+        assert other.auth(a.token)["ok"]
         other.send(send % 3)  # the same write again, on another server
         second = other.reply()
         assert first["ok"] and second["ok"] and first["result"] == second["result"]
@@ -425,15 +418,13 @@ def test_retrying_delete_account_after_it_was_applied_gets_its_saved_answer(clus
         await cluster.primary()
         a = await user(cluster, "alice")
         r = Raw(cluster.address(1))
-        r.send(b'{"op":"auth","id":1,"token":"' + a.token.encode() + b'"}')
-        assert r.reply()["ok"]
+        assert r.auth(a.token)["ok"]
         delete = b'{"op":"delete_account","id":%d,"client":"leaver","seq":1}'
         r.send(delete % 2)
         first = r.reply()
         assert first["ok"], first
         retry = Raw(cluster.address(3))
-        retry.send(b'{"op":"auth","id":1,"token":"' + a.token.encode() + b'"}')
-        assert retry.reply()["error"]["code"] == "unauthenticated"
+        assert retry.auth(a.token)["error"]["code"] == "unauthenticated"
         retry.send(delete % 2)
         second = retry.reply()
         assert second["ok"] and second["result"] == first["result"], second
@@ -460,8 +451,7 @@ def test_a_write_sent_to_two_servers_at_once_is_pushed_once(cluster: Cluster) ->
         await wait_for(lambda: _subscribed(bob), 5, "bob's subscription")
         conns = [Raw(cluster.address(i)) for i in (1, 2)]
         for k, r in enumerate(conns):
-            r.send(b'{"op":"auth","id":%d,"token":"' % k + alice.token.encode() + b'"}')
-            assert r.reply()["ok"]
+            assert r.auth(alice.token, rid=k)["ok"]
         send = b'{"op":"send","id":10,"client":"twice","seq":1,"to":"bob","body":"once only"}'
         for r in conns:
             r.send(send)

@@ -4,10 +4,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
-from pathlib import Path
-
-import pytest
 
 from chorus.client import Client
 from chorus.tui.login import LoginScreen
@@ -32,14 +28,6 @@ from .harness import (
     type_into,
     until,
 )
-
-
-@pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[Cluster]:
-    c = Cluster(tmp_path, 3)
-    c.start()
-    yield c
-    c.stop_all()
 
 
 def run(coro):
