@@ -8,13 +8,14 @@ import pytest
 from chorus.raft import node as node_module
 from chorus.raft.log import RaftLog
 
+from . import world
 from .world import SimFailure, run_seed
 
 
-def first_failure(seeds: range) -> str:
+def first_failure(seeds: range, *, early_send: bool = False) -> str:
     for seed in seeds:
         try:
-            run_seed(seed)
+            run_seed(seed, early_send=early_send)
         except SimFailure as exc:
             return str(exc)
     pytest.fail(f"no seed in {seeds} noticed the bug")
@@ -53,3 +54,11 @@ def test_appending_without_the_consistency_check(monkeypatch: pytest.MonkeyPatch
     monkeypatch.setattr(RaftLog, "match_term", lambda self, index, term: self.term(index) is not None)
     failure = first_failure(range(150))
     assert "committed" in failure or "log holds" in failure, failure
+
+
+def test_acknowledging_before_the_fsync(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Early sends that let acknowledgements and votes leave before the disk has them."""
+    monkeypatch.setattr(world, "split_messages", lambda rd, primary: (list(rd.messages), []))
+    failure = first_failure(range(20), early_send=True)
+    assert "on disk" in failure or "before persisting it" in failure, failure
+

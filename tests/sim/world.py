@@ -40,6 +40,7 @@ from chorus.raft import (
     RequestVote,
     Role,
     VoteResponse,
+    split_messages,
 )
 
 from .storage import AppState, SimStorage
@@ -137,6 +138,7 @@ class SimNode:
         self.tick_us = 0
         self.rate = rate
         self.outstanding: Ready | None = None
+        self.late: list[Message] | None = None  # with early sends: what waits for the disk
         self.incoming: dict[int, AppState] = {}  # snapshot states received, by index
         self.seen_commit = 0
         self.primary_checked = 0  # the last term in which we checked it as a new primary
@@ -162,7 +164,11 @@ class ClientOp:
 
 
 class World:
-    def __init__(self, seed: int, *, trace: Callable[[str], None] | None = None) -> None:
+    def __init__(self, seed: int, *, trace: Callable[[str], None] | None = None, early_send: bool = False) -> None:
+        """``early_send``: drive the nodes as the real replica does, sending what
+        ``split_messages`` allows before the Ready is persisted (the crash
+        windows then fall after those messages left)."""
+        self.early_send = early_send
         self.seed = seed
         self.p = Params.from_seed(seed)
         self.rng = random.Random(seed * 7919 + 1)
@@ -217,6 +223,7 @@ class World:
         node.seen_commit = node.raft.commit
         node.tick_us = int(self.p.config.tick_ms * MS * node.rate)
         node.outstanding = None
+        node.late = None
         node.incoming.clear()
         node.reads.clear()
         self.schedule(self.rng.randrange(node.tick_us), TICK, node.id, node.gen)
@@ -230,6 +237,7 @@ class World:
         node.raft = None
         node.gen += 1
         node.outstanding = None
+        node.late = None
         node.proposals.clear()
 
     # ------------------------------------------------------------------ the run
@@ -326,7 +334,13 @@ class World:
         assert raft is not None
         self._check_node(node)  # may retire (stop) the node
         if node.raft is raft and node.outstanding is None and raft.has_ready():
-            node.outstanding = raft.ready()
+            rd = node.outstanding = raft.ready()
+            if self.early_send:
+                hs, held = rd.hard_state, node.storage.hard_state
+                primary = raft.role is Role.PRIMARY and (hs is None or (hs.term, hs.vote) == (held.term, held.vote))
+                early, node.late = split_messages(rd, primary)
+                for m in early:
+                    self._send_from(node, m)
             lo, hi = self.p.disk_us
             self.schedule(self.rng.randint(lo, hi), IO_DONE, node.id, node.gen)
 
@@ -349,19 +363,8 @@ class World:
             self._schedule_restart(node)
             return
         # 2. send, checking that every promise made is on disk.
-        for m in rd.messages:
-            self._check_promise(node, m)
-            attachment = None
-            if type(m) is InstallSnapshot:
-                # The caller sends the snapshot it holds: the one named, or a newer one
-                # if it compacted again since (then the message names that one).
-                if st.snapshot is None or st.snapshot.index < m.snapshot.index:
-                    self.fail(f"n{node.id} asked to send {m.snapshot!r} but holds {st.snapshot!r}")
-                if st.snapshot != m.snapshot:
-                    m = msgspec.structs.replace(m, snapshot=st.snapshot)
-                attachment = st.snapshot_state
-                self.stats["snapshots_sent"] += 1
-            self.send(m, attachment)
+        for m in rd.messages if node.late is None else node.late:
+            self._send_from(node, m)
         # 3. apply.
         for e in rd.committed:
             self._check_apply(node, e)
@@ -378,6 +381,7 @@ class World:
         # 4. advance.
         raft.advance(rd)
         node.outstanding = None
+        node.late = None
         if raft.applied != st.applied:
             self.fail(f"n{node.id} core applied={raft.applied} but storage applied={st.applied}")
         every = self.p.compact_every
@@ -435,6 +439,21 @@ class World:
         entry = self.applied.get(s.index)
         if entry is not None and entry[0] != s.term:
             self.fail(f"n{node.id} installed {s!r} but {s.index}/{entry[0]} was applied")
+
+    def _send_from(self, node: SimNode, m: Message) -> None:
+        self._check_promise(node, m)
+        attachment = None
+        if type(m) is InstallSnapshot:
+            st = node.storage
+            # The caller sends the snapshot it holds: the one named, or a newer one
+            # if it compacted again since (then the message names that one).
+            if st.snapshot is None or st.snapshot.index < m.snapshot.index:
+                self.fail(f"n{node.id} asked to send {m.snapshot!r} but holds {st.snapshot!r}")
+            if st.snapshot != m.snapshot:
+                m = msgspec.structs.replace(m, snapshot=st.snapshot)
+            attachment = st.snapshot_state
+            self.stats["snapshots_sent"] += 1
+        self.send(m, attachment)
 
     def _check_persisted(self, node: SimNode, rd: Ready) -> None:
         st = node.storage
@@ -806,5 +825,5 @@ def _fingerprint(raft: RaftNode) -> tuple[object, ...]:
     )
 
 
-def run_seed(seed: int, trace: Callable[[str], None] | None = None) -> dict[str, int]:
-    return World(seed, trace=trace).run()
+def run_seed(seed: int, trace: Callable[[str], None] | None = None, *, early_send: bool = False) -> dict[str, int]:
+    return World(seed, trace=trace, early_send=early_send).run()

@@ -31,7 +31,17 @@ from .messages import (
     from_envelope,
     to_envelope,
 )
-from .node import HardState, Persisted, RaftNode, ReadState, Ready, Refused, Role, SoftState
+from .node import (
+    HardState,
+    Persisted,
+    RaftNode,
+    ReadState,
+    Ready,
+    Refused,
+    Role,
+    SoftState,
+    split_messages,
+)
 
 __all__ = [
     "FAST",
@@ -63,5 +73,6 @@ __all__ = [
     "TimeoutNow",
     "VoteResponse",
     "from_envelope",
+    "split_messages",
     "to_envelope",
 ]

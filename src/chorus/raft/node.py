@@ -123,6 +123,28 @@ class Ready:
         return "Ready(" + "; ".join(parts) + ")"
 
 
+def split_messages(rd: Ready, primary: bool) -> tuple[list[Message], list[Message]]:
+    """The messages of ``rd`` that may leave before ``rd`` is persisted, and the
+    rest, which must wait for the fsync.
+
+    Early: FORWARDs (client commands on their way to the primary: they promise
+    nothing), and when ``primary`` is true, REPLICATEs and HEARTBEATs: the
+    primary writes its log in parallel with its followers (Raft dissertation
+    §10.2.1), which is safe because it counts itself towards a commit only once
+    its own write is done (``advance``). The caller passes ``primary`` only if
+    this node is primary and ``rd`` changes neither its term nor its vote.
+    Votes and acknowledgements are promises about the disk: always late."""
+    early: list[Message] = []
+    late: list[Message] = []
+    for m in rd.messages:
+        t = type(m)
+        if t is Forward or (primary and (t is Replicate or t is Heartbeat)):
+            early.append(m)
+        else:
+            late.append(m)
+    return early, late
+
+
 @dataclass(frozen=True, slots=True)
 class Persisted:
     """What a restarting node gets back from its storage."""

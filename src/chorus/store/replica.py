@@ -167,6 +167,17 @@ class ReplicaStore:
         return row[0] if row[0] is not None else self.snapshot_meta().index
 
     # ------------------------------------------------------------------ the replica loop
+    def changes_term_or_vote(self, rd: Ready) -> bool:
+        hs = rd.hard_state
+        return hs is not None and (hs.term, hs.vote) != self._term_vote
+
+    def needs_sync(self, rd: Ready) -> bool:
+        """Whether persisting ``rd`` makes promises to peers, so needs an fsync:
+        entries, a snapshot, a new term or vote. (The commit index alone need
+        not be durable: a restart recovers it as at least the applied index; nor
+        need an apply: the log it comes from is durable.)"""
+        return rd.snapshot is not None or bool(rd.entries) or self.changes_term_or_vote(rd)
+
     def save(self, rd: Ready, snapshot: SnapshotFile | None = None) -> list[tuple[int, Result]]:
         """Persist a Ready and apply its committed entries in ONE transaction with
         one fsync (group commit, as the replica loop's steps 1 and 3 together).
@@ -191,9 +202,7 @@ class ReplicaStore:
         committed: Sequence[Entry],
     ) -> list[tuple[int, Result]]:
         c = self.conn
-        # Entries, a snapshot, a new term or vote are promises to peers: fsync. The
-        # commit index alone need not be durable (a restart recovers it as at least
-        # the applied index), nor need an apply (the log it comes from is durable).
+        # The same rule as needs_sync: only promises to peers are fsynced.
         promise = snap_meta is not None or bool(entries) or (hs is not None and (hs.term, hs.vote) != self._term_vote)
         if not (promise or hs is not None or committed):
             return []
