@@ -9,7 +9,8 @@ processes.
 Parts:
 - send: throughput and latency with 1, 8, 64 and 256 concurrent clients, each
   sending 150-byte messages and waiting for each answer (commit on a majority)
-  before the next;
+  before the next; and one client pipelining (32 sends in flight on its one
+  connection, the client library's concurrent calls);
 - delivery: from a send to the push arriving at a recipient connected to a
   different replica, while 64 other clients load the cluster;
 - failover: kill -9 of the primary under load, 20 times, with the default
@@ -59,16 +60,15 @@ def pct(xs: list[float], p: float) -> float:
 
 # ---------------------------------------------------------------------------- load processes
 def load_worker(servers: list[str], tokens: list[tuple[str, str]], start_at: float, stop_at: float,
-                out) -> None:
+                out, window: int = 1) -> None:
     """A load process: one Client per (token, recipient), each sending in a loop
-    from ``start_at`` to ``stop_at`` (monotonic clock, shared by all processes).
-    Sends back [(start, end)] of every acknowledged send, and the errors."""
+    (``window`` loops at once on the same Client: pipelining) from ``start_at``
+    to ``stop_at`` (monotonic clock, shared by all processes). Sends back
+    [(start, end)] of every acknowledged send, and the errors."""
     async def one(token: str, to: str, spans: list, errors: list) -> None:
         c = Client(servers, request_timeout=10, retry_for=30)
-        try:
-            await c.auth(token)
-            while time.monotonic() < start_at:
-                await asyncio.sleep(min(0.05, start_at - time.monotonic()))
+
+        async def sending() -> None:
             while (t0 := time.monotonic()) < stop_at:
                 try:
                     await c.send(to, BODY)
@@ -76,6 +76,12 @@ def load_worker(servers: list[str], tokens: list[tuple[str, str]], start_at: flo
                     errors.append(f"{type(exc).__name__}: {exc}")
                     continue
                 spans.append((t0, time.monotonic()))
+
+        try:
+            await c.auth(token)
+            while time.monotonic() < start_at:
+                await asyncio.sleep(min(0.05, start_at - time.monotonic()))
+            await asyncio.gather(*(sending() for _ in range(window)))
         finally:
             await c.close()
 
@@ -96,7 +102,7 @@ class Load:
     """N clients spread over up to ``procs`` processes."""
 
     def __init__(self, servers: list[str], users: list[tuple[str, str]], n: int, seconds: float,
-                 warmup: float = 1.0, procs: int = 2) -> None:
+                 warmup: float = 1.0, procs: int = 2, window: int = 1) -> None:
         ctx = mp.get_context("spawn")
         self.start_at = time.monotonic() + 2.0 + warmup  # processes take a moment to start
         self.measure_from = self.start_at
@@ -106,7 +112,7 @@ class Load:
         for k in range(min(procs, n)):
             recv, send = ctx.Pipe(duplex=False)
             p = ctx.Process(target=load_worker, args=(servers, pairs[k::procs], self.start_at - warmup,
-                                                      self.stop_at, send), daemon=True)
+                                                      self.stop_at, send, window), daemon=True)
             p.start()
             self.pipes.append(recv)
             self.procs.append(p)
@@ -146,20 +152,22 @@ def new_cluster(fast: bool = False) -> Cluster:
 
 
 # ---------------------------------------------------------------------------- the parts
-async def bench_send(counts: list[int], seconds: float) -> list[dict]:
+async def bench_send(counts: list[int], seconds: float, pipelined: int = 32) -> list[dict]:
+    """One row per client count, then one client with ``pipelined`` sends in flight."""
     cluster = new_cluster()
     try:
         await cluster.primary(30)
         users = await make_users(cluster.addresses, max(counts), "s")
         rows = []
-        for n in counts:
-            load = Load(cluster.addresses, users, n, seconds, procs=1 if n == 1 else 2)
+        for n, window in [(n, 1) for n in counts] + ([(1, pipelined)] if pipelined > 1 else []):
+            load = Load(cluster.addresses, users, n, seconds, procs=1 if n == 1 else 2, window=window)
             spans, errors = await load.results()
             inside = [(a, b) for a, b in spans if load.measure_from <= a and b <= load.stop_at]
             lat = [b - a for a, b in inside]
-            rows.append({"clients": n, "rate": len(inside) / seconds, "p50": pct(lat, 50) * 1e3,
+            rows.append({"clients": n, "window": window, "rate": len(inside) / seconds, "p50": pct(lat, 50) * 1e3,
                          "p99": pct(lat, 99) * 1e3, "errors": len(errors)})
-            print(f"send, {n} clients: {rows[-1]['rate']:,.0f} sends/s, p50 {rows[-1]['p50']:.1f} ms, "
+            print(f"send, {n} clients{f' ({window} in flight each)' if window > 1 else ''}: "
+                  f"{rows[-1]['rate']:,.0f} sends/s, p50 {rows[-1]['p50']:.1f} ms, "
                   f"p99 {rows[-1]['p99']:.1f} ms, {len(errors)} errors", flush=True)
         return rows
     finally:
@@ -367,8 +375,13 @@ def plots(send_rows: list[dict], delivery: dict | None, failovers: list[dict]) -
     made = []
     if send_rows:
         fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
+        pipelined = [r for r in send_rows if r["window"] > 1]
+        send_rows = [r for r in send_rows if r["window"] == 1]
         xs = [r["clients"] for r in send_rows]
-        a.plot(xs, [r["rate"] for r in send_rows], "o-")
+        a.plot(xs, [r["rate"] for r in send_rows], "o-", label="each client waits for each answer")
+        for r in pipelined:
+            a.plot([r["clients"]], [r["rate"]], "D", label=f"1 client, {r['window']} sends in flight")
+        a.legend(fontsize=8)
         a.set_xscale("log", base=2)
         a.set_xlabel("concurrent clients")
         a.set_ylabel("sends/s (committed on a majority)")
@@ -433,12 +446,16 @@ async def main(args: argparse.Namespace) -> int:
              f"`python bench/cluster.py{' --quick' if q else ''}` on Python {sys.version.split()[0]}, "
              f"{os.cpu_count()} cores; three `chorus serve` processes on this machine (fsync on, majority write "
              "concern), load from separate client processes, 150-byte messages; each client waits for each "
-             "answer before its next send.", ""]
+             "answer before its next send, except the client marked \"in flight\", which keeps that many sends "
+             "going on its one connection.", ""]
     if send_rows:
         lines += ["| clients | sends/s | p50 | p99 | errors | target |", "| ---: | ---: | ---: | ---: | ---: | --- |"]
         targets = {1: ">= 2,000/s, p50 <= 0.8 ms", 64: ">= 12,000/s, p99 <= 20 ms", 256: ">= 15,000/s"}
-        lines += [f"| {r['clients']} | {r['rate']:,.0f} | {r['p50']:.2f} ms | {r['p99']:.1f} ms | {r['errors']} | "
-                  f"{targets.get(r['clients'], '')} |" for r in send_rows]
+        for r in send_rows:
+            who = f"{r['clients']} ({r['window']} in flight)" if r["window"] > 1 else str(r["clients"])
+            target = targets.get(r["clients"], "") if r["window"] == 1 else ">= 2,000/s with 1 client"
+            lines.append(f"| {who} | {r['rate']:,.0f} | {r['p50']:.2f} ms | {r['p99']:.1f} ms | {r['errors']} | "
+                         f"{target} |")
         lines.append("")
     if delivery:
         lines += ["| delivery: send to push at another replica | result |", "| --- | ---: |",
