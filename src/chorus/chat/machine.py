@@ -123,6 +123,7 @@ class ChatMachine:
         self._changed_convs: set[Key] = set()  # since the last publish
         self._changed_marks: set[Key] = set()
         self._changed_users: set[int] = set()
+        self.last_commands: dict[int, AnyCommand] = {}
 
     def digest(self) -> int:
         return state_digest(self.rows_digest, self.log_time)
@@ -136,7 +137,10 @@ class ChatMachine:
 
     # ------------------------------------------------------------------ apply
     def apply_batch(self, commands: Iterable[tuple[int, bytes]]) -> list[Result]:
-        """Apply (log index, command bytes) pairs in order; one Result each."""
+        """Apply (log index, command bytes) pairs in order; one Result each.
+        ``last_commands`` then holds the batch's decoded commands by index (for
+        the caller to route the answers without decoding them again)."""
+        self.last_commands = {}
         results = [self._apply_one(index, data) for index, data in commands]
         self.flush()
         return results
@@ -154,6 +158,7 @@ class ChatMachine:
             cmd = decode(data)
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
             return error("bad_command", f"not a chat command: {exc}")
+        self.last_commands[index] = cmd
         client = self.clients.get(cmd.client)
         if client is not None:
             saved = client.results.get(cmd.seq)

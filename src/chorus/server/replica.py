@@ -39,11 +39,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-import msgspec
-
 from chorus.chat import commands as C
 from chorus.chat import queries
-from chorus.raft import EntryKind, Message, RaftNode, Ready, Refused, Role, split_messages
+from chorus.raft import Message, RaftNode, Ready, Refused, Role, split_messages
 from chorus.store import ReplicaStore, SnapshotFile, latest_snapshot
 
 from .config import Config
@@ -230,7 +228,7 @@ class Replica:
                     # apply here, in one transaction.
                     if late:
                         self.transport.send(late)
-                    applied = self._applied_output(rd, self.store.save(rd) if rd.committed else self._save_state(rd))
+                    applied = self._applied_output(self.store.save(rd) if rd.committed else self._save_state(rd))
                 self._after(rd, applied)
                 node.advance(rd)
         except Exception:
@@ -260,19 +258,18 @@ class Replica:
             self.loop.call_soon_threadsafe(self.transport.send, late)
         if snap is not None:
             snap.path.unlink(missing_ok=True)  # installed: its tables are in the database now
-        return self._applied_output(rd, self.store.apply(rd.committed) if rd.committed else [])
+        return self._applied_output(self.store.apply(rd.committed) if rd.committed else [])
 
-    def _applied_output(self, rd: Ready, results: list[tuple[int, C.Result]]) -> Applied:
+    def _applied_output(self, results: list[tuple[int, C.Result]]) -> Applied:
         """Who waits for which answer, and what to push, from the applied results."""
         out = Applied([], [], [])
         if not results:
             return out
         chat = self.store.chat
-        by_index = {e.index: e.data for e in rd.committed if e.kind == EntryKind.COMMAND}
+        commands = chat.last_commands
         for index, result in results:
-            try:
-                cmd = C.decode(by_index[index])
-            except (msgspec.DecodeError, msgspec.ValidationError):
+            cmd = commands.get(index)
+            if cmd is None:
                 continue  # garbage in the log: applying it changed nothing, nobody waits for it
             out.results.append((index, cmd.client, cmd.seq, result))
             if not result.ok:
