@@ -152,3 +152,35 @@ def test_a_primary_rejects_lies_about_its_own_term() -> None:
     # Answers from servers that are not members are dropped quietly.
     p.step(ReplicateAck(term=p.term, server_id=7, to=1, index=1))
     assert _fingerprint(p) == before
+
+
+def test_what_may_leave_before_the_fsync() -> None:
+    """split_messages: a primary's REPLICATE/HEARTBEAT and every FORWARD go early;
+    votes and acknowledgements never do; nothing of a primary goes early while
+    its term or vote is not yet on disk."""
+    from chorus.raft import HardState, Ready, Role, split_messages
+
+    msgs = (
+        Replicate(term=3, server_id=1, to=2, prev_index=4, prev_term=3, commit=4),
+        Heartbeat(term=3, server_id=1, to=3, commit=4),
+        Forward(term=3, server_id=1, to=2, commands=(b"x",)),
+        ReplicateAck(term=3, server_id=1, to=2, index=5),
+        VoteResponse(term=3, server_id=1, to=2, granted=True),
+        RequestVote(term=3, server_id=1, to=2, last_index=5, last_term=3),
+    )
+
+    def ready(hs: HardState | None) -> Ready:
+        return Ready(hard_state=hs, soft_state=None, snapshot=None, entries=(), messages=msgs, committed=(),
+                     reads=(), membership=None)
+
+    def early(rd: Ready, role: Role, durable: tuple[int, int]) -> list[str]:
+        first, rest = split_messages(rd, role, durable)
+        assert first + rest == sorted(msgs, key=lambda m: m not in first) and len(first + rest) == len(msgs)
+        return [m.type for m in first]
+
+    assert early(ready(None), Role.PRIMARY, (3, 1)) == ["REPLICATE", "HEARTBEAT", "FORWARD"]
+    assert early(ready(HardState(3, 1, 5)), Role.PRIMARY, (3, 1)) == ["REPLICATE", "HEARTBEAT", "FORWARD"]
+    # A term or vote this Ready is about to write: the primary waits for it.
+    assert early(ready(HardState(3, 1, 5)), Role.PRIMARY, (2, 2)) == ["FORWARD"]
+    assert early(ready(None), Role.BACKUP, (3, 1)) == ["FORWARD"]
+    assert early(ready(None), Role.CANDIDATE, (3, 1)) == ["FORWARD"]

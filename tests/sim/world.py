@@ -336,9 +336,14 @@ class World:
         if node.raft is raft and node.outstanding is None and raft.has_ready():
             rd = node.outstanding = raft.ready()
             if self.early_send:
+                # As the replica loop does: if nothing must be on disk first, every
+                # message leaves now; otherwise what split_messages allows.
                 hs, held = rd.hard_state, node.storage.hard_state
-                primary = raft.role is Role.PRIMARY and (hs is None or (hs.term, hs.vote) == (held.term, held.vote))
-                early, node.late = split_messages(rd, primary)
+                durable = (held.term, held.vote)
+                if rd.snapshot is None and not rd.entries and (hs is None or (hs.term, hs.vote) == durable):
+                    early, node.late = list(rd.messages), []
+                else:
+                    early, node.late = split_messages(rd, raft.role, durable)
                 for m in early:
                     self._send_from(node, m)
             lo, hi = self.p.disk_us

@@ -268,3 +268,21 @@ def test_a_commit_index_alone_is_stored_too(tmp_path: Path) -> None:
     s.persist(ready(chat_log(1), HardState(1, 1, 0)))
     s.persist(ready((), HardState(1, 1, 3)))  # written without an fsync: recoverable if lost
     assert s.restore().hard_state == HardState(1, 1, 3)
+
+
+def test_manual_checkpoints_happen_only_when_asked(tmp_path: Path) -> None:
+    """The replica checkpoints the WAL on its I/O thread: a commit never does it."""
+    s = ReplicaStore(tmp_path / "c.db", manual_checkpoints=True)
+    assert s.conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 0
+    log = chat_log(300)
+    for k in range(0, 300, 2):
+        fill(s, log[k:k + 2])
+    assert s.checkpoint_due()
+    s.checkpoint()
+    assert not s.checkpoint_due()
+    digest = s.digest()
+    s.close()
+    assert ReplicaStore(tmp_path / "c.db").digest() == digest
+    plain = ReplicaStore(tmp_path / "p.db")
+    fill(plain, chat_log(300)[:10])
+    assert not plain.checkpoint_due()  # SQLite checkpoints a plain store on its own

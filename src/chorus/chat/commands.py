@@ -70,6 +70,15 @@ def encode(cmd: AnyCommand) -> bytes:
     return _encoder.encode(cmd)
 
 
+_HEAVY = (b'{"op":"delete_account"',)  # (msgspec writes the tag first)
+
+
+def is_heavy(data: bytes) -> bool:
+    """Whether applying this command may take long: deleting an account deletes
+    every message of the user. (A look at the bytes, no decoding.)"""
+    return data.startswith(_HEAVY)
+
+
 def decode(data: bytes) -> AnyCommand:
     """Raises msgspec.DecodeError / ValidationError for anything malformed."""
     return _decoder.decode(data)

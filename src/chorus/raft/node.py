@@ -123,17 +123,21 @@ class Ready:
         return "Ready(" + "; ".join(parts) + ")"
 
 
-def split_messages(rd: Ready, primary: bool) -> tuple[list[Message], list[Message]]:
+def split_messages(rd: Ready, role: Role, durable: tuple[int, int]) -> tuple[list[Message], list[Message]]:
     """The messages of ``rd`` that may leave before ``rd`` is persisted, and the
-    rest, which must wait for the fsync.
+    rest, which must wait for the fsync. ``role`` is the node's role now, and
+    ``durable`` the (term, vote) already on its disk.
 
     Early: FORWARDs (client commands on their way to the primary: they promise
-    nothing), and when ``primary`` is true, REPLICATEs and HEARTBEATs: the
-    primary writes its log in parallel with its followers (Raft dissertation
-    §10.2.1), which is safe because it counts itself towards a commit only once
-    its own write is done (``advance``). The caller passes ``primary`` only if
-    this node is primary and ``rd`` changes neither its term nor its vote.
-    Votes and acknowledgements are promises about the disk: always late."""
+    nothing), and a primary's REPLICATEs and HEARTBEATs if ``rd`` changes
+    neither its term nor its vote: the primary writes its log in parallel with
+    its followers (Raft dissertation §10.2.1), which is safe because it counts
+    itself towards a commit only once its own write is done (``advance``). (A
+    term not yet on disk would be unsafe: a primary that crashed before writing
+    it could win the same term again after a restart and send other entries
+    under it.) Votes and acknowledgements are promises about the disk: late."""
+    hs = rd.hard_state
+    primary = role is Role.PRIMARY and (hs is None or (hs.term, hs.vote) == durable)
     early: list[Message] = []
     late: list[Message] = []
     for m in rd.messages:

@@ -2,25 +2,29 @@
 peers. The only place, with peers.py and sessions.py, that knows asyncio.
 
 The replica loop, for each Ready of the core:
-1. send the messages that promise nothing about this replica's disk at once:
-   FORWARDs, and a primary's REPLICATEs and HEARTBEATs (Raft dissertation
-   §10.2.1: the primary writes its log in parallel with its followers; it counts
-   itself towards a commit only once its own write is done, which the core does
-   in ``advance``);
-2. persist it (the I/O thread: one transaction, one fsync), if it holds anything
-   that must be on disk before it is acted on: entries, a snapshot, a new term or
-   vote;
-3. send the other messages (votes, acknowledgements: promises about the disk);
-4. apply its committed entries (on the I/O thread after a persist; a small batch
-   with nothing to persist is applied right here on the event loop, which costs
-   less than the trip to the thread), answer the clients waiting for them and
-   push new messages to the users connected here;
-5. advance the core.
+
+- If it holds anything that must be on disk before it is acted on (entries, a
+  snapshot, a new term or vote):
+  1. send at once what ``split_messages`` allows: FORWARDs, and a primary's
+     REPLICATEs and HEARTBEATs (Raft dissertation §10.2.1: the primary writes
+     its log in parallel with its followers, and counts itself towards a commit
+     only once its own write is done, in ``advance``);
+  2. on the I/O thread: persist (one transaction, one fsync), hand the other
+     messages (votes, acknowledgements: promises about the disk) back to the
+     event loop, apply the committed entries.
+- Otherwise (a new commit index and a few committed entries: what a primary
+  that just learned of a commit, or a backup, mostly gets): send everything,
+  and write the commit index and apply in one transaction without an fsync,
+  right here on the event loop (a trip to the thread and back costs more).
+
+Then answer the clients waiting for the applied entries, push new messages to
+the users connected here, and advance the core.
 
 Everything that touches the core runs on the event loop thread. The store's
 write connection is used by one round of the loop at a time (on either thread),
-and between rounds for compaction. Incoming messages are stepped into the core
-while a Ready is being written, and come out in the next one.
+and between rounds for compaction and WAL checkpoints (on the I/O thread).
+Incoming messages are stepped into the core while a Ready is being written, and
+come out in the next one.
 """
 
 from __future__ import annotations
@@ -88,12 +92,14 @@ class IOThread:
     def _run(self) -> None:
         while (job := self._jobs.get()) is not None:
             loop, fut, fn, args = job
+            result, error = None, None
             try:
                 result = fn(*args)
             except BaseException as exc:  # handed to the awaiting task
-                loop.call_soon_threadsafe(_settle, fut, None, exc)
-            else:
-                loop.call_soon_threadsafe(_settle, fut, result, None)
+                error = exc if isinstance(exc, Exception) and not isinstance(exc, StopIteration) else RuntimeError(
+                    f"the I/O thread failed: {exc!r}")
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits any more
+                loop.call_soon_threadsafe(_settle, fut, result, error)
 
     def call(self, fn: Callable[..., Any], *args: Any) -> asyncio.Future:
         loop = asyncio.get_running_loop()
@@ -101,9 +107,9 @@ class IOThread:
         self._jobs.put((loop, fut, fn, args))
         return fut
 
-    def shutdown(self) -> None:
+    def shutdown(self, timeout: float = 10.0) -> None:
         self._jobs.put(None)
-        self._thread.join()
+        self._thread.join(timeout)
 
 
 def _settle(fut: asyncio.Future, result: Any, exc: BaseException | None) -> None:
@@ -122,7 +128,7 @@ class Replica:
         self.dir = cfg.replica_dir(server_id)
         self.snap_dir = self.dir / "snapshots"
         self.in_dir = self.dir / "incoming"
-        self.store = ReplicaStore(self.dir / "chorus.db", cfg.membership)
+        self.store = ReplicaStore(self.dir / "chorus.db", cfg.membership, manual_checkpoints=True)
         self.reader = self.store.reader()
         self.node = RaftNode(
             server_id,
@@ -191,7 +197,8 @@ class Replica:
         self._stopped = True
         if self._tick_handle:
             self._tick_handle.cancel()
-        while self._pumping:
+        deadline = time.monotonic() + 10.0  # a round of the replica loop ends long before this
+        while self._pumping and time.monotonic() < deadline:
             await asyncio.sleep(0.005)
         for fut in list(self._waiters.values()) + list(self._reads.values()):
             if not fut.done():
@@ -214,20 +221,22 @@ class Replica:
                 if self._compact_to:
                     await self._compact()
                     continue
+                if self.store.checkpoint_due():
+                    await self.io.call(self.store.checkpoint)
                 if not node.has_ready():
                     break
                 rd = node.ready()
                 snap = self.received_snapshots.pop(rd.snapshot.index, None) if rd.snapshot else None
-                early, late = self._split(rd)
-                if early:
-                    self.transport.send(early)
-                if self.store.needs_sync(rd) or len(rd.committed) > INLINE_APPLY_MAX:
+                if self.store.needs_sync(rd) or not self._light(rd.committed):
+                    early, late = split_messages(rd, node.role, self.store.durable_term_vote)
+                    if early:
+                        self.transport.send(early)
                     applied = await self.io.call(self._write, rd, snap, late)
                 else:
-                    # Nothing to wait for the disk for: write the commit index and
-                    # apply here, in one transaction.
-                    if late:
-                        self.transport.send(late)
+                    # Nothing that must be on disk first: send everything, then write
+                    # the commit index and apply here, in one transaction, no fsync.
+                    if rd.messages:
+                        self.transport.send(rd.messages)
                     applied = self._applied_output(self.store.save(rd) if rd.committed else self._save_state(rd))
                 self._after(rd, applied)
                 node.advance(rd)
@@ -240,11 +249,11 @@ class Replica:
         if not self._stopped and (self._compact_to or node.has_ready()):
             self._kick()
 
-    def _split(self, rd: Ready) -> tuple[list[Message], list[Message]]:
-        """The messages that may leave before the Ready is on disk, and the rest."""
-        if not rd.messages:
-            return [], []
-        return split_messages(rd, self.node.role is Role.PRIMARY and not self.store.changes_term_or_vote(rd))
+    @staticmethod
+    def _light(committed: tuple) -> bool:
+        """Cheap enough to apply on the event loop: a few entries, none of them a
+        command of unbounded cost (deleting an account deletes all its messages)."""
+        return len(committed) <= INLINE_APPLY_MAX and not any(C.is_heavy(e.data) for e in committed)
 
     def _save_state(self, rd: Ready) -> list:
         self.store.persist(rd)  # at most the commit index: no fsync

@@ -88,15 +88,24 @@ def connect(path: Path | str, *, readonly: bool = False) -> sqlite3.Connection:
 class ReplicaStore:
     """Owns the write connection; use it from one thread at a time."""
 
-    def __init__(self, path: Path | str, bootstrap: Membership | None = None, *, check: bool = True) -> None:
+    def __init__(self, path: Path | str, bootstrap: Membership | None = None, *, check: bool = True,
+                 manual_checkpoints: bool = False) -> None:
+        """``manual_checkpoints``: the WAL is checkpointed only by ``checkpoint``
+        (which the replica calls on its I/O thread when ``checkpoint_due``), never
+        by a commit, so that a commit made on the event loop never copies pages
+        and fsyncs there."""
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fresh = not self.path.exists()
+        self._manual = manual_checkpoints
+        self._commits = 0  # since the last checkpoint
         try:
             self.conn = connect(self.path)
             c = self.conn
             c.execute("PRAGMA journal_mode = WAL")
             c.execute("PRAGMA synchronous = FULL")
+            if manual_checkpoints:
+                c.execute("PRAGMA wal_autocheckpoint = 0")
             if check and not fresh:
                 problems = [r[0] for r in c.execute("PRAGMA quick_check")]
                 if problems != ["ok"]:
@@ -167,6 +176,10 @@ class ReplicaStore:
         return row[0] if row[0] is not None else self.snapshot_meta().index
 
     # ------------------------------------------------------------------ the replica loop
+    @property
+    def durable_term_vote(self) -> tuple[int, int]:
+        return self._term_vote
+
     def changes_term_or_vote(self, rd: Ready) -> bool:
         hs = rd.hard_state
         return hs is not None and (hs.term, hs.vote) != self._term_vote
@@ -244,6 +257,7 @@ class ReplicaStore:
                     self.chat.load()
                 self._applied = self.applied()
                 raise
+            self._commits += 1
             if hs is not None:
                 self._term_vote = (hs.term, hs.vote)
             if snap_meta is not None:
@@ -293,6 +307,15 @@ class ReplicaStore:
                   (meta.index, meta.term, members))
         c.execute("UPDATE applied_state SET applied = ?, applied_term = ?, membership = ? WHERE id = 1",
                   (meta.index, meta.term, members))
+
+    def checkpoint_due(self, every: int = 200) -> bool:
+        """With manual checkpoints: whether ``every`` commits went by since the last."""
+        return self._manual and self._commits >= every
+
+    def checkpoint(self) -> None:
+        """Copy the WAL into the database (passive: readers are not blocked)."""
+        self.conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        self._commits = 0
 
     # ------------------------------------------------------------------ snapshots
     def create_snapshot(self, directory: Path | str) -> SnapshotFile:
