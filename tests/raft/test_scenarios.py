@@ -4,14 +4,19 @@ story told step by step on a hand-driven network (tests/raft/net.py)."""
 from __future__ import annotations
 
 import dataclasses
+import random
 
 import msgspec
 import pytest
 
 from chorus.raft import (
+    Entry,
     EntryKind,
+    HardState,
     InstallSnapshot,
     Membership,
+    Persisted,
+    RaftNode,
     ReadState,
     Refused,
     Replicate,
@@ -568,3 +573,22 @@ def test_pipelining_sends_batches_without_waiting_and_bounds_bytes_in_flight() -
     net.settle()
     assert net[2].log.last_index == net[1].log.last_index
     assert net[1].commit == net[1].log.last_index
+
+
+def test_an_acknowledgement_of_entries_dropped_before_it_left_is_not_sent() -> None:
+    """Found by simulator seed 86617. A backup acknowledges entries of the term-2
+    primary, but before that acknowledgement is handed out in a Ready, the
+    term-3 primary's REPLICATE replaces those entries. The old acknowledgement
+    must not leave with the new Ready: after its fsync the disk no longer holds
+    what it claims, and the old primary would count a copy that is gone."""
+    log = [Entry(1, 1, EntryKind.COMMAND, b"a")] + [Entry(i, 2, EntryKind.COMMAND, b"x%d" % i) for i in range(2, 6)]
+    node = RaftNode(3, Membership(voters=frozenset({1, 2, 3})), config=CONFIG, rng=random.Random(1),
+                    persisted=Persisted(HardState(2, 1, 1), None, log, 1))
+    node.step(Replicate(term=2, server_id=1, to=3, prev_index=5, prev_term=2, entries=(), commit=1))
+    node.step(Replicate(term=3, server_id=2, to=3, prev_index=1, prev_term=1,
+                        entries=(Entry(2, 3, EntryKind.NOOP, b""),), commit=1))
+    rd = node.ready()
+    assert [e.index for e in rd.entries] == [2] and node.last_index == 2
+    acks = [m for m in rd.messages if type(m) is ReplicateAck and not m.reject]
+    assert acks and all(m.index <= 2 for m in acks), acks
+    assert [(m.to, m.term, m.index) for m in acks] == [(2, 3, 2)]

@@ -818,6 +818,12 @@ class RaftNode:
             self.log.truncate_after(first - 1)
             self._unsaved_from = min(self._unsaved_from, first)
             self._persisted = min(self._persisted, first - 1)
+            # An acknowledgement not yet handed out in a Ready may name entries just
+            # dropped (acked to the previous primary before this one's entries came):
+            # sent with this Ready it would claim what the disk no longer holds.
+            self._outbox = [
+                m for m in self._outbox if not (type(m) is ReplicateAck and not m.reject and m.index >= first)
+            ]
             if self._configs and self._configs[-1][0] >= first:
                 while self._configs and self._configs[-1][0] >= first:
                     self._configs.pop()
