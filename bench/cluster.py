@@ -161,14 +161,26 @@ async def bench_send(counts: list[int], seconds: float, pipelined: int = 32) -> 
         rows = []
         for n, window in [(n, 1) for n in counts] + ([(1, pipelined)] if pipelined > 1 else []):
             load = Load(cluster.addresses, users, n, seconds, procs=1 if n == 1 else 2, window=window)
+            pids = [p.pid for p in cluster.procs.values()] + [p.pid for p in load.procs]
+            while time.monotonic() < load.measure_from:
+                await asyncio.sleep(0.01)
+            cpu0 = [cpu_seconds(pid) for pid in pids]
+            while time.monotonic() < load.stop_at:
+                await asyncio.sleep(0.01)
+            cpu = [cpu_seconds(pid) - c for pid, c in zip(pids, cpu0, strict=True)]
             spans, errors = await load.results()
             inside = [(a, b) for a, b in spans if load.measure_from <= a and b <= load.stop_at]
             lat = [b - a for a, b in inside]
+            servers = len(cluster.procs)
             rows.append({"clients": n, "window": window, "rate": len(inside) / seconds, "p50": pct(lat, 50) * 1e3,
-                         "p99": pct(lat, 99) * 1e3, "errors": len(errors)})
+                         "p99": pct(lat, 99) * 1e3, "errors": len(errors),
+                         "server_cores": [c / seconds for c in cpu[:servers]], "load_cores": sum(cpu[servers:]) / seconds,
+                         "cpu_us": sum(cpu) / max(1, len(inside)) * 1e6})
+            r = rows[-1]
             print(f"send, {n} clients{f' ({window} in flight each)' if window > 1 else ''}: "
-                  f"{rows[-1]['rate']:,.0f} sends/s, p50 {rows[-1]['p50']:.1f} ms, "
-                  f"p99 {rows[-1]['p99']:.1f} ms, {len(errors)} errors", flush=True)
+                  f"{r['rate']:,.0f} sends/s, p50 {r['p50']:.1f} ms, p99 {r['p99']:.1f} ms, {len(errors)} errors; "
+                  f"CPU: servers {' '.join(f'{c:.2f}' for c in r['server_cores'])} cores, load {r['load_cores']:.2f}, "
+                  f"{r['cpu_us']:.0f} us per send", flush=True)
         return rows
     finally:
         cluster.stop_all()
@@ -295,6 +307,12 @@ async def bench_growth(stored: int, seconds: float, clients: int = 64) -> dict:
         cluster.stop_all()
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process, all its threads (Linux)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def rss_kib(pid: int) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -366,7 +384,8 @@ async def bench_connections(n: int) -> dict:
 
 
 # ---------------------------------------------------------------------------- report
-def plots(send_rows: list[dict], delivery: dict | None, failovers: list[dict]) -> list[str]:
+def plots(send_rows: list[dict], delivery: dict | None, failovers: list[dict], suffix: str = "") -> list[str]:
+    """PNGs beside the tables (``suffix``: "-quick" for the quick run's own)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -395,9 +414,9 @@ def plots(send_rows: list[dict], delivery: dict | None, failovers: list[dict]) -
         b.legend()
         b.set_title("send latency")
         fig.tight_layout()
-        fig.savefig(RESULTS / "cluster-send.png", dpi=90)
+        fig.savefig(RESULTS / f"cluster-send{suffix}.png", dpi=90)
         plt.close(fig)
-        made.append("cluster-send.png")
+        made.append(f"cluster-send{suffix}.png")
     if failovers:
         fig, ax = plt.subplots(figsize=(7, 4))
         ax.boxplot([[o * 1e3 for o in f["outages"]] for f in failovers])
@@ -407,9 +426,9 @@ def plots(send_rows: list[dict], delivery: dict | None, failovers: list[dict]) -
         ax.set_ylabel("client-visible outage (ms)")
         ax.set_title("kill -9 of the primary under load")
         fig.tight_layout()
-        fig.savefig(RESULTS / "cluster-failover.png", dpi=90)
+        fig.savefig(RESULTS / f"cluster-failover{suffix}.png", dpi=90)
         plt.close(fig)
-        made.append("cluster-failover.png")
+        made.append(f"cluster-failover{suffix}.png")
     if delivery and delivery["latencies"]:
         fig, ax = plt.subplots(figsize=(7, 4))
         ax.hist([x * 1e3 for x in delivery["latencies"]], bins=50)
@@ -417,9 +436,9 @@ def plots(send_rows: list[dict], delivery: dict | None, failovers: list[dict]) -
         ax.set_ylabel("messages")
         ax.set_title("delivery latency under load")
         fig.tight_layout()
-        fig.savefig(RESULTS / "cluster-delivery.png", dpi=90)
+        fig.savefig(RESULTS / f"cluster-delivery{suffix}.png", dpi=90)
         plt.close(fig)
-        made.append("cluster-delivery.png")
+        made.append(f"cluster-delivery{suffix}.png")
     return made
 
 
@@ -447,15 +466,19 @@ async def main(args: argparse.Namespace) -> int:
              f"{os.cpu_count()} cores; three `chorus serve` processes on this machine (fsync on, majority write "
              "concern), load from separate client processes, 150-byte messages; each client waits for each "
              "answer before its next send, except the client marked \"in flight\", which keeps that many sends "
-             "going on its one connection.", ""]
+             "going on its one connection. CPU: what the servers and the load processes used while measuring "
+             "(user + system time, all threads), and all of it divided by the sends.", ""]
     if send_rows:
-        lines += ["| clients | sends/s | p50 | p99 | errors | target |", "| ---: | ---: | ---: | ---: | ---: | --- |"]
+        lines += ["| clients | sends/s | p50 | p99 | errors | CPU: servers (cores) / load / per send | target |",
+                  "| ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
         targets = {1: ">= 2,000/s, p50 <= 0.8 ms", 64: ">= 12,000/s, p99 <= 20 ms", 256: ">= 15,000/s"}
         for r in send_rows:
             who = f"{r['clients']} ({r['window']} in flight)" if r["window"] > 1 else str(r["clients"])
             target = targets.get(r["clients"], "") if r["window"] == 1 else ">= 2,000/s with 1 client"
+            cpu = (f"{' + '.join(f'{c:.2f}' for c in r['server_cores'])} / {r['load_cores']:.2f} / "
+                   f"{r['cpu_us']:.0f} us")
             lines.append(f"| {who} | {r['rate']:,.0f} | {r['p50']:.2f} ms | {r['p99']:.1f} ms | {r['errors']} | "
-                         f"{target} |")
+                         f"{cpu} | {target} |")
         lines.append("")
     if delivery:
         lines += ["| delivery: send to push at another replica | result |", "| --- | ---: |",
@@ -483,7 +506,7 @@ async def main(args: argparse.Namespace) -> int:
                   f"{growth['full']:,.0f} sends/s | |",
                   f"| ratio | {growth['ratio']:.2f} | >= 0.90 |",
                   f"| filling it through the cluster (256 clients) | {growth['fill_s']:.0f} s | |", ""]
-    made = plots(send_rows, delivery, failovers)
+    made = plots(send_rows, delivery, failovers, "-quick" if q else "")
     lines += [f"![{m}]({m})" for m in made]
     RESULTS.mkdir(exist_ok=True)
     out = args.out or RESULTS / ("cluster-quick.md" if q else "cluster.md")

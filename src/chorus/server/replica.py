@@ -74,6 +74,10 @@ class Applied:
     deleted_users: list[int]
 
 
+# A snapshot is due once snapshot_every entries and log bytes of at least this
+# share of the last snapshot's size were applied since it.
+SNAPSHOT_RATIO = 4  # (bytes x 4 >= snapshot size: a quarter)
+
 # Applied on the event loop when there is nothing to persist and at most this many
 # entries (more would hold up the loop longer than the trip to the I/O thread costs).
 INLINE_APPLY_MAX = 64
@@ -157,6 +161,12 @@ class Replica:
         self._on_leader_change: set[Callable[[], None]] = set()
         self._snapshotting = False
         self._compact_to = 0  # asked for by a finished snapshot; done by the replica loop
+        # A snapshot copies the whole state: take one only once the log since the last
+        # one is a fair share of it, so that the copying stays proportional to what is
+        # written (a 200 MB state snapshotted every 20,000 sends halved the throughput).
+        made = sorted(self.snap_dir.glob("snapshot-*.db")) if self.snap_dir.exists() else []
+        self._snapshot_size = made[-1].stat().st_size if made else 0
+        self._log_bytes = 0  # command bytes applied since the last snapshot
         self.applied = self.node.applied
 
     # ------------------------------------------------------------------ lifecycle
@@ -317,6 +327,7 @@ class Replica:
             self.account_deleted(uid)
         if rd.committed:
             self.applied = rd.committed[-1].index
+            self._log_bytes += sum(len(e.data) for e in rd.committed)
         elif rd.snapshot is not None:
             self.applied = rd.snapshot.index
         self._release(self._applied_waiters, self.applied)
@@ -329,6 +340,7 @@ class Replica:
         if (
             not self._snapshotting
             and self.applied - self.node.log.snapshot.index >= self.cfg.snapshot_every + self.cfg.snapshot_keep
+            and self._log_bytes * SNAPSHOT_RATIO >= self._snapshot_size
         ):
             self._snapshotting = True
             assert self.loop is not None
@@ -350,6 +362,7 @@ class Replica:
         try:
             snap = await loop.run_in_executor(self.snap_io, self.store.create_snapshot, self.snap_dir)
             log.info("replica %d: snapshot at %d (%d bytes)", self.id, snap.meta.index, snap.size)
+            self._snapshot_size, self._log_bytes = snap.size, 0
             point = snap.meta.index - self.cfg.snapshot_keep
             if point > self.node.log.snapshot.index:
                 self._compact_to = point
