@@ -67,7 +67,7 @@ class Busy(Exception):
 
 @dataclass
 class Applied:
-    """What applying one Ready produced, collected on the I/O thread."""
+    """What applying one Ready produced (on the I/O thread, or on the loop for a light one)."""
 
     results: list[tuple[int, str, int, C.Result]]  # (index, client, seq, result)
     messages: list[tuple[int, int, queries.Message]]  # (sender id, recipient id, message) for pushes
