@@ -117,6 +117,10 @@ class Load:
             self.pipes.append(recv)
             self.procs.append(p)
 
+    def measured(self, spans: list[tuple[float, float]]) -> list[tuple[float, float]]:
+        """The sends that started and ended inside the measured window."""
+        return [(a, b) for a, b in spans if self.measure_from <= a and b <= self.stop_at]
+
     async def results(self) -> tuple[list[tuple[float, float]], list[str]]:
         spans, errors = [], []
         for pipe in self.pipes:
@@ -169,7 +173,7 @@ async def bench_send(counts: list[int], seconds: float, pipelined: int = 32) -> 
                 await asyncio.sleep(0.01)
             cpu = [cpu_seconds(pid) - c for pid, c in zip(pids, cpu0, strict=True)]
             spans, errors = await load.results()
-            inside = [(a, b) for a, b in spans if load.measure_from <= a and b <= load.stop_at]
+            inside = load.measured(spans)
             lat = [b - a for a, b in inside]
             servers = len(cluster.procs)
             rows.append({"clients": n, "window": window, "rate": len(inside) / seconds, "p50": pct(lat, 50) * 1e3,
@@ -288,7 +292,7 @@ async def bench_growth(stored: int, seconds: float, clients: int = 64) -> dict:
         async def rate() -> float:
             load = Load(cluster.addresses, users, clients, seconds)
             spans, _ = await load.results()
-            return len([s for s in spans if load.measure_from <= s[0] and s[1] <= load.stop_at]) / seconds
+            return len(load.measured(spans)) / seconds
 
         empty = await rate()
         t0 = time.monotonic()

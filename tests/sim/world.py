@@ -40,6 +40,7 @@ from chorus.raft import (
     RequestVote,
     Role,
     VoteResponse,
+    needs_fsync,
     split_messages,
 )
 
@@ -338,9 +339,9 @@ class World:
             if self.early_send:
                 # As the replica loop does: if nothing must be on disk first, every
                 # message leaves now; otherwise what split_messages allows.
-                hs, held = rd.hard_state, node.storage.hard_state
+                held = node.storage.hard_state
                 durable = (held.term, held.vote)
-                if rd.snapshot is None and not rd.entries and (hs is None or (hs.term, hs.vote) == durable):
+                if not needs_fsync(rd, durable):
                     early, node.late = list(rd.messages), []
                 else:
                     early, node.late = split_messages(rd, raft.role, durable)

@@ -40,6 +40,7 @@ from .node import (
     Refused,
     Role,
     SoftState,
+    needs_fsync,
     split_messages,
 )
 
@@ -73,6 +74,7 @@ __all__ = [
     "TimeoutNow",
     "VoteResponse",
     "from_envelope",
+    "needs_fsync",
     "split_messages",
     "to_envelope",
 ]

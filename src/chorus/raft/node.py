@@ -123,6 +123,18 @@ class Ready:
         return "Ready(" + "; ".join(parts) + ")"
 
 
+def changes_term_or_vote(rd: Ready, durable: tuple[int, int]) -> bool:
+    hs = rd.hard_state
+    return hs is not None and (hs.term, hs.vote) != durable
+
+
+def needs_fsync(rd: Ready, durable: tuple[int, int]) -> bool:
+    """Whether ``rd`` holds promises to peers that must be on disk before anything
+    in it is acted on: entries, a snapshot, a new term or vote (``durable``: the
+    (term, vote) already on disk). A commit index alone need not be durable."""
+    return rd.snapshot is not None or bool(rd.entries) or changes_term_or_vote(rd, durable)
+
+
 def split_messages(rd: Ready, role: Role, durable: tuple[int, int]) -> tuple[list[Message], list[Message]]:
     """The messages of ``rd`` that may leave before ``rd`` is persisted, and the
     rest, which must wait for the fsync. ``role`` is the node's role now, and
@@ -136,8 +148,7 @@ def split_messages(rd: Ready, role: Role, durable: tuple[int, int]) -> tuple[lis
     term not yet on disk would be unsafe: a primary that crashed before writing
     it could win the same term again after a restart and send other entries
     under it.) Votes and acknowledgements are promises about the disk: late."""
-    hs = rd.hard_state
-    primary = role is Role.PRIMARY and (hs is None or (hs.term, hs.vote) == durable)
+    primary = role is Role.PRIMARY and not changes_term_or_vote(rd, durable)
     early: list[Message] = []
     late: list[Message] = []
     for m in rd.messages:

@@ -8,7 +8,14 @@ the chat tables in one SQLite file (WAL), plus snapshot files.
 """
 
 from .replica import ReplicaStore, StoreCorrupt, entry_crc
-from .snapshots import SnapshotFile, SnapshotInvalid, SnapshotReceiver, chunks, latest_snapshot
+from .snapshots import (
+    SnapshotFile,
+    SnapshotInvalid,
+    SnapshotReceiver,
+    chunks,
+    latest_snapshot,
+    latest_snapshot_path,
+)
 
 __all__ = [
     "ReplicaStore",
@@ -19,4 +26,5 @@ __all__ = [
     "chunks",
     "entry_crc",
     "latest_snapshot",
+    "latest_snapshot_path",
 ]

@@ -30,7 +30,16 @@ from pathlib import Path
 
 from chorus.chat import ChatMachine, schema
 from chorus.chat.commands import Result
-from chorus.raft import Entry, EntryKind, HardState, Membership, Persisted, Ready, SnapshotMeta
+from chorus.raft import (
+    Entry,
+    EntryKind,
+    HardState,
+    Membership,
+    Persisted,
+    Ready,
+    SnapshotMeta,
+    needs_fsync,
+)
 
 from .snapshots import SnapshotFile, copy_chat_tables_from, write_snapshot
 
@@ -180,31 +189,26 @@ class ReplicaStore:
     def durable_term_vote(self) -> tuple[int, int]:
         return self._term_vote
 
-    def changes_term_or_vote(self, rd: Ready) -> bool:
-        hs = rd.hard_state
-        return hs is not None and (hs.term, hs.vote) != self._term_vote
-
     def needs_sync(self, rd: Ready) -> bool:
-        """Whether persisting ``rd`` makes promises to peers, so needs an fsync:
-        entries, a snapshot, a new term or vote. (The commit index alone need
-        not be durable: a restart recovers it as at least the applied index; nor
-        need an apply: the log it comes from is durable.)"""
-        return rd.snapshot is not None or bool(rd.entries) or self.changes_term_or_vote(rd)
+        """Whether persisting ``rd`` takes an fsync (``chorus.raft.needs_fsync``).
+        The commit index alone need not be durable: a restart recovers it as at
+        least the applied index; nor need an apply: the log it comes from is."""
+        return needs_fsync(rd, self._term_vote)
 
     def save(self, rd: Ready, snapshot: SnapshotFile | None = None) -> list[tuple[int, Result]]:
         """Persist a Ready and apply its committed entries in ONE transaction with
         one fsync (group commit, as the replica loop's steps 1 and 3 together).
         Returns (index, result) for each chat command applied."""
-        return self._write(rd.snapshot, snapshot, rd.entries, rd.hard_state, rd.committed)
+        return self._write(rd.snapshot, snapshot, rd.entries, rd.hard_state, rd.committed, self.needs_sync(rd))
 
     def persist(self, rd: Ready, snapshot: SnapshotFile | None = None) -> None:
         """Step 1 of the replica loop alone: snapshot, entries, hard state; one fsync."""
-        self._write(rd.snapshot, snapshot, rd.entries, rd.hard_state, ())
+        self._write(rd.snapshot, snapshot, rd.entries, rd.hard_state, (), self.needs_sync(rd))
 
     def apply(self, entries: Sequence[Entry]) -> list[tuple[int, Result]]:
         """Step 3 alone: apply committed entries and record the applied index, in
         one transaction, without an fsync (see the module's docstring)."""
-        return self._write(None, None, (), None, entries)
+        return self._write(None, None, (), None, entries, False)
 
     def _write(
         self,
@@ -213,10 +217,10 @@ class ReplicaStore:
         entries: Sequence[Entry],
         hs: HardState | None,
         committed: Sequence[Entry],
+        promise: bool,
     ) -> list[tuple[int, Result]]:
+        """``promise``: ``needs_sync`` of the Ready: commit with an fsync."""
         c = self.conn
-        # The same rule as needs_sync: only promises to peers are fsynced.
-        promise = snap_meta is not None or bool(entries) or (hs is not None and (hs.term, hs.vote) != self._term_vote)
         if not (promise or hs is not None or committed):
             return []
         if committed:

@@ -119,9 +119,14 @@ def open_snapshot(path: Path) -> SnapshotFile:
     return SnapshotFile(meta, path, path.stat().st_size, file_sha256(path), digest)
 
 
-def latest_snapshot(directory: Path) -> SnapshotFile | None:
+def latest_snapshot_path(directory: Path) -> Path | None:
     files = sorted(directory.glob("snapshot-*.db")) if directory.exists() else []
-    return open_snapshot(files[-1]) if files else None
+    return files[-1] if files else None
+
+
+def latest_snapshot(directory: Path) -> SnapshotFile | None:
+    path = latest_snapshot_path(directory)
+    return open_snapshot(path) if path is not None else None
 
 
 def chunks(snapshot: SnapshotFile, size: int = CHUNK_BYTES) -> Iterator[tuple[int, bytes]]:
