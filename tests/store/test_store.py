@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import sqlite3
+import tempfile
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from chorus.chat import commands as C
 from chorus.chat import queries, schema
@@ -286,3 +289,38 @@ def test_manual_checkpoints_happen_only_when_asked(tmp_path: Path) -> None:
     plain = ReplicaStore(tmp_path / "p.db")
     fill(plain, chat_log(300)[:10])
     assert not plain.checkpoint_due()  # SQLite checkpoints a plain store on its own
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(st.tuples(st.integers(1, 12), st.integers(0, 8), st.booleans()), min_size=1, max_size=12))
+def test_the_log_in_segments_reads_back_as_written(tmp_path: Path, steps: list[tuple[int, int, bool]]) -> None:
+    """Writes of any length, cutting back into earlier segments, and compactions
+    to any applied index: the log read back is the model's, entry for entry."""
+    s = ReplicaStore(Path(tempfile.mkdtemp(dir=tmp_path)) / "r.db", MEMBERS)
+    model: list[Entry] = []
+    snap = term = 0
+    for count, back, compact in steps:
+        term += 1
+        start = max(snap + 1, len(model) + 1 - back)  # a new primary rewrites up to `back` entries
+        new = [Entry(i, term, EntryKind.COMMAND, b"e%d.%d" % (i, term)) for i in range(start, start + count)]
+        s.persist(ready(new, HardState(term, 1, 0)))
+        model = model[: start - 1] + new
+        if compact and len(model) > snap + 1:
+            snap = (snap + len(model)) // 2
+            s.conn.execute("UPDATE applied_state SET applied = ?", (snap,))  # as if applied up to it
+            assert s.compact(snap).index == snap
+        p = s.restore()
+        assert list(p.entries) == model[snap:]
+        assert s.last_index() == len(model)
+    s.close()
+
+
+def test_a_segment_shorter_than_it_says_stops_the_replica(tmp_path: Path) -> None:
+    path = tmp_path / "r.db"
+    s = ReplicaStore(path, MEMBERS)
+    s.persist(ready(chat_log(10), HardState(1, 1, 0)))
+    s.close()
+    with sqlite3.connect(path) as c:
+        c.execute("UPDATE raft_log SET last = last + 1")  # claims an entry it does not hold
+    with pytest.raises(StoreCorrupt, match=rf"{path}: raft log entry 13 is missing"):
+        ReplicaStore(path).restore()

@@ -15,8 +15,12 @@ The replica loop calls, for each Ready of the consensus core, either:
   applied index travels with the state. The next fsync makes it durable anyway,
   because WAL frames reach the disk in order.
 
-Every log entry carries a CRC-32 of (index, term, kind, data), checked when the
-log is read back at start. A replica whose file is corrupt or torn refuses to
+The log is stored in segments: each write of entries appends one row holding
+them all (up to ``SEGMENT_BYTES``), so a batch of a hundred entries costs one
+B-tree insert, not a hundred. A conflicting suffix is cut off inside the same
+transaction: segments after the cut are deleted, the one it falls in is
+shortened. Every entry in a segment carries a CRC-32 of (index, term, kind,
+data), checked when the log is read back at start. A replica whose file is corrupt or torn refuses to
 start and names the file and the index; it never serves corrupt data.
 """
 
@@ -44,14 +48,14 @@ from chorus.raft import (
 from .snapshots import SnapshotFile, copy_chat_tables_from, write_snapshot
 
 _HEADER = struct.Struct("<qqq")
+ENTRY_HEADER = struct.Struct("<qBII")  # term, kind, size of data, CRC-32; the index is implied
+SEGMENT_BYTES = 1 << 20  # a longer write is stored as several segments
 
 DDL = """
-CREATE TABLE IF NOT EXISTS raft_log (
-    idx   INTEGER PRIMARY KEY,
-    term  INTEGER NOT NULL,
-    kind  INTEGER NOT NULL,
-    data  BLOB    NOT NULL,
-    crc   INTEGER NOT NULL
+CREATE TABLE IF NOT EXISTS raft_log (  -- consecutive entries, one segment per write
+    first INTEGER PRIMARY KEY,            -- the index of the segment's first entry
+    last  INTEGER NOT NULL,               -- and of its last
+    data  BLOB    NOT NULL                -- per entry: ENTRY_HEADER (term, kind, size, crc), its bytes
 );
 CREATE TABLE IF NOT EXISTS raft_state (
     id     INTEGER PRIMARY KEY CHECK (id = 1),
@@ -81,6 +85,66 @@ class StoreCorrupt(Exception):
 
 def entry_crc(index: int, term: int, kind: int, data: bytes) -> int:
     return zlib.crc32(data, zlib.crc32(_HEADER.pack(index, term, kind)))
+
+
+def pack_segment(entries: Sequence[Entry]) -> bytes:
+    pack = ENTRY_HEADER.pack
+    parts = []
+    for e in entries:
+        data = e.data
+        parts.append(pack(e.term, e.kind, len(data), entry_crc(e.index, e.term, e.kind, data)))
+        parts.append(data)
+    return b"".join(parts)
+
+
+def segments(entries: Sequence[Entry]) -> list[tuple[int, int, bytes]]:
+    """(first, last, data) rows for consecutive entries, each about SEGMENT_BYTES at most."""
+    rows = []
+    start = size = 0
+    for i, e in enumerate(entries):
+        size += ENTRY_HEADER.size + len(e.data)
+        if size >= SEGMENT_BYTES or i == len(entries) - 1:
+            rows.append((entries[start].index, e.index, pack_segment(entries[start : i + 1])))
+            start, size = i + 1, 0
+    return rows
+
+
+class _Damaged(Exception):
+    def __init__(self, index: int, what: str) -> None:
+        self.index, self.what = index, what
+
+
+def unpack_segment(first: int, last: int, blob: bytes, *, check: bool = True) -> list[Entry]:
+    """The entries of one segment, each checked against its CRC (with ``check``).
+    Raises _Damaged naming the first entry that is not sound."""
+    out = []
+    unpack, head = ENTRY_HEADER.unpack_from, ENTRY_HEADER.size
+    view = memoryview(blob)
+    pos, index, end = 0, first, len(blob)
+    while pos < end:
+        if pos + head > end:
+            raise _Damaged(index, "is cut short")
+        term, kind, size, crc = unpack(blob, pos)
+        pos += head
+        if pos + size > end:
+            raise _Damaged(index, "is cut short")
+        data = bytes(view[pos : pos + size])
+        pos += size
+        if check and crc != entry_crc(index, term, kind, data):
+            raise _Damaged(index, "fails its checksum")
+        out.append(Entry(index, term, kind, data))
+        index += 1
+    if index - 1 != last:
+        raise _Damaged(index, f"is missing: the segment from {first} should end at {last}")
+    return out
+
+
+def _offset_of(first: int, blob: bytes, index: int) -> int:
+    """Where entry ``index`` starts in a segment (found by its headers alone)."""
+    pos = 0
+    for _ in range(index - first):
+        pos += ENTRY_HEADER.size + ENTRY_HEADER.unpack_from(blob, pos)[2]
+    return pos
 
 
 def _state_crc(term: int, vote: int, commit: int) -> int:
@@ -149,16 +213,21 @@ class ReplicaStore:
             if crc != _state_crc(term, vote, commit):
                 raise StoreCorrupt(f"{self.path}: the hard state (term, vote) fails its checksum")
             snap = self.snapshot_meta()
-            entries = []
+            entries: list[Entry] = []
             expect = snap.index + 1
             last_term = snap.term
-            for idx, t, kind, data, crc in c.execute("SELECT idx, term, kind, data, crc FROM raft_log ORDER BY idx"):
-                if crc != entry_crc(idx, t, kind, data):
-                    raise StoreCorrupt(f"{self.path}: raft log entry {idx} fails its checksum")
-                if idx != expect or t < last_term:
-                    raise StoreCorrupt(f"{self.path}: raft log entry {idx} is out of place (expected {expect})")
-                entries.append(Entry(idx, t, kind, data))
-                expect, last_term = idx + 1, t
+            for first, last, blob in c.execute("SELECT first, last, data FROM raft_log ORDER BY first"):
+                try:
+                    segment = unpack_segment(first, last, blob)
+                except _Damaged as bad:
+                    raise StoreCorrupt(f"{self.path}: raft log entry {bad.index} {bad.what}") from None
+                for e in segment:
+                    if e.index <= snap.index and not entries:
+                        continue  # compacted: kept only as part of a segment that goes on
+                    if e.index != expect or e.term < last_term:
+                        raise StoreCorrupt(f"{self.path}: raft log entry {e.index} is out of place (expected {expect})")
+                    entries.append(e)
+                    expect, last_term = e.index + 1, e.term
             applied = self.applied()
         except sqlite3.DatabaseError as exc:
             raise StoreCorrupt(f"{self.path}: cannot be read: {exc}") from None
@@ -181,7 +250,7 @@ class ReplicaStore:
         return self.chat.digest()
 
     def last_index(self) -> int:
-        row = self.conn.execute("SELECT MAX(idx) FROM raft_log").fetchone()
+        row = self.conn.execute("SELECT MAX(last) FROM raft_log").fetchone()
         return row[0] if row[0] is not None else self.snapshot_meta().index
 
     # ------------------------------------------------------------------ the replica loop
@@ -241,12 +310,8 @@ class ReplicaStore:
                     self._install(snap_meta, snapshot)  # type: ignore[arg-type]
                 if entries:
                     # Replacing a conflicting suffix is part of this one transaction.
-                    c.execute("DELETE FROM raft_log WHERE idx >= ?", (entries[0].index,))
-                    c.executemany(
-                        "INSERT INTO raft_log (idx, term, kind, data, crc) VALUES (?,?,?,?,?)",
-                        [(e.index, e.term, e.kind, e.data, entry_crc(e.index, e.term, e.kind, e.data))
-                         for e in entries],
-                    )
+                    self._cut_log(entries[0].index)
+                    c.executemany("INSERT INTO raft_log (first, last, data) VALUES (?,?,?)", segments(entries))
                 if hs is not None:
                     c.execute(
                         "UPDATE raft_state SET term = ?, vote = ?, commit_index = ?, crc = ? WHERE id = 1",
@@ -277,6 +342,23 @@ class ReplicaStore:
         if committed:
             self.chat.publish()
         return results
+
+    def _segment_at(self, index: int) -> tuple[int, int, bytes] | None:
+        """The segment holding entry ``index``, if any."""
+        row = self.conn.execute(
+            "SELECT first, last, data FROM raft_log WHERE first <= ? ORDER BY first DESC LIMIT 1", (index,)
+        ).fetchone()
+        return row if row is not None and row[1] >= index else None
+
+    def _cut_log(self, index: int) -> None:
+        """Remove entries ``index`` and after (inside the caller's transaction)."""
+        c = self.conn
+        c.execute("DELETE FROM raft_log WHERE first >= ?", (index,))
+        straddling = self._segment_at(index)
+        if straddling is not None:
+            first, _, blob = straddling
+            c.execute("UPDATE raft_log SET last = ?, data = ? WHERE first = ?",
+                      (index - 1, blob[: _offset_of(first, blob, index)], first))
 
     def _apply_in_transaction(self, entries: Sequence[Entry]) -> list[tuple[int, Result]]:
         membership: bytes | None = None
@@ -336,16 +418,23 @@ class ReplicaStore:
         current = self.snapshot_meta()
         if index <= current.index:
             return current
-        (term,) = c.execute("SELECT term FROM raft_log WHERE idx = ?", (index,)).fetchone()
-        row = c.execute(
-            "SELECT data FROM raft_log WHERE kind = ? AND idx <= ? ORDER BY idx DESC LIMIT 1",
-            (int(EntryKind.CONFIG), index),
-        ).fetchone()
-        membership = Membership.decode(row[0]) if row else current.membership
+        membership = current.membership
+        term = None
+        for first, last, blob in c.execute(
+            "SELECT first, last, data FROM raft_log WHERE first <= ? ORDER BY first", (index,)
+        ).fetchall():
+            for e in unpack_segment(first, last, blob, check=False):
+                if current.index < e.index <= index:
+                    term = e.term
+                    if e.kind == EntryKind.CONFIG:
+                        membership = Membership.decode(e.data)
+        if term is None:
+            raise ValueError(f"cannot compact to {index}: the log does not hold it")
         meta = SnapshotMeta(index, term, membership)
         c.execute("BEGIN IMMEDIATE")
         try:
-            c.execute("DELETE FROM raft_log WHERE idx <= ?", (index,))
+            # Whole segments up to the index go; one that goes on past it stays.
+            c.execute("DELETE FROM raft_log WHERE first <= ? AND last <= ?", (index, index))
             c.execute("UPDATE snapshot_meta SET idx = ?, term = ?, membership = ? WHERE id = 1",
                       (index, term, membership.encode()))
             c.execute("COMMIT")
