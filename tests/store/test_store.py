@@ -298,9 +298,8 @@ def test_the_log_in_segments_reads_back_as_written(tmp_path: Path, steps: list[t
     to any applied index: the log read back is the model's, entry for entry."""
     s = ReplicaStore(Path(tempfile.mkdtemp(dir=tmp_path)) / "r.db", MEMBERS)
     model: list[Entry] = []
-    snap = term = 0
-    for count, back, compact in steps:
-        term += 1
+    snap = 0
+    for term, (count, back, compact) in enumerate(steps, 1):
         start = max(snap + 1, len(model) + 1 - back)  # a new primary rewrites up to `back` entries
         new = [Entry(i, term, EntryKind.COMMAND, b"e%d.%d" % (i, term)) for i in range(start, start + count)]
         s.persist(ready(new, HardState(term, 1, 0)))
