@@ -120,7 +120,11 @@ class ChatMachine:
         self.view = self.work.copy()  # what readers see: published after each commit
         self._messages: list[tuple] = []  # buffered inserts
         self._dirty_clients: set[str] = set()
-        self._changed_convs: set[Key] = set()  # since the last publish
+        # What changed since the last publish: sends record their new values (copied
+        # in one dict.update each); other commands the keys (looked up in ``work``).
+        self._sent_heads: dict[Key, int] = {}
+        self._sent_unread: dict[Key, int] = {}
+        self._changed_convs: set[Key] = set()
         self._changed_marks: set[Key] = set()
         self._changed_users: set[int] = set()
         self.last_commands: dict[int, AnyCommand] = {}
@@ -130,7 +134,13 @@ class ChatMachine:
 
     def publish(self) -> None:
         """Make the committed changes visible to readers (call after COMMIT)."""
-        self.view.publish(self.work, self._changed_convs, self._changed_marks, self._changed_users)
+        view = self.view
+        view.heads.update(self._sent_heads)
+        view.unread.update(self._sent_unread)
+        self._sent_heads.clear()
+        self._sent_unread.clear()
+        # After the sends' values: a later delete in the same batch wins.
+        view.publish(self.work, self._changed_convs, self._changed_marks, self._changed_users)
         self._changed_convs.clear()
         self._changed_marks.clear()
         self._changed_users.clear()
@@ -255,8 +265,7 @@ class ChatMachine:
         h = message_hash(index, sid, rid, prev, now, body)
         self._messages.append((index, sid, rid, prev, now, body, h - _TWO64 if h >= _TWO63 else h))
         self.rows_digest += h
-        work.heads[key] = index
-        self._changed_convs.add(key)
+        work.heads[key] = self._sent_heads[key] = index
         if not prev:  # a new conversation
             work.peers.setdefault(sid, set()).add(rid)  # type: ignore[union-attr]
             work.peers.setdefault(rid, set()).add(sid)  # type: ignore[union-attr]
@@ -264,8 +273,7 @@ class ChatMachine:
         if rid != sid:
             mark = (rid, sid)
             unread = work.unread
-            unread[mark] = unread.get(mark, 0) + 1
-            self._changed_marks.add(mark)
+            unread[mark] = self._sent_unread[mark] = unread.get(mark, 0) + 1
         return Result(data={"id": index, "sent_at": now, "to": self.users[rid].name})
 
     def _other(self, index: int, cmd: AnyCommand, now: int) -> Result:
