@@ -81,12 +81,13 @@ class User:
 
 
 class Client:
-    __slots__ = ("acked", "hash", "last_seen", "results")
+    __slots__ = ("acked", "hash", "last_seen", "results", "stored")
 
     def __init__(self, acked: int = 0, last_seen: int = 0, results: dict[int, Result] | None = None):
         self.acked, self.last_seen = acked, last_seen
         self.results: dict[int, Result] = results if results is not None else {}
         self.hash = 0  # of the row as stored; 0 while it is not stored
+        self.stored = False
 
     def blob(self) -> bytes:
         return _pack_results(sorted(self.results.items()))
@@ -113,6 +114,7 @@ class ChatMachine:
         for cid, acked, seen, blob in c.execute("SELECT client_id, acked, last_seen, results FROM clients"):
             cl = self.clients[cid] = Client(acked, seen, dict(_unpack_results(blob)))
             cl.hash = client_hash(cid, acked, seen, blob)
+            cl.stored = True
         log_time, digest = c.execute("SELECT log_time, rows_digest FROM chat_state").fetchone()
         self.log_time: int = log_time
         self.rows_digest: int = to_unsigned(digest)
@@ -224,21 +226,21 @@ class ChatMachine:
             )
             self._messages = []
         if self._dirty_clients:
-            rows = []
+            changed, added = [], []
+            clients = self.clients
             for cid in sorted(self._dirty_clients):
-                cl = self.clients.get(cid)
+                cl = clients.get(cid)
                 if cl is not None:
                     blob = cl.blob()
-                    rows.append((cid, cl.acked, cl.last_seen, blob))
                     new = client_hash(cid, cl.acked, cl.last_seen, blob)
+                    (changed if cl.stored else added).append((cid, cl.acked, cl.last_seen, blob))
                     self.rows_digest += new - cl.hash
-                    cl.hash = new
-            c.executemany(
-                "INSERT INTO clients (client_id, acked, last_seen, results) VALUES (?,?,?,?) "
-                "ON CONFLICT (client_id) DO UPDATE SET acked = excluded.acked, "
-                "last_seen = excluded.last_seen, results = excluded.results",
-                rows,
-            )
+                    cl.hash, cl.stored = new, True
+            if changed:
+                c.executemany("UPDATE clients SET acked = ?2, last_seen = ?3, results = ?4 WHERE client_id = ?1",
+                              changed)
+            if added:
+                c.executemany("INSERT INTO clients (client_id, acked, last_seen, results) VALUES (?,?,?,?)", added)
             self._dirty_clients.clear()
         self.rows_digest &= MASK
         c.execute(

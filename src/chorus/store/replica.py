@@ -87,25 +87,22 @@ def entry_crc(index: int, term: int, kind: int, data: bytes) -> int:
     return zlib.crc32(data, zlib.crc32(_HEADER.pack(index, term, kind)))
 
 
-def pack_segment(entries: Sequence[Entry]) -> bytes:
-    pack = ENTRY_HEADER.pack
-    parts = []
-    for e in entries:
-        data = e.data
-        parts.append(pack(e.term, e.kind, len(data), entry_crc(e.index, e.term, e.kind, data)))
-        parts.append(data)
-    return b"".join(parts)
-
-
 def segments(entries: Sequence[Entry]) -> list[tuple[int, int, bytes]]:
     """(first, last, data) rows for consecutive entries, each about SEGMENT_BYTES at most."""
-    rows = []
-    start = size = 0
-    for i, e in enumerate(entries):
-        size += ENTRY_HEADER.size + len(e.data)
-        if size >= SEGMENT_BYTES or i == len(entries) - 1:
-            rows.append((entries[start].index, e.index, pack_segment(entries[start : i + 1])))
-            start, size = i + 1, 0
+    pack, head, crc32, index_term_kind = ENTRY_HEADER.pack, ENTRY_HEADER.size, zlib.crc32, _HEADER.pack
+    rows: list[tuple[int, int, bytes]] = []
+    parts: list[bytes] = []
+    size, first = 0, entries[0].index
+    for e in entries:
+        index, term, kind, data = e.index, e.term, e.kind, e.data
+        crc = crc32(data, crc32(index_term_kind(index, term, kind)))  # entry_crc, inlined
+        parts += (pack(term, kind, len(data), crc), data)
+        size += head + len(data)
+        if size >= SEGMENT_BYTES:
+            rows.append((first, index, b"".join(parts)))
+            parts, size, first = [], 0, index + 1
+    if parts:
+        rows.append((first, entries[-1].index, b"".join(parts)))
     return rows
 
 
