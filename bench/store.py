@@ -84,10 +84,10 @@ def measure(store: ReplicaStore, wl: Workload, sends: int, rounds: int = 10) -> 
     """Both ways of writing, alternating in rounds (this machine's speed drifts:
     alternating keeps the comparison fair); the median round of each."""
     per_round = max(1, sends // BATCH // rounds)
-    one, two, persist, apply = [], [], [], []
+    one, two, persist, apply, cpu = [], [], [], [], []
     for _ in range(rounds):
         batches = [wl.sends(BATCH) for _ in range(2 * per_round)]  # made before the clock starts
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         for entries in batches[:per_round]:
             # One transaction: the Ready's entries persisted and (as on a replica whose
             # log runs just ahead of its commit index) applied, one fsync.
@@ -95,6 +95,7 @@ def measure(store: ReplicaStore, wl: Workload, sends: int, rounds: int = 10) -> 
                              entries=tuple(entries), messages=(), committed=tuple(entries), reads=(),
                              membership=None))
         one.append(per_round * BATCH / (time.perf_counter() - t0))
+        cpu.append((time.process_time() - c0) / (per_round * BATCH) * 1e6)
         p = a = 0.0
         t0 = time.perf_counter()
         for entries in batches[per_round:]:
@@ -105,7 +106,8 @@ def measure(store: ReplicaStore, wl: Workload, sends: int, rounds: int = 10) -> 
         apply.append(a / per_round * 1e3)
     med = statistics.median
     return {"one_txn_rate": med(one), "rate": med(two), "persist_ms": med(persist), "apply_ms": med(apply),
-            "apply_rate": BATCH / med(apply) * 1e3, "one_txn_spread": (min(one), max(one))}
+            "apply_rate": BATCH / med(apply) * 1e3, "one_txn_spread": (min(one), max(one)),
+            "cpu_us": med(cpu)}
 
 
 def fill(store: ReplicaStore, wl: Workload, target: int) -> float:
@@ -181,6 +183,8 @@ def main(argv: list[str] | None = None) -> int:
          f"{full['one_txn_spread'][1]:,.0f})", ""),
         ("Growth: rate with messages stored / rate empty", f"{full['one_txn_rate'] / empty['one_txn_rate']:.2f}",
          ">= 0.90"),
+        ("CPU per send, one transaction per batch (user + system), empty / full",
+         f"{empty['cpu_us']:.1f} / {full['cpu_us']:.1f} µs", ""),
         ("Persist, then apply: two transactions per batch (one fsync), empty / full",
          f"{empty['rate']:,.0f} / {full['rate']:,.0f} sends/s", ""),
         ("Per batch of 100 (empty): persist with fsync / apply", f"{empty['persist_ms']:.2f} ms / {empty['apply_ms']:.2f} ms", ""),
