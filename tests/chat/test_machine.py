@@ -6,7 +6,7 @@ import sqlite3
 
 import pytest
 
-from chorus.chat import ChatMachine, queries, schema
+from chorus.chat import ChatMachine, machine, queries, schema
 from chorus.chat import commands as C
 from chorus.chat.machine import CLIENT_TTL_MS, MAX_RESULTS_KEPT
 
@@ -258,7 +258,26 @@ def test_idle_clients_are_forgotten_by_the_log_clock(chat: Chat) -> None:
     chat.ts += CLIENT_TTL_MS + 3_600_000
     chat.one(C.LogOff, user=a)
     assert "old" not in chat.m.clients
-    assert chat.conn.execute("SELECT COUNT(*) FROM clients WHERE client_id = 'old'").fetchone() == (0,)
+    assert "old" not in schema.read_client_log(chat.conn)[0]  # written as forgotten
+    assert "old" not in ChatMachine(chat.conn).clients  # and so it stays, after a restart
+
+
+def test_the_client_log_is_rewritten_and_reads_back_the_same(chat: Chat, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(machine, "CLIENT_LOG_SLACK", 2000)
+    a, _ = chat.register("alice"), chat.register("bob")
+    rows = []
+    for k in range(300):
+        last = chat.cmd(C.Send, client=f"c{k % 7}", acked=chat.seq, user=a, to="bob", body=f"m{k}")
+        answer = chat.run(last)[0]
+        rows.append(chat.conn.execute("SELECT COUNT(*) FROM client_log").fetchone()[0])
+    assert max(rows) < 60 and rows[-1] < max(rows)  # it was rewritten, more than once
+    again = ChatMachine(chat.conn)
+    assert {cid: (c.acked, c.last_seen, c.results) for cid, c in again.clients.items()} == {
+        cid: (c.acked, c.last_seen, c.results) for cid, c in chat.m.clients.items()}
+    assert again.digest() == chat.m.digest() == schema.full_digest(chat.conn)
+    chat.m = again  # a retry of the last send, after the restart: the saved answer, no second message
+    assert answer.ok and chat.run(last) == [answer]
+    assert len(chat.history(a, "bob", limit=1000)) == 300
 
 
 def test_the_log_clock_never_goes_back(chat: Chat) -> None:
@@ -289,7 +308,7 @@ def test_the_same_log_gives_the_same_digest_on_two_machines() -> None:
         chat.one(C.MarkRead, user=b, peer="alice", upto=15)
     assert one.m.digest() == two.m.digest()
     dump = [list(one.conn.iterdump()), list(two.conn.iterdump())]
-    assert dump[0] == dump[1]  # byte for byte, table by table
+    assert dump[0] == dump[1]  # byte for byte, table by table (the same batches: the same client log rows)
 
 
 def test_a_corrupt_message_row_is_never_served(chat: Chat) -> None:

@@ -5,7 +5,9 @@ the store records "applied up to index i" in the same transaction, so an entry i
 never applied twice nor skipped. It is deterministic. It never reads a clock, a
 random source or the environment, and what it writes depends only on the
 commands and the current state, so every replica that applies the same log holds
-the same tables, byte for byte, and the same digest.
+the same tables and the same digest. (The one table that can differ in layout is
+the client log, which each replica cuts into rows at its own batch boundaries;
+replayed, it gives the same client records everywhere.)
 
 Bad commands are not errors of the machine: they produce a Result with an error
 code, and change nothing.
@@ -13,7 +15,8 @@ code, and change nothing.
 Speed: a send appends one message row (no secondary index: conversations are
 chains, see schema.py), and updates the derived conversation state in memory
 (view.py). Users and client records are cached. Sends are buffered and written
-with one executemany per batch. Any other command flushes the buffer first, so
+with one executemany per batch; the client records a batch changed are written
+as one row of the client log (schema.py). Any other command flushes the buffer first, so
 it sees every earlier write.
 """
 
@@ -41,9 +44,12 @@ from .commands import (
 )
 from .schema import (
     MASK,
+    ClientTuple,
     client_hash,
     marker_hash,
     message_hash,
+    pack_client_records,
+    read_client_log,
     state_digest,
     to_signed,
     to_unsigned,
@@ -54,11 +60,10 @@ from .view import ConversationView, Key, conv_key
 _TWO63, _TWO64 = 1 << 63, 1 << 64
 HOUR_MS = 3_600_000
 CLIENT_TTL_MS = 24 * HOUR_MS  # a client silent this long (in log time) is forgotten
+CLIENT_LOG_SLACK = 256 * 1024  # bytes the client log may hold beyond twice the live records
 MAX_RESULTS_KEPT = 256  # per client: answers a pipelining client has not acknowledged
 MAX_DELETE = 1000  # message ids in one delete
 
-_pack_results = msgspec.msgpack.Encoder().encode
-_unpack_results = msgspec.msgpack.Decoder(list[tuple[int, Result]]).decode
 
 # The chain of a conversation, newest first, from a message down to (not below) a bound.
 CHAIN = """WITH RECURSIVE chain(id, prev) AS (
@@ -81,16 +86,15 @@ class User:
 
 
 class Client:
-    __slots__ = ("acked", "hash", "last_seen", "results", "stored")
+    __slots__ = ("acked", "hash", "last_seen", "results")
 
     def __init__(self, acked: int = 0, last_seen: int = 0, results: dict[int, Result] | None = None):
         self.acked, self.last_seen = acked, last_seen
         self.results: dict[int, Result] = results if results is not None else {}
-        self.hash = 0  # of the row as stored; 0 while it is not stored
-        self.stored = False
+        self.hash = 0  # counted in the digest; 0 until the client is first written
 
-    def blob(self) -> bytes:
-        return _pack_results(sorted(self.results.items()))
+    def record(self, client_id: str) -> ClientTuple:
+        return (client_id, self.acked, self.last_seen, sorted(self.results.items()))
 
 
 class ChatMachine:
@@ -111,10 +115,11 @@ class ChatMachine:
             self.users[uid] = User(uid, name, pw, created, logoff, views)
             self.by_key[rules.name_key(name)] = uid
         self.clients: dict[str, Client] = {}
-        for cid, acked, seen, blob in c.execute("SELECT client_id, acked, last_seen, results FROM clients"):
-            cl = self.clients[cid] = Client(acked, seen, dict(_unpack_results(blob)))
-            cl.hash = client_hash(cid, acked, seen, blob)
-            cl.stored = True
+        records, self._client_log_bytes = read_client_log(c)
+        for cid, r in records.items():
+            cl = self.clients[cid] = Client(r.acked, r.last_seen, dict(r.results or ()))
+            cl.hash = client_hash(cl.record(cid))
+        self._client_log_live = 0  # bytes of the log when last rewritten
         log_time, digest = c.execute("SELECT log_time, rows_digest FROM chat_state").fetchone()
         self.log_time: int = log_time
         self.rows_digest: int = to_unsigned(digest)
@@ -210,11 +215,10 @@ class ChatMachine:
         client.last_seen = now
 
     def _expire_clients(self, now: int) -> None:
-        self.flush()
         cutoff = now - CLIENT_TTL_MS
         for cid in [cid for cid, c in self.clients.items() if c.last_seen < cutoff]:
             self.rows_digest -= self.clients.pop(cid).hash
-            self.conn.execute("DELETE FROM clients WHERE client_id = ?", (cid,))
+            self._dirty_clients.add(cid)  # written as forgotten
 
     def flush(self) -> None:
         """Write what the buffered sends changed."""
@@ -226,27 +230,37 @@ class ChatMachine:
             )
             self._messages = []
         if self._dirty_clients:
-            changed, added = [], []
+            # One row for all the clients this batch changed (see schema.client_log).
             clients = self.clients
-            for cid in sorted(self._dirty_clients):
+            records: list[ClientTuple | tuple[str]] = []
+            for cid in self._dirty_clients:
                 cl = clients.get(cid)
-                if cl is not None:
-                    blob = cl.blob()
-                    new = client_hash(cid, cl.acked, cl.last_seen, blob)
-                    (changed if cl.stored else added).append((cid, cl.acked, cl.last_seen, blob))
-                    self.rows_digest += new - cl.hash
-                    cl.hash, cl.stored = new, True
-            if changed:
-                c.executemany("UPDATE clients SET acked = ?2, last_seen = ?3, results = ?4 WHERE client_id = ?1",
-                              changed)
-            if added:
-                c.executemany("INSERT INTO clients (client_id, acked, last_seen, results) VALUES (?,?,?,?)", added)
+                if cl is None:
+                    records.append((cid,))  # forgotten
+                    continue
+                record = cl.record(cid)
+                new = client_hash(record)
+                self.rows_digest += new - cl.hash
+                cl.hash = new
+                records.append(record)
             self._dirty_clients.clear()
+            blob = pack_client_records(records)
+            c.execute("INSERT INTO client_log (records) VALUES (?)", (blob,))
+            self._client_log_bytes += len(blob)
+            if self._client_log_bytes > 2 * self._client_log_live + CLIENT_LOG_SLACK:
+                self._rewrite_client_log()
         self.rows_digest &= MASK
         c.execute(
             "UPDATE chat_state SET log_time = ?, rows_digest = ? WHERE id = 1",
             (self.log_time, to_signed(self.rows_digest)),
         )
+
+    def _rewrite_client_log(self) -> None:
+        """Replace the client log by one row of the live records."""
+        blob = pack_client_records([cl.record(cid) for cid, cl in self.clients.items()])
+        self.conn.execute("DELETE FROM client_log")
+        self.conn.execute("INSERT INTO client_log (records) VALUES (?)", (blob,))
+        self._client_log_bytes = self._client_log_live = len(blob)
 
     # ------------------------------------------------------------------ commands
     def _send(self, index: int, cmd: Send, now: int) -> Result:

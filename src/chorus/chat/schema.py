@@ -15,6 +15,8 @@ import sqlite3
 
 import msgspec
 
+from .commands import Result
+
 DDL = """
 CREATE TABLE IF NOT EXISTS users (
     id          INTEGER PRIMARY KEY,      -- the log index of the registration
@@ -44,21 +46,24 @@ CREATE TABLE IF NOT EXISTS read_markers (  -- "user has read the conversation wi
     read_upto   INTEGER NOT NULL,
     PRIMARY KEY (user_id, peer_id)
 ) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS clients (        -- exactly-once bookkeeping
-    client_id   TEXT    PRIMARY KEY,
-    acked       INTEGER NOT NULL,
-    last_seen   INTEGER NOT NULL,
-    results     BLOB    NOT NULL          -- [[seq, result], ...] for seqs above acked
-) WITHOUT ROWID;
+-- Exactly-once bookkeeping, as a log of changes: each apply that changed client
+-- records appends one row holding them all (ClientRecord, msgpack), and the log
+-- is rewritten as one row once it holds twice what is live. Replaying it in id
+-- order gives every client's (acked, last_seen, kept results). A row per client,
+-- updated on every request, cost more than everything else a send does.
+CREATE TABLE IF NOT EXISTS client_log (
+    id          INTEGER PRIMARY KEY,
+    records     BLOB    NOT NULL
+);
 CREATE TABLE IF NOT EXISTS chat_state (
     id          INTEGER PRIMARY KEY CHECK (id = 1),
     log_time    INTEGER NOT NULL,         -- the log's own clock: max of command times
-    rows_digest INTEGER NOT NULL          -- sum of row hashes mod 2**64, stored signed
+    rows_digest INTEGER NOT NULL          -- sum of row and client hashes mod 2**64, stored signed
 );
 INSERT OR IGNORE INTO chat_state (id, log_time, rows_digest) VALUES (1, 0, 0);
 """
 
-CHAT_TABLES = ("users", "messages", "read_markers", "clients")
+CHAT_TABLES = ("users", "messages", "read_markers", "client_log")
 MASK = (1 << 64) - 1
 _pack = msgspec.msgpack.Encoder().encode
 
@@ -90,9 +95,40 @@ def marker_hash(user_id: int, peer_id: int, read_upto: int) -> int:
     return row_hash("r", user_id, peer_id, read_upto)
 
 
-def client_hash(client_id: str, acked: int, last_seen: int, results: bytes) -> int:
-    return _from_bytes(_blake2b(_pack(("k", (client_id, acked, last_seen, results))), digest_size=8).digest(),
-                       "little")
+class ClientRecord(msgspec.Struct, array_like=True, frozen=True):
+    """One client's exactly-once state; ``results`` None: the client was forgotten."""
+
+    client: str
+    acked: int = 0
+    last_seen: int = 0
+    results: list[tuple[int, Result]] | None = None
+
+
+_records = msgspec.msgpack.Decoder(list[ClientRecord]).decode
+ClientTuple = tuple[str, int, int, list[tuple[int, Result]]]  # a live ClientRecord, as written
+
+
+def client_hash(record: ClientTuple) -> int:
+    """Of a live client record (client_id, acked, last_seen, results sorted by seq)."""
+    return _from_bytes(_blake2b(_pack(("k", record)), digest_size=8).digest(), "little")
+
+
+def pack_client_records(records: list[ClientTuple] | list[ClientTuple | tuple[str]]) -> bytes:
+    return _pack(records)
+
+
+def read_client_log(conn: sqlite3.Connection) -> tuple[dict[str, ClientRecord], int]:
+    """Every live client, by replaying the client log; and the log's size in bytes."""
+    clients: dict[str, ClientRecord] = {}
+    size = 0
+    for (blob,) in conn.execute("SELECT records FROM client_log ORDER BY id"):
+        size += len(blob)
+        for r in _records(blob):
+            if r.results is None:
+                clients.pop(r.client, None)
+            else:
+                clients[r.client] = r
+    return clients, size
 
 
 def to_signed(x: int) -> int:
@@ -119,7 +155,7 @@ def full_digest(conn: sqlite3.Connection) -> int:
         total += message_hash(*row)
     for row in conn.execute("SELECT user_id, peer_id, read_upto FROM read_markers"):
         total += marker_hash(*row)
-    for row in conn.execute("SELECT client_id, acked, last_seen, results FROM clients"):
-        total += client_hash(*row)
+    for r in read_client_log(conn)[0].values():
+        total += client_hash((r.client, r.acked, r.last_seen, r.results))  # type: ignore[arg-type]
     (log_time,) = conn.execute("SELECT log_time FROM chat_state").fetchone()
     return state_digest(total & MASK, log_time)
