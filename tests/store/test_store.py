@@ -323,3 +323,12 @@ def test_a_segment_shorter_than_it_says_stops_the_replica(tmp_path: Path) -> Non
         c.execute("UPDATE raft_log SET last = last + 1")  # claims an entry it does not hold
     with pytest.raises(StoreCorrupt, match=rf"{path}: raft log entry 13 is missing"):
         ReplicaStore(path).restore()
+
+
+def test_a_file_in_another_storage_format_is_refused_with_what_to_do(tmp_path: Path) -> None:
+    path = tmp_path / "r.db"
+    ReplicaStore(path, MEMBERS).close()
+    with sqlite3.connect(path) as c:
+        c.execute("PRAGMA user_version = 1")
+    with pytest.raises(StoreCorrupt, match=r"storage format 1, and this chorus reads format 2; .* start it empty"):
+        ReplicaStore(path)

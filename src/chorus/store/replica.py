@@ -47,6 +47,7 @@ from chorus.raft import (
 
 from .snapshots import SnapshotFile, copy_chat_tables_from, write_snapshot
 
+FORMAT = 2  # PRAGMA user_version: 2 has the log in segments and the client log
 _HEADER = struct.Struct("<qqq")
 ENTRY_HEADER = struct.Struct("<qBII")  # term, kind, size of data, CRC-32; the index is implied
 SEGMENT_BYTES = 1 << 20  # a longer write is stored as several segments
@@ -176,6 +177,13 @@ class ReplicaStore:
             c.execute("PRAGMA synchronous = FULL")
             if manual_checkpoints:
                 c.execute("PRAGMA wal_autocheckpoint = 0")
+            version = c.execute("PRAGMA user_version").fetchone()[0]
+            if fresh:
+                c.execute(f"PRAGMA user_version = {FORMAT}")
+            elif version != FORMAT:
+                raise StoreCorrupt(
+                    f"{self.path}: written in storage format {version}, and this chorus reads format {FORMAT}; "
+                    "move this replica's data directory away and start it empty: it catches up from the others")
             if check and not fresh:
                 problems = [r[0] for r in c.execute("PRAGMA quick_check")]
                 if problems != ["ok"]:
