@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sqlite3
 
+import msgspec
 import pytest
 
 from chorus.chat import ChatMachine, machine, queries, schema
@@ -342,3 +343,9 @@ def test_messages_after_an_id(chat: Chat) -> None:
     got = queries.messages_after(chat.conn, chat.m.view, a, m1)
     assert [m.id for m in got] == [m2, m4]
     assert [m.id for m in queries.messages_after(chat.conn, chat.m.view, a, 0)] == [m1, m2, m4]
+
+
+@pytest.mark.parametrize("n", [0, 1, 15, 16, 65535, 65536])
+def test_a_client_log_row_is_one_msgpack_array_of_its_records(n: int) -> None:
+    packed = [schema.pack_client((f"c{i}", i, i + 1, [])) for i in range(n)]
+    assert msgspec.msgpack.decode(schema.join_clients(packed)) == [[f"c{i}", i, i + 1, []] for i in range(n)]

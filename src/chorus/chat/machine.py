@@ -46,9 +46,10 @@ from .schema import (
     MASK,
     ClientTuple,
     client_hash,
+    join_clients,
     marker_hash,
     message_hash,
-    pack_client_records,
+    pack_client,
     read_client_log,
     state_digest,
     to_signed,
@@ -118,7 +119,7 @@ class ChatMachine:
         records, self._client_log_bytes = read_client_log(c)
         for cid, r in records.items():
             cl = self.clients[cid] = Client(r.acked, r.last_seen, dict(r.results or ()))
-            cl.hash = client_hash(cl.record(cid))
+            cl.hash = client_hash(pack_client(cl.record(cid)))
         self._client_log_live = 0  # bytes of the log when last rewritten
         log_time, digest = c.execute("SELECT log_time, rows_digest FROM chat_state").fetchone()
         self.log_time: int = log_time
@@ -232,19 +233,19 @@ class ChatMachine:
         if self._dirty_clients:
             # One row for all the clients this batch changed (see schema.client_log).
             clients = self.clients
-            records: list[ClientTuple | tuple[str]] = []
+            packed = []
             for cid in self._dirty_clients:
                 cl = clients.get(cid)
                 if cl is None:
-                    records.append((cid,))  # forgotten
+                    packed.append(pack_client((cid,)))  # forgotten
                     continue
-                record = cl.record(cid)
+                record = pack_client(cl.record(cid))
                 new = client_hash(record)
                 self.rows_digest += new - cl.hash
                 cl.hash = new
-                records.append(record)
+                packed.append(record)
             self._dirty_clients.clear()
-            blob = pack_client_records(records)
+            blob = join_clients(packed)
             c.execute("INSERT INTO client_log (records) VALUES (?)", (blob,))
             self._client_log_bytes += len(blob)
             if self._client_log_bytes > 2 * self._client_log_live + CLIENT_LOG_SLACK:
@@ -257,7 +258,7 @@ class ChatMachine:
 
     def _rewrite_client_log(self) -> None:
         """Replace the client log by one row of the live records."""
-        blob = pack_client_records([cl.record(cid) for cid, cl in self.clients.items()])
+        blob = join_clients([pack_client(cl.record(cid)) for cid, cl in self.clients.items()])
         self.conn.execute("DELETE FROM client_log")
         self.conn.execute("INSERT INTO client_log (records) VALUES (?)", (blob,))
         self._client_log_bytes = self._client_log_live = len(blob)

@@ -108,13 +108,22 @@ _records = msgspec.msgpack.Decoder(list[ClientRecord]).decode
 ClientTuple = tuple[str, int, int, list[tuple[int, Result]]]  # a live ClientRecord, as written
 
 
-def client_hash(record: ClientTuple) -> int:
-    """Of a live client record (client_id, acked, last_seen, results sorted by seq)."""
-    return _from_bytes(_blake2b(_pack(("k", record)), digest_size=8).digest(), "little")
+def pack_client(record: ClientTuple | tuple[str]) -> bytes:
+    """One client record as stored (msgpack); (client_id,) alone: forgotten."""
+    return _pack(record)
 
 
-def pack_client_records(records: list[ClientTuple] | list[ClientTuple | tuple[str]]) -> bytes:
-    return _pack(records)
+def client_hash(packed: bytes) -> int:
+    """Of a live client record as packed (results sorted by seq)."""
+    return _from_bytes(_blake2b(b"k" + packed, digest_size=8).digest(), "little")
+
+
+def join_clients(packed: list[bytes]) -> bytes:
+    """Packed records as one msgpack array (a row of the client log)."""
+    n = len(packed)
+    head = bytes((0x90 | n,)) if n < 16 else (b"\xdc" + n.to_bytes(2, "big") if n < 1 << 16 else
+                                               b"\xdd" + n.to_bytes(4, "big"))
+    return head + b"".join(packed)
 
 
 def read_client_log(conn: sqlite3.Connection) -> tuple[dict[str, ClientRecord], int]:
@@ -156,6 +165,6 @@ def full_digest(conn: sqlite3.Connection) -> int:
     for row in conn.execute("SELECT user_id, peer_id, read_upto FROM read_markers"):
         total += marker_hash(*row)
     for r in read_client_log(conn)[0].values():
-        total += client_hash((r.client, r.acked, r.last_seen, r.results))  # type: ignore[arg-type]
+        total += client_hash(pack_client((r.client, r.acked, r.last_seen, r.results)))  # type: ignore[arg-type]
     (log_time,) = conn.execute("SELECT log_time FROM chat_state").fetchone()
     return state_digest(total & MASK, log_time)
