@@ -65,5 +65,9 @@ bench-core: $(STAMP)
 bench-store: $(STAMP)
 	$(PY) bench/store.py $(if $(QUICK),--quick --messages 100000)
 
+# CPU instructions per stored send (valgrind): steady where the machine's speed is not.
+bench-instructions: $(STAMP)
+	$(PY) bench/instructions.py
+
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis
