@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 JOBS   ?= 2
 
-.PHONY: run chat test lint sim chaos screenshots bench bench-core bench-store bench-cluster clean
+.PHONY: run chat test lint sim chaos screenshots bench bench-core bench-store bench-cluster bench-instructions clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
