@@ -325,10 +325,18 @@ def test_a_segment_shorter_than_it_says_stops_the_replica(tmp_path: Path) -> Non
         ReplicaStore(path).restore()
 
 
-def test_a_file_in_another_storage_format_is_refused_with_what_to_do(tmp_path: Path) -> None:
+def test_a_file_in_a_newer_storage_format_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "r.db"
     ReplicaStore(path, MEMBERS).close()
     with sqlite3.connect(path) as c:
-        c.execute("PRAGMA user_version = 1")
-    with pytest.raises(StoreCorrupt, match=r"storage format 1, and this chorus reads format 2; .* start it empty"):
+        c.execute("PRAGMA user_version = 3")
+    with pytest.raises(StoreCorrupt, match=rf"{path}: written in storage format 3, and this chorus reads format 2"):
         ReplicaStore(path)
+
+
+def test_a_file_left_empty_by_a_crash_while_it_was_created_is_created_again(tmp_path: Path) -> None:
+    path = tmp_path / "r.db"
+    with sqlite3.connect(path) as c:
+        c.execute("PRAGMA journal_mode = WAL")  # what the first start had done when it died
+    s = ReplicaStore(path, MEMBERS)
+    assert s.conn.execute("PRAGMA user_version").fetchone() == (2,) and s.restore().entries == []

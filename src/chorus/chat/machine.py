@@ -6,8 +6,9 @@ never applied twice nor skipped. It is deterministic. It never reads a clock, a
 random source or the environment, and what it writes depends only on the
 commands and the current state, so every replica that applies the same log holds
 the same tables and the same digest. (The one table that can differ in layout is
-the client log, which each replica cuts into rows at its own batch boundaries;
-replayed, it gives the same client records everywhere.)
+the client log, which each replica cuts into rows at its own batch boundaries
+and rewrites at its own times; replayed, it gives the same client records
+everywhere.)
 
 Bad commands are not errors of the machine: they produce a Result with an error
 code, and change nothing.
@@ -117,10 +118,13 @@ class ChatMachine:
             self.by_key[rules.name_key(name)] = uid
         self.clients: dict[str, Client] = {}
         records, self._client_log_bytes = read_client_log(c)
+        live = 0
         for cid, r in records.items():
             cl = self.clients[cid] = Client(r.acked, r.last_seen, dict(r.results or ()))
-            cl.hash = client_hash(pack_client(cl.record(cid)))
-        self._client_log_live = 0  # bytes of the log when last rewritten
+            record = cl.record(cid)
+            cl.hash = client_hash(record)
+            live += len(pack_client(record))
+        self._client_log_live = live  # bytes of the live records, as of the last load or rewrite
         log_time, digest = c.execute("SELECT log_time, rows_digest FROM chat_state").fetchone()
         self.log_time: int = log_time
         self.rows_digest: int = to_unsigned(digest)
@@ -234,16 +238,16 @@ class ChatMachine:
             # One row for all the clients this batch changed (see schema.client_log).
             clients = self.clients
             packed = []
-            for cid in self._dirty_clients:
+            for cid in sorted(self._dirty_clients):
                 cl = clients.get(cid)
                 if cl is None:
                     packed.append(pack_client((cid,)))  # forgotten
                     continue
-                record = pack_client(cl.record(cid))
+                record = cl.record(cid)
                 new = client_hash(record)
                 self.rows_digest += new - cl.hash
                 cl.hash = new
-                packed.append(record)
+                packed.append(pack_client(record))
             self._dirty_clients.clear()
             blob = join_clients(packed)
             c.execute("INSERT INTO client_log (records) VALUES (?)", (blob,))

@@ -17,6 +17,12 @@ import msgspec
 
 from .commands import Result
 
+CLIENT_LOG_DDL = """
+CREATE TABLE IF NOT EXISTS client_log (
+    id          INTEGER PRIMARY KEY,
+    records     BLOB    NOT NULL
+)"""
+
 DDL = """
 CREATE TABLE IF NOT EXISTS users (
     id          INTEGER PRIMARY KEY,      -- the log index of the registration
@@ -51,10 +57,7 @@ CREATE TABLE IF NOT EXISTS read_markers (  -- "user has read the conversation wi
 -- is rewritten as one row once it holds twice what is live. Replaying it in id
 -- order gives every client's (acked, last_seen, kept results). A row per client,
 -- updated on every request, cost more than everything else a send does.
-CREATE TABLE IF NOT EXISTS client_log (
-    id          INTEGER PRIMARY KEY,
-    records     BLOB    NOT NULL
-);
+""" + CLIENT_LOG_DDL + """;
 CREATE TABLE IF NOT EXISTS chat_state (
     id          INTEGER PRIMARY KEY CHECK (id = 1),
     log_time    INTEGER NOT NULL,         -- the log's own clock: max of command times
@@ -113,9 +116,13 @@ def pack_client(record: ClientTuple | tuple[str]) -> bytes:
     return _pack(record)
 
 
-def client_hash(packed: bytes) -> int:
-    """Of a live client record as packed (results sorted by seq)."""
-    return _from_bytes(_blake2b(b"k" + packed, digest_size=8).digest(), "little")
+def client_hash(record: ClientTuple) -> int:
+    """Of a live client record (results sorted by seq). The same value as format 1
+    gave its row (client_id, acked, last_seen, packed results), so that a file
+    upgraded in place, and servers on either side of an upgrade, show the same digest."""
+    cid, acked, last_seen, results = record
+    return _from_bytes(_blake2b(_pack(("k", (cid, acked, last_seen, _pack(results)))), digest_size=8).digest(),
+                       "little")
 
 
 def join_clients(packed: list[bytes]) -> bytes:
@@ -124,6 +131,20 @@ def join_clients(packed: list[bytes]) -> bytes:
     head = bytes((0x90 | n,)) if n < 16 else (b"\xdc" + n.to_bytes(2, "big") if n < 1 << 16 else
                                                b"\xdd" + n.to_bytes(4, "big"))
     return head + b"".join(packed)
+
+
+_format_1_results = msgspec.msgpack.Decoder(list[tuple[int, Result]]).decode
+
+
+def upgrade_clients_from_format_1(conn: sqlite3.Connection, source: str = "main") -> None:
+    """Format 1 kept a row per client in ``clients``: write them as one row of the
+    client log and drop the table (inside the caller's transaction)."""
+    rows = conn.execute(f"SELECT client_id, acked, last_seen, results FROM {source}.clients ORDER BY client_id")
+    packed = [pack_client((cid, acked, seen, _format_1_results(blob))) for cid, acked, seen, blob in rows]
+    if packed:
+        conn.execute("INSERT INTO main.client_log (records) VALUES (?)", (join_clients(packed),))
+    if source == "main":
+        conn.execute("DROP TABLE clients")
 
 
 def read_client_log(conn: sqlite3.Connection) -> tuple[dict[str, ClientRecord], int]:
@@ -165,6 +186,6 @@ def full_digest(conn: sqlite3.Connection) -> int:
     for row in conn.execute("SELECT user_id, peer_id, read_upto FROM read_markers"):
         total += marker_hash(*row)
     for r in read_client_log(conn)[0].values():
-        total += client_hash(pack_client((r.client, r.acked, r.last_seen, r.results)))  # type: ignore[arg-type]
+        total += client_hash((r.client, r.acked, r.last_seen, r.results))  # type: ignore[arg-type]
     (log_time,) = conn.execute("SELECT log_time FROM chat_state").fetchone()
     return state_digest(total & MASK, log_time)

@@ -32,6 +32,8 @@ import zlib
 from collections.abc import Sequence
 from pathlib import Path
 
+import msgspec
+
 from chorus.chat import ChatMachine, schema
 from chorus.chat.commands import Result
 from chorus.raft import (
@@ -52,12 +54,13 @@ _HEADER = struct.Struct("<qqq")
 ENTRY_HEADER = struct.Struct("<qBII")  # term, kind, size of data, CRC-32; the index is implied
 SEGMENT_BYTES = 1 << 20  # a longer write is stored as several segments
 
-DDL = """
+_RAFT_LOG_DDL = """
 CREATE TABLE IF NOT EXISTS raft_log (  -- consecutive entries, one segment per write
     first INTEGER PRIMARY KEY,            -- the index of the segment's first entry
     last  INTEGER NOT NULL,               -- and of its last
     data  BLOB    NOT NULL                -- per entry: ENTRY_HEADER (term, kind, size, crc), its bytes
-);
+)"""
+DDL = _RAFT_LOG_DDL + """;
 CREATE TABLE IF NOT EXISTS raft_state (
     id     INTEGER PRIMARY KEY CHECK (id = 1),
     term   INTEGER NOT NULL,
@@ -167,7 +170,6 @@ class ReplicaStore:
         and fsyncs there."""
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        fresh = not self.path.exists()
         self._manual = manual_checkpoints
         self._commits = 0  # since the last checkpoint
         try:
@@ -178,18 +180,18 @@ class ReplicaStore:
             if manual_checkpoints:
                 c.execute("PRAGMA wal_autocheckpoint = 0")
             version = c.execute("PRAGMA user_version").fetchone()[0]
-            if fresh:
-                c.execute(f"PRAGMA user_version = {FORMAT}")
-            elif version != FORMAT:
-                raise StoreCorrupt(
-                    f"{self.path}: written in storage format {version}, and this chorus reads format {FORMAT}; "
-                    "move this replica's data directory away and start it empty: it catches up from the others")
+            fresh = c.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()[0] == 0
             if check and not fresh:
                 problems = [r[0] for r in c.execute("PRAGMA quick_check")]
                 if problems != ["ok"]:
                     raise StoreCorrupt(f"{self.path}: the database is damaged: {'; '.join(problems[:3])}")
-            c.executescript(DDL)
-            schema.create(c)
+            if not fresh and version == 0:
+                self._upgrade_from_format_1()
+            elif not fresh and version != FORMAT:
+                raise StoreCorrupt(f"{self.path}: written in storage format {version}, "
+                                   f"and this chorus reads format {FORMAT} (and upgrades format 1)")
+            # Created in one transaction with its format: a crash half way leaves an empty file.
+            c.executescript(f"BEGIN; {DDL} {schema.DDL} PRAGMA user_version = {FORMAT}; COMMIT;")
             boot = (bootstrap or Membership()).encode()
             c.execute("INSERT OR IGNORE INTO raft_state VALUES (1, 0, 0, 0, ?)", (_state_crc(0, 0, 0),))
             c.execute("INSERT OR IGNORE INTO snapshot_meta VALUES (1, 0, 0, ?)", (boot,))
@@ -197,8 +199,39 @@ class ReplicaStore:
             self.chat = ChatMachine(c)
             self._term_vote = c.execute("SELECT term, vote FROM raft_state").fetchone()
             self._applied: int = self.applied()
-        except sqlite3.DatabaseError as exc:
+        except (sqlite3.DatabaseError, msgspec.DecodeError, msgspec.ValidationError) as exc:
             raise StoreCorrupt(f"{self.path}: cannot be read: {exc}") from None
+
+    def _upgrade_from_format_1(self) -> None:
+        """Format 1 (before user_version was set) kept a row per log entry and a row
+        per client. Convert the file in place, in one transaction: the log into
+        segments (every entry's CRC checked first), the client rows into one row
+        of the client log. The digest is unchanged: a client record hashes the same
+        in both formats."""
+        c = self.conn
+        c.execute("BEGIN IMMEDIATE")
+        try:
+            entries: list[Entry] = []
+            for idx, term, kind, data, crc in c.execute(
+                "SELECT idx, term, kind, data, crc FROM raft_log ORDER BY idx"
+            ):
+                if crc != entry_crc(idx, term, kind, data):
+                    raise StoreCorrupt(f"{self.path}: raft log entry {idx} fails its checksum")
+                if entries and idx != entries[-1].index + 1:
+                    raise StoreCorrupt(f"{self.path}: raft log entry {idx} is out of place "
+                                       f"(expected {entries[-1].index + 1})")
+                entries.append(Entry(idx, term, kind, data))
+            c.execute("DROP TABLE raft_log")
+            c.execute(_RAFT_LOG_DDL)
+            if entries:
+                c.executemany("INSERT INTO raft_log (first, last, data) VALUES (?,?,?)", segments(entries))
+            c.execute(schema.CLIENT_LOG_DDL)
+            schema.upgrade_clients_from_format_1(c)
+            c.execute(f"PRAGMA user_version = {FORMAT}")
+            c.execute("COMMIT")
+        except BaseException:
+            c.execute("ROLLBACK")
+            raise
 
     def close(self) -> None:
         self.conn.close()
@@ -255,8 +288,8 @@ class ReplicaStore:
         return self.chat.digest()
 
     def last_index(self) -> int:
-        row = self.conn.execute("SELECT MAX(last) FROM raft_log").fetchone()
-        return row[0] if row[0] is not None else self.snapshot_meta().index
+        row = self.conn.execute("SELECT last FROM raft_log ORDER BY first DESC LIMIT 1").fetchone()
+        return row[0] if row is not None else self.snapshot_meta().index
 
     # ------------------------------------------------------------------ the replica loop
     @property
@@ -348,20 +381,15 @@ class ReplicaStore:
             self.chat.publish()
         return results
 
-    def _segment_at(self, index: int) -> tuple[int, int, bytes] | None:
-        """The segment holding entry ``index``, if any."""
-        row = self.conn.execute(
-            "SELECT first, last, data FROM raft_log WHERE first <= ? ORDER BY first DESC LIMIT 1", (index,)
-        ).fetchone()
-        return row if row is not None and row[1] >= index else None
-
     def _cut_log(self, index: int) -> None:
-        """Remove entries ``index`` and after (inside the caller's transaction)."""
+        """Remove entries ``index`` and after (inside the caller's transaction).
+        An append after the last entry finds nothing to cut and reads no data."""
         c = self.conn
         c.execute("DELETE FROM raft_log WHERE first >= ?", (index,))
-        straddling = self._segment_at(index)
-        if straddling is not None:
-            first, _, blob = straddling
+        row = c.execute("SELECT first, last FROM raft_log ORDER BY first DESC LIMIT 1").fetchone()
+        if row is not None and row[1] >= index:  # the cut falls inside the last segment left
+            first = row[0]
+            (blob,) = c.execute("SELECT data FROM raft_log WHERE first = ?", (first,)).fetchone()
             c.execute("UPDATE raft_log SET last = ?, data = ? WHERE first = ?",
                       (index - 1, blob[: _offset_of(first, blob, index)], first))
 

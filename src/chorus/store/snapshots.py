@@ -188,8 +188,14 @@ class SnapshotReceiver:
 
 def copy_chat_tables_from(conn: sqlite3.Connection, source: str) -> None:
     """Replace the chat tables of ``main`` with those of the attached ``source``
-    (inside the caller's transaction)."""
+    (inside the caller's transaction). A snapshot made by a server still on
+    storage format 1 has a row per client instead of the client log: converted."""
+    names = {r[0] for r in conn.execute(f"SELECT name FROM {source}.sqlite_master WHERE type = 'table'")}
     for table in TABLES:
+        if table == "client_log" and "client_log" not in names and "clients" in names:
+            conn.execute("DELETE FROM main.client_log")
+            schema.upgrade_clients_from_format_1(conn, source)
+            continue
         want = [r[1] for r in conn.execute(f"PRAGMA main.table_info({table})")]
         have = [r[1] for r in conn.execute(f"PRAGMA {source}.table_info({table})")]
         if want != have:
