@@ -340,3 +340,21 @@ def test_a_file_left_empty_by_a_crash_while_it_was_created_is_created_again(tmp_
         c.execute("PRAGMA journal_mode = WAL")  # what the first start had done when it died
     s = ReplicaStore(path, MEMBERS)
     assert s.conn.execute("PRAGMA user_version").fetchone() == (2,) and s.restore().entries == []
+
+
+def test_the_digest_other_threads_read_is_never_of_a_batch_half_applied(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    s = ReplicaStore(tmp_path / "r.db", MEMBERS)
+    log = chat_log(20)
+    fill(s, log[:10])
+    before, seen = s.digest(), []
+    real = s.chat.flush
+
+    def flush() -> None:  # inside the apply's transaction, its rows counted in the working digest
+        seen.append((s.chat.digest(), s.digest()))
+        real()
+
+    monkeypatch.setattr(s.chat, "flush", flush)
+    s.apply(log[10:])
+    assert seen and all(working != before and published == before for working, published in seen)
+    assert s.digest() == schema.full_digest(s.conn) != before  # published with the commit

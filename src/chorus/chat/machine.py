@@ -140,8 +140,11 @@ class ChatMachine:
         self._changed_marks: set[Key] = set()
         self._changed_users: set[int] = set()
         self.last_commands: dict[int, AnyCommand] = {}
+        self.published_digest = self.digest()
 
     def digest(self) -> int:
+        """Of the state as applied so far (inside a batch: part of it). Other
+        threads read ``published_digest``: the digest as of the last publish."""
         return state_digest(self.rows_digest, self.log_time)
 
     def publish(self) -> None:
@@ -153,6 +156,7 @@ class ChatMachine:
         self._sent_unread.clear()
         # After the sends' values: a later delete in the same batch wins.
         view.publish(self.work, self._changed_convs, self._changed_marks, self._changed_users)
+        self.published_digest = self.digest()
         self._changed_convs.clear()
         self._changed_marks.clear()
         self._changed_users.clear()

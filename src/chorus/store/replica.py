@@ -284,8 +284,9 @@ class ReplicaStore:
         return self.conn.execute("SELECT applied FROM applied_state").fetchone()[0]
 
     def digest(self) -> int:
-        """The chat state's digest at the applied index (kept up to date: O(1))."""
-        return self.chat.digest()
+        """The chat state's digest at the applied index (kept up to date: O(1)).
+        Safe from any thread: never the digest of a batch half applied."""
+        return self.chat.published_digest
 
     def last_index(self) -> int:
         row = self.conn.execute("SELECT last FROM raft_log ORDER BY first DESC LIMIT 1").fetchone()
