@@ -27,13 +27,10 @@ import store as S
 from chorus.store import ReplicaStore
 st = ReplicaStore(tempfile.mkdtemp() + "/c.db")
 wl = S.Workload()
-def ready(b):
-    return S.Ready(hard_state=S.HardState(1, 1, b[-1].index), soft_state=None, snapshot=None, entries=tuple(b),
-                   messages=(), committed=tuple(b), reads=(), membership=None)
-st.save(ready(wl.registrations()))
+st.save(S.ready(wl.registrations(), committed=True))
 batches = [wl.sends(S.BATCH) for _ in range(250)][: int(sys.argv[1])]  # the same work made either way
 for b in batches:
-    st.save(ready(b))
+    st.save(S.ready(b, committed=True))
 """
 
 

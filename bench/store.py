@@ -67,9 +67,12 @@ class Workload:
         return self.next_entries(n, send)
 
 
-def ready(entries: list[Entry]) -> Ready:
+def ready(entries: list[Entry], *, committed: bool = False) -> Ready:
+    """The Ready that persists ``entries``; with ``committed``, also applies them (as
+    on a replica whose log runs just ahead of its commit index)."""
     return Ready(hard_state=HardState(1, 1, entries[-1].index), soft_state=None, snapshot=None,
-                 entries=tuple(entries), messages=(), committed=(), reads=(), membership=None)
+                 entries=tuple(entries), messages=(), committed=tuple(entries) if committed else (), reads=(),
+                 membership=None)
 
 
 def cycle(store: ReplicaStore, entries: list[Entry]) -> tuple[float, float]:
@@ -94,11 +97,7 @@ def measure(stores: list[tuple[ReplicaStore, Workload]], sends: int, rounds: int
             batches = [wl.sends(BATCH) for _ in range(2 * per_round)]  # made before the clock starts
             t0, c0 = time.perf_counter(), time.process_time()
             for entries in batches[:per_round]:
-                # One transaction: the Ready's entries persisted and (as on a replica whose
-                # log runs just ahead of its commit index) applied, one fsync.
-                store.save(Ready(hard_state=HardState(1, 1, entries[-1].index), soft_state=None, snapshot=None,
-                                 entries=tuple(entries), messages=(), committed=tuple(entries), reads=(),
-                                 membership=None))
+                store.save(ready(entries, committed=True))  # one transaction, one fsync
             a["one"].append(per_round * BATCH / (time.perf_counter() - t0))
             a["cpu"].append((time.process_time() - c0) / (per_round * BATCH) * 1e6)
             p = ap = 0.0

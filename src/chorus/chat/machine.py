@@ -17,8 +17,8 @@ Speed: a send appends one message row (no secondary index: conversations are
 chains, see schema.py), and updates the derived conversation state in memory
 (view.py). Users and client records are cached. Sends are buffered and written
 with one executemany per batch; the client records a batch changed are written
-as one row of the client log (schema.py). Any other command flushes the buffer first, so
-it sees every earlier write.
+as one row of the client log (schema.py). Any other command flushes the buffer
+first, so it sees every earlier write.
 """
 
 from __future__ import annotations

@@ -75,13 +75,9 @@ def create(conn: sqlite3.Connection) -> None:
     conn.executescript(DDL)
 
 
-_blake2b = hashlib.blake2b
-_from_bytes = int.from_bytes
-
-
 def row_hash(tag: str, *values: object) -> int:
     """A 64-bit hash of one row, the same on every machine and every run."""
-    return _from_bytes(_blake2b(_pack((tag, values)), digest_size=8).digest(), "little")
+    return int.from_bytes(hashlib.blake2b(_pack((tag, values)), digest_size=8).digest(), "little")
 
 
 def user_hash(row: tuple) -> int:
@@ -89,9 +85,7 @@ def user_hash(row: tuple) -> int:
 
 
 def message_hash(mid: int, sender: int, recipient: int, prev: int, sent_at: int, body: str) -> int:
-    # row_hash("m", ...), one call less: it runs for every message sent
-    return _from_bytes(_blake2b(_pack(("m", (mid, sender, recipient, prev, sent_at, body))), digest_size=8).digest(),
-                       "little")
+    return row_hash("m", mid, sender, recipient, prev, sent_at, body)
 
 
 def marker_hash(user_id: int, peer_id: int, read_upto: int) -> int:
@@ -121,8 +115,7 @@ def client_hash(record: ClientTuple) -> int:
     gave its row (client_id, acked, last_seen, packed results), so that a file
     upgraded in place, and servers on either side of an upgrade, show the same digest."""
     cid, acked, last_seen, results = record
-    return _from_bytes(_blake2b(_pack(("k", (cid, acked, last_seen, _pack(results)))), digest_size=8).digest(),
-                       "little")
+    return row_hash("k", cid, acked, last_seen, _pack(results))
 
 
 def join_clients(packed: list[bytes]) -> bytes:
@@ -137,14 +130,12 @@ _format_1_results = msgspec.msgpack.Decoder(list[tuple[int, Result]]).decode
 
 
 def upgrade_clients_from_format_1(conn: sqlite3.Connection, source: str = "main") -> None:
-    """Format 1 kept a row per client in ``clients``: write them as one row of the
-    client log and drop the table (inside the caller's transaction)."""
+    """Format 1 kept a row per client in ``clients`` (of ``source``): write them as
+    one row of the client log of ``main`` (inside the caller's transaction)."""
     rows = conn.execute(f"SELECT client_id, acked, last_seen, results FROM {source}.clients ORDER BY client_id")
     packed = [pack_client((cid, acked, seen, _format_1_results(blob))) for cid, acked, seen, blob in rows]
     if packed:
         conn.execute("INSERT INTO main.client_log (records) VALUES (?)", (join_clients(packed),))
-    if source == "main":
-        conn.execute("DROP TABLE clients")
 
 
 def read_client_log(conn: sqlite3.Connection) -> tuple[dict[str, ClientRecord], int]:

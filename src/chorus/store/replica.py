@@ -20,8 +20,9 @@ them all (up to ``SEGMENT_BYTES``), so a batch of a hundred entries costs one
 B-tree insert, not a hundred. A conflicting suffix is cut off inside the same
 transaction: segments after the cut are deleted, the one it falls in is
 shortened. Every entry in a segment carries a CRC-32 of (index, term, kind,
-data), checked when the log is read back at start. A replica whose file is corrupt or torn refuses to
-start and names the file and the index; it never serves corrupt data.
+data), checked when the log is read back at start. A replica whose file is
+corrupt or torn refuses to start and names the file and the index; it never
+serves corrupt data.
 """
 
 from __future__ import annotations
@@ -93,14 +94,13 @@ def entry_crc(index: int, term: int, kind: int, data: bytes) -> int:
 
 def segments(entries: Sequence[Entry]) -> list[tuple[int, int, bytes]]:
     """(first, last, data) rows for consecutive entries, each about SEGMENT_BYTES at most."""
-    pack, head, crc32, index_term_kind = ENTRY_HEADER.pack, ENTRY_HEADER.size, zlib.crc32, _HEADER.pack
+    pack, head = ENTRY_HEADER.pack, ENTRY_HEADER.size
     rows: list[tuple[int, int, bytes]] = []
     parts: list[bytes] = []
     size, first = 0, entries[0].index
     for e in entries:
         index, term, kind, data = e.index, e.term, e.kind, e.data
-        crc = crc32(data, crc32(index_term_kind(index, term, kind)))  # entry_crc, inlined
-        parts += (pack(term, kind, len(data), crc), data)
+        parts += (pack(term, kind, len(data), entry_crc(index, term, kind, data)), data)
         size += head + len(data)
         if size >= SEGMENT_BYTES:
             rows.append((first, index, b"".join(parts)))
@@ -227,6 +227,7 @@ class ReplicaStore:
                 c.executemany("INSERT INTO raft_log (first, last, data) VALUES (?,?,?)", segments(entries))
             c.execute(schema.CLIENT_LOG_DDL)
             schema.upgrade_clients_from_format_1(c)
+            c.execute("DROP TABLE clients")
             c.execute(f"PRAGMA user_version = {FORMAT}")
             c.execute("COMMIT")
         except BaseException:
