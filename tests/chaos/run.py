@@ -231,7 +231,7 @@ async def run(duration: float, seed: int, report: Path, *, size: int = 3, worker
     try:
         cluster.start()
         await cluster.primary(timeout=30)
-        wl = Workload(cluster.addresses, history, workers=workers, seed=seed)
+        wl = Workload(cluster.addresses, history, workers=workers, seed=seed, tls=cluster.client_tls)
         clients = await wl.setup()
         stop_monitor = asyncio.Event()
         monitor = asyncio.create_task(nemesis.monitor(stop_monitor))

@@ -20,6 +20,7 @@ import asyncio
 import random
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 from chorus.client import Client
 from chorus.client.errors import ChorusError, Unavailable
@@ -47,9 +48,10 @@ class Workload:
     request_timeout: float = 2.0
     retry_for: float = 6.0
     stop: asyncio.Event = field(default_factory=asyncio.Event)
+    tls: Any = None  # the cluster's CA (chorus.client.Client's ``tls``)
 
     def client(self) -> Client:
-        return Client(self.servers, request_timeout=self.request_timeout, retry_for=self.retry_for)
+        return Client(self.servers, request_timeout=self.request_timeout, retry_for=self.retry_for, tls=self.tls)
 
     async def record(self, worker: int, f: str, value: dict, call) -> tuple[str, object]:
         """Run one operation and add it to the history; returns (outcome, result)."""

@@ -11,13 +11,20 @@ from __future__ import annotations
 
 import sqlite3
 
+import msgspec
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
 from chorus.chat import ChatMachine, ConversationView, queries, rules, schema
 from chorus.chat import commands as C
-from chorus.chat.machine import CLIENT_TTL_MS, HOUR_MS, MAX_DELETE, MAX_RESULTS_KEPT
+from chorus.chat.machine import (
+    CLIENT_TTL_MS,
+    HOUR_MS,
+    MAX_DELETE,
+    MAX_ENDED_SESSIONS,
+    MAX_RESULTS_KEPT,
+)
 
 HASH = "$argon2id$v=19$m=65536,t=3,p=4$c2FsdA$aGFzaA"
 NAMES = ["ann", "Ann", "bob", "carol", "dave", "x", "toolongname_is_bad", "Bob", "eve99"]
@@ -31,6 +38,8 @@ class Model:
         self.read_upto: dict[tuple[int, int], int] = {}
         self.clients: dict[str, dict] = {}  # client -> {acked, last_seen, results}
         self.log_time = 0
+        self.epochs: dict[int, int] = {}  # user -> session epoch (absent: 0)
+        self.ended: dict[int, dict[str, int]] = {}  # user -> {session: expires, s}
 
     def by_name(self, name: str) -> int | None:
         return next((u for u, d in self.users.items() if d["name"].lower() == name.lower()), None)
@@ -45,6 +54,10 @@ class Model:
         return sum(1 for m in self.conv(user, peer) if m > upto and self.messages[m][0] == peer)
 
     def apply(self, index: int, cmd: C.AnyCommand) -> C.Result:
+        try:
+            C.decode(C.encode(cmd))  # out of bounds: not a command at all, nothing changes
+        except C.BadCommand:
+            return C.error("bad_command", "")
         cl = self.clients.get(cmd.client)
         if cl is not None:
             if cmd.seq in cl["results"]:
@@ -56,6 +69,10 @@ class Model:
         if now // HOUR_MS != prev // HOUR_MS:
             for cid in [c for c, d in self.clients.items() if d["last_seen"] < now - CLIENT_TTL_MS]:
                 del self.clients[cid]
+            for uid in list(self.ended):
+                self.ended[uid] = {sid: exp for sid, exp in self.ended[uid].items() if exp >= now // 1000}
+                if not self.ended[uid]:
+                    del self.ended[uid]
         result = self._apply(index, cmd, now)
         cl = self.clients.setdefault(cmd.client, {"acked": 0, "last_seen": 0, "results": {}})
         if cmd.acked > cl["acked"]:
@@ -77,7 +94,7 @@ class Model:
                 return C.error("name_taken", "")
             if not cmd.pw_hash.startswith("$argon2id$"):
                 return C.error("invalid_password_hash", "")
-            self.users[index] = {"name": cmd.name, "view_count": 5, "last_logoff": None}
+            self.users[index] = {"name": cmd.name, "view_count": 5, "last_logoff": None, "pw_hash": cmd.pw_hash}
             return C.ok(id=index, name=cmd.name)
         if cmd.user not in self.users:
             return C.error("unknown_user", "")
@@ -92,8 +109,6 @@ class Model:
             return C.ok(id=index, sent_at=now, to=self.users[to]["name"])
         if isinstance(cmd, C.DeleteMessages):
             ids = sorted(set(cmd.ids))
-            if len(ids) > MAX_DELETE:
-                return C.error("too_many", "")
             deleted = [i for i in ids if i in self.messages and self.messages[i][0] == me]
             pairs = {(self.messages[i][0], self.messages[i][1]) for i in deleted}
             for i in deleted:
@@ -119,15 +134,38 @@ class Model:
             return C.ok(view_count=cmd.count)
         if isinstance(cmd, C.LogOff):
             self.users[me]["last_logoff"] = now
-            return C.ok(last_logoff=now)
+            if not cmd.session:
+                return C.ok(last_logoff=now)
+            mine = self.ended.get(me, {})
+            if cmd.session in mine or cmd.session_expires < now // 1000:
+                return C.ok(last_logoff=now, ended=cmd.session)
+            if len(mine) >= MAX_ENDED_SESSIONS:
+                return C.ok(last_logoff=now, ended=cmd.session, epoch=self.next_epoch(me))
+            self.ended.setdefault(me, {})[cmd.session] = cmd.session_expires
+            return C.ok(last_logoff=now, ended=cmd.session)
+        if isinstance(cmd, C.LogoutAll):
+            self.users[me]["last_logoff"] = now
+            return C.ok(last_logoff=now, epoch=self.next_epoch(me))
+        if isinstance(cmd, C.ChangePassword):
+            if not cmd.pw_hash.startswith("$argon2id$"):
+                return C.error("invalid_password_hash", "")
+            self.users[me]["pw_hash"] = cmd.pw_hash
+            return C.ok(epoch=self.next_epoch(me))
         if isinstance(cmd, C.DeleteAccount):
             gone = [m for m, (s, r, _, _) in self.messages.items() if me in (s, r)]
             for m in gone:
                 del self.messages[m]
             self.read_upto = {k: v for k, v in self.read_upto.items() if me not in k}
             del self.users[me]
+            self.epochs.pop(me, None)
+            self.ended.pop(me, None)
             return C.ok(deleted_messages=len(gone))
         raise AssertionError(cmd)
+
+    def next_epoch(self, uid: int) -> int:
+        self.epochs[uid] = self.epochs.get(uid, 0) + 1
+        self.ended.pop(uid, None)
+        return self.epochs[uid]
 
 
 def same(a: C.Result, b: C.Result) -> bool:
@@ -220,9 +258,47 @@ class ChatMachineVsModel(RuleBasedStateMachine):
     def set_view_count(self, data, count, client) -> None:
         self._queue(self._cmd(C.SetViewCount, client, user=self._user(data), count=count), data)
 
-    @rule(data=st.data(), client=st.sampled_from(CLIENTS))
-    def log_off(self, data, client) -> None:
-        self._queue(self._cmd(C.LogOff, client, user=self._user(data)), data)
+    @rule(data=st.data(), client=st.sampled_from(CLIENTS), session=st.sampled_from(["", "s1", "s2", "s3"]),
+          expires=st.sampled_from([0, 5_000, 10**9, C.MAX_NUMBER]), many=st.integers(0, 20))
+    def log_off(self, data, client, session, expires, many) -> None:
+        """Ends the session (its token), kept until the token would have expired;
+        now and then a user ends so many that all of them end."""
+        user = self._user(data)
+        n = MAX_ENDED_SESSIONS + 1 if many == 0 and session else 1
+        for k in range(n):
+            sid = session if k == 0 else f"{session}-{k}"
+            self._queue(self._cmd(C.LogOff, client, user=user, session=sid, session_expires=expires), data)
+
+    @rule(data=st.data(), client=st.sampled_from(CLIENTS), bad_hash=st.booleans())
+    def end_every_session(self, data, client, bad_hash) -> None:
+        user = self._user(data)
+        if data.draw(st.booleans()):
+            self._queue(self._cmd(C.LogoutAll, client, user=user), data)
+        else:
+            pw = "plain-text" if bad_hash else HASH.replace("aGFzaA", "bmV3")
+            self._queue(self._cmd(C.ChangePassword, client, user=user, pw_hash=pw), data)
+
+    @rule(data=st.data(), client=st.sampled_from(CLIENTS),
+          field=st.sampled_from(["ts", "user", "seq", "acked", "upto", "count", "expires", "body", "client"]))
+    def out_of_bounds(self, data, client, field) -> None:
+        """What a hostile peer could forward: refused as not a command, nothing changes."""
+        big = data.draw(st.sampled_from([C.MAX_NUMBER + 1, 2**63, 2**64 + 7]))
+        user = self._user(data)
+        if field in ("ts", "seq", "acked"):
+            cmd = msgspec.structs.replace(self._cmd(C.LogOff, client, user=user), **{field: big})
+        elif field == "user":
+            cmd = self._cmd(C.Send, client, user=big, to="bob", body="hi")
+        elif field == "upto":
+            cmd = self._cmd(C.MarkRead, client, user=user, peer="bob", upto=big)
+        elif field == "count":
+            cmd = self._cmd(C.SetViewCount, client, user=user, count=big)
+        elif field == "expires":
+            cmd = self._cmd(C.LogOff, client, user=user, session="s9", session_expires=big)
+        elif field == "body":
+            cmd = self._cmd(C.Send, client, user=user, to="bob", body="x" * (rules.BODY_MAX + 1))
+        else:
+            cmd = msgspec.structs.replace(self._cmd(C.LogOff, client, user=user), client="c" * 65)
+        self._queue(cmd, data)
 
     @rule(data=st.data(), client=st.sampled_from(CLIENTS))
     def delete_account(self, data, client) -> None:
@@ -273,6 +349,25 @@ class ChatMachineVsModel(RuleBasedStateMachine):
     def digest_is_the_digest_of_every_row(self) -> None:
         if not self.pending:
             assert self.machine.digest() == schema.full_digest(self.conn)
+
+    @invariant()
+    def sessions_agree_with_the_model(self) -> None:
+        if self.pending:
+            return
+        m, c = self.model, self.conn
+        for uid in m.users:
+            epoch = m.epochs.get(uid, 0)
+            assert queries.session_epoch(c, uid) == epoch
+            assert not queries.session_ended(c, uid, "never-ended", epoch)
+            assert queries.session_ended(c, uid, "never-ended", epoch + 1)
+            for sid in m.ended.get(uid, {}):
+                assert queries.session_ended(c, uid, sid, epoch)
+            assert queries.user_by_id(c, uid).pw_hash == m.users[uid]["pw_hash"]
+        assert dict(c.execute("SELECT user_id, epoch FROM session_epochs")) == m.epochs
+        ended: dict[int, dict[str, int]] = {}
+        for uid, sid, exp in c.execute("SELECT user_id, session, expires FROM ended_sessions"):
+            ended.setdefault(uid, {})[sid] = exp
+        assert ended == m.ended
 
     @invariant()
     def queries_agree_with_the_model(self) -> None:

@@ -1,9 +1,13 @@
 """Real chorus servers as child processes on loopback, for tests.
 
 Each cluster gets its own directory and free ports, fast election timeouts
-(150-300 ms) unless told otherwise, and helpers to kill -9, stop, pause and
-restart servers, and to wait (by polling, never sleeping blindly) until
-something is true.
+(150-300 ms) unless told otherwise, TLS on both ports with a CA of its own
+(unless ``tls=False``), and helpers to kill -9, stop, pause and restart servers,
+and to wait (by polling, never sleeping blindly) until something is true.
+
+Tests register many accounts from one address in a few seconds, which the
+default limits would refuse: clusters here allow that (``TEST_LIMITS``), except
+where a test passes ``limits`` of its own (the security tests use the defaults).
 """
 
 from __future__ import annotations
@@ -13,15 +17,19 @@ import contextlib
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 
-from chorus.client import server_status
+from chorus.client import Client, server_status
+from chorus.server import certs
 
 ROOT = Path(__file__).resolve().parents[2]
+SECRET = "test-secret-0123456789abcdef"
+TEST_LIMITS = {"register_burst": 100_000, "register_per_hour": 1_000_000}
 
 
 def free_ports(n: int) -> list[int]:
@@ -39,13 +47,25 @@ def free_ports(n: int) -> list[int]:
 class Cluster:
     def __init__(self, root: Path, size: int = 3, *, fast: bool = True, snapshot_every: int | None = None,
                  extra_env: dict[str, str] | None = None, hosts: list[str] | None = None,
-                 launcher: Callable[[int], list[str]] | None = None) -> None:
+                 launcher: Callable[[int], list[str]] | None = None, tls: bool = True,
+                 limits: dict | None = None, serve_args: list[str] | None = None) -> None:
         """``hosts``: each server's address (default: all on loopback); ``launcher``:
-        the command prefix that starts server i (e.g. ``ip netns exec ...``)."""
+        the command prefix that starts server i (e.g. ``ip netns exec ...``);
+        ``limits``: the [limits] table (default ``TEST_LIMITS``; {} for the defaults);
+        ``serve_args``: more arguments for ``chorus serve`` (``--insecure``)."""
         self.root = root
         self.size = size
         self.hosts = hosts or ["127.0.0.1"] * size
         self.launcher = launcher
+        self.serve_args = serve_args or []
+        self.tls_dir = root / "tls"
+        self.ca: Path | None = None
+        if tls:
+            certs.create_ca(self.tls_dir, "chorus test CA")
+            for i, host in enumerate(self.hosts, 1):
+                certs.issue_server(self.tls_dir, i, sorted({host, "127.0.0.1", "localhost"}))
+            self.ca = self.tls_dir / "ca.crt"
+        self.client_tls: Path | bool = self.ca if self.ca is not None else False
         ports = free_ports(2 * size)
         self.peer_ports = ports[:size]
         self.client_ports = ports[size:]
@@ -55,9 +75,13 @@ class Cluster:
             f"client_port = {self.client_ports[i]}\n"
             for i in range(size)
         )
+        limits = TEST_LIMITS if limits is None else limits
+        tables = "[tls]\ndir = \"tls\"\n\n" if tls else ""
+        if limits:
+            tables += "[limits]\n" + "".join(f"{k} = {v!r}\n" for k, v in limits.items()) + "\n"
         self.config = root / "cluster.toml"
         self.config.write_text(
-            f"[cluster]\nsecret = \"test-secret-0123456789abcdef\"\ndata_dir = \"data\"\n\n[timing]\n{timing}{servers}"
+            f"[cluster]\nsecret = \"{SECRET}\"\ndata_dir = \"data\"\n\n{tables}[timing]\n{timing}{servers}"
         )
         self.env = {**os.environ, "PYTHONPATH": f"{ROOT / 'src'}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
                     "PYTHONUNBUFFERED": "1", **(extra_env or {})}
@@ -78,7 +102,8 @@ class Cluster:
             log = open(self.root / f"server{k}.log", "ab")  # noqa: SIM115 - kept by the child
             prefix = self.launcher(k) if self.launcher else []
             self.procs[k] = subprocess.Popen(
-                [*prefix, sys.executable, "-m", "chorus", "serve", "--id", str(k), "--config", str(self.config)],
+                [*prefix, sys.executable, "-m", "chorus", "serve", "--id", str(k), "--config", str(self.config),
+                 *self.serve_args],
                 stdout=log, stderr=log, env=self.env, cwd=self.root,
             )
 
@@ -114,8 +139,13 @@ class Cluster:
     def log(self, i: int) -> str:
         return (self.root / f"server{i}.log").read_text(errors="replace")
 
+    def client(self, servers: list[str] | None = None, **kw) -> Client:
+        """A client of this cluster (TLS with its CA, unless it has none)."""
+        return Client(servers or self.addresses, tls=self.client_tls, **kw)
+
     async def statuses(self) -> list[dict]:
-        return list(await asyncio.gather(*(server_status(a, timeout=1.0) for a in self.addresses)))
+        return list(await asyncio.gather(*(server_status(a, timeout=1.0, tls=self.client_tls)
+                                           for a in self.addresses)))
 
     async def primary(self, timeout: float = 20) -> int:
         """Wait until exactly one live server is primary and every other live one agrees."""
@@ -140,6 +170,69 @@ class Cluster:
                 return live
             return None
         return await wait_for(check, timeout, f"servers {ids} to converge")
+
+
+def tls_socket(address: str, ca: Path | None, *, cert: tuple[Path, Path] | None = None,
+               timeout: float = 10) -> socket.socket:
+    """A connection to ``address``: TLS against ``ca`` (presenting ``cert``, a
+    (certificate, key) pair, if given), or plaintext when ``ca`` is None."""
+    host, _, port = address.rpartition(":")
+    sock = socket.create_connection((host, int(port)), timeout=timeout)
+    if ca is None:
+        return sock
+    ctx = ssl.create_default_context(cafile=str(ca))
+    ctx.check_hostname = False  # (a peer's certificate names its id; clients' tests check host names elsewhere)
+    if cert is not None:
+        ctx.load_cert_chain(*cert)
+    return ctx.wrap_socket(sock, server_hostname=host)
+
+
+class Raw:
+    """A hand-made connection, for sending what no library would: frames, or
+    any bytes at all."""
+
+    def __init__(self, address: str, ca: Path | None = None, *, cert: tuple[Path, Path] | None = None,
+                 timeout: float = 10) -> None:
+        self.sock = tls_socket(address, ca, cert=cert, timeout=timeout)
+
+    def send(self, body: bytes) -> None:
+        self.sock.sendall(len(body).to_bytes(4, "big") + body)
+
+    def auth(self, token: str, rid: int = 1) -> dict:
+        self.send(b'{"op":"auth","id":%d,"token":"%s"}' % (rid, token.encode()))
+        return self.reply()
+
+    def raw(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def frame(self) -> bytes:
+        head = self._read(4)
+        return self._read(int.from_bytes(head, "big"))
+
+    def reply(self) -> dict:
+        import msgspec
+
+        return msgspec.json.decode(self.frame())
+
+    def _read(self, n: int) -> bytes:
+        out = b""
+        while len(out) < n:
+            chunk = self.sock.recv(n - len(out))
+            if not chunk:
+                raise ConnectionError("closed")
+            out += chunk
+        return out
+
+    def closed(self) -> bool:
+        """Whether the server closed the connection (waits for it, up to the timeout)."""
+        try:
+            return self.sock.recv(1) == b""
+        except (OSError, ssl.SSLError):
+            return True
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.sock.close()
 
 
 async def wait_for(check: Callable, timeout: float, what: str, interval: float = 0.05):

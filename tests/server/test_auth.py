@@ -17,18 +17,24 @@ TTL = 7 * 24 * 3600
 
 
 def test_issue_then_verify_gives_back_the_claims() -> None:
-    token = issue(SECRET, 42, "alice", NOW, TTL)
-    assert verify(SECRET, token, NOW) == Claims(uid=42, name="alice", exp=NOW + TTL)
+    token = issue(SECRET, 42, "alice", NOW, TTL, epoch=3, session="s-1")
+    assert verify(SECRET, token, NOW) == Claims(uid=42, name="alice", exp=NOW + TTL, sid="s-1", ep=3)
     # Any replica, any time before it expires.
     assert verify(SECRET, token, NOW + TTL - 1).uid == 42
 
 
+def test_every_token_is_a_session_of_its_own() -> None:
+    a, b = (verify(SECRET, issue(SECRET, 42, "alice", NOW, TTL), NOW) for _ in range(2))
+    assert a.sid != b.sid and len(a.sid) >= 16
+
+
 @settings(deadline=None)
-@given(st.integers(1, 2**53), st.text(min_size=1, max_size=40), st.integers(0, 2**40), st.integers(1, 10**8))
-def test_round_trip_for_any_user(uid: int, name: str, now: int, ttl: int) -> None:
-    token = issue(SECRET, uid, name, now, ttl)
+@given(st.integers(1, 2**53 - 1), st.text(min_size=1, max_size=40), st.integers(0, 2**40), st.integers(1, 10**8),
+       st.integers(0, 2**53 - 1))
+def test_round_trip_for_any_user(uid: int, name: str, now: int, ttl: int, epoch: int) -> None:
+    token = issue(SECRET, uid, name, now, ttl, epoch=epoch, session="abc")
     assert token.isascii() and " " not in token
-    assert verify(SECRET, token, now) == Claims(uid, name, now + ttl)
+    assert verify(SECRET, token, now) == Claims(uid, name, now + ttl, "abc", epoch)
 
 
 def test_tokens_of_different_users_differ() -> None:
@@ -66,11 +72,11 @@ def test_a_token_with_one_character_of_its_body_changed_is_refused(data: st.Data
 def test_a_body_rewritten_to_another_user_is_refused() -> None:
     token = issue(SECRET, 42, "alice", NOW, TTL)
     _, mac = token.split(".")
-    other = base64.urlsafe_b64encode(msgspec.json.encode(Claims(1, "admin", NOW + TTL))).rstrip(b"=").decode()
+    other = base64.urlsafe_b64encode(msgspec.json.encode(Claims(1, "admin", NOW + TTL, "s", 0))).rstrip(b"=").decode()
     with pytest.raises(BadToken):
         verify(SECRET, other + "." + mac, NOW)
     # Nor can the expiry be pushed back.
-    later = base64.urlsafe_b64encode(msgspec.json.encode(Claims(42, "alice", NOW + 100 * TTL))).rstrip(b"=").decode()
+    later = base64.urlsafe_b64encode(msgspec.json.encode(Claims(42, "alice", NOW + 100 * TTL, "s", 0))).rstrip(b"=").decode()
     with pytest.raises(BadToken):
         verify(SECRET, later + "." + mac, NOW)
 
@@ -99,7 +105,10 @@ def test_a_properly_signed_body_that_is_not_claims_is_refused() -> None:
     # Only a holder of the secret could make these; they must still not crash verify.
     from chorus.server.auth import _mac
 
-    for raw in (b"not json", b"[1,2,3]", b'{"uid":"42","name":"a","exp":1}', b'{"uid":42}', b"\xff"):
+    for raw in (b"not json", b"[1,2,3]", b'{"uid":"42","name":"a","exp":1}', b'{"uid":42}', b"\xff",
+                b'{"uid":42,"name":"a","exp":99999999999,"sid":"s","ep":9223372036854775808}',
+                b'{"uid":42,"name":"a","exp":99999999999}',  # a token of the format before sessions
+                b"[" * 100_000 + b"]" * 100_000):
         body = base64.urlsafe_b64encode(raw).rstrip(b"=")
         with pytest.raises(BadToken):
             verify(SECRET, body.decode() + "." + _mac(SECRET, body), NOW)

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import asyncio
 
-from chorus.client import Client
-
 from .cluster import Cluster, wait_for
 
 PASSWORD = "Secret123"
@@ -16,7 +14,7 @@ def test_a_ui_sees_the_connection_break_and_a_write_wait_for_a_majority(cluster:
     async def main():
         p = await cluster.primary()
         order = [cluster.address(p)] + [a for a in cluster.addresses if a != cluster.address(p)]
-        client = Client(order, shuffle=False, retry_for=60)
+        client = cluster.client(order, shuffle=False, retry_for=60)
         seen: list[tuple[str | None, bool]] = []
         client.on_change = lambda: seen.append((client.server, client.retrying))
         await client.register("alice", PASSWORD)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import random
-import socket
 import sqlite3
 import time
 from pathlib import Path
@@ -12,11 +11,8 @@ from pathlib import Path
 import pytest
 
 from chorus.client import Client, Rejected, Unauthenticated
-from chorus.server.config import load
-from chorus.wire import encode_frame
-from chorus.wire.peer import Hello, encode_peer
 
-from .cluster import Cluster, wait_for
+from .cluster import Cluster, Raw, wait_for
 
 PASSWORD = "Secret123"
 
@@ -26,7 +22,7 @@ def run(coro):
 
 
 async def user(c: Cluster, name: str, servers: list[str] | None = None, **kw) -> Client:
-    client = Client(servers or c.addresses, **kw)
+    client = c.client(servers, **kw)
     await client.register(name, PASSWORD)
     await client.login(name, PASSWORD)
     return client
@@ -62,7 +58,7 @@ def test_register_login_send_and_the_push_reaches_another_replica(cluster: Clust
         await asyncio.wait_for(listener, 10)
         assert [(m.id, m.sender, m.body) for m in received] == [(m1.id, "alice", "hello bob"), (m2.id, "alice", "are you there?")]
         # A read on a third replica, linearizable by default, sees both.
-        carol = Client([cluster.address(3)])
+        carol = cluster.client([cluster.address(3)])
         await carol.register("carol", PASSWORD)
         page = await bob.history("alice")
         assert [m.body for m in page] == ["are you there?", "hello bob"]
@@ -94,7 +90,7 @@ def test_rules_and_errors_come_back_clearly(cluster: Cluster) -> None:
             await a.send("nobody", "hi")
         assert e.value.code == "no_such_user"
         with pytest.raises(Rejected) as e:
-            await Client(cluster.addresses).login("alice", "Wrong1234")
+            await cluster.client().login("alice", "Wrong1234")
         assert e.value.code == "bad_credentials"
         await a.close()
 
@@ -107,12 +103,12 @@ def test_a_token_works_on_every_server_until_the_account_is_deleted(cluster: Clu
         a = await user(cluster, "alice", [cluster.address(1)])
         await user(cluster, "bob")
         token = a.token
-        elsewhere = Client([cluster.address(3)])
+        elsewhere = cluster.client([cluster.address(3)])
         elsewhere.token, elsewhere.user = token, "alice"
         sent = await elsewhere.send("bob", "from server 3")
         assert sent.id > 0
         await a.delete_account()
-        stale = Client([cluster.address(2)])
+        stale = cluster.client([cluster.address(2)])
         stale.token = token
         with pytest.raises(Unauthenticated):
             await stale.send("bob", "ghost")
@@ -203,7 +199,7 @@ def test_pushed_messages_resume_across_a_failover_without_gaps_or_repeats(cluste
         bob = await user(cluster, "bob", order, shuffle=False)  # listening on the primary, which will die
         assert bob.server == cluster.address(p)
         alice = await user(cluster, "alice", list(reversed(order)))
-        again = Client(cluster.addresses)
+        again = cluster.client()
         assert (await again.auth(alice.token))["name"] == "alice"
         received: list = []
 
@@ -239,7 +235,7 @@ def test_kill_all_replicas_at_once_and_restart(cluster: Cluster) -> None:
             cluster.kill(i)
         cluster.start()
         await cluster.primary()
-        b = Client(cluster.addresses)
+        b = cluster.client()
         await b.login("bob", PASSWORD)
         page = await b.history("alice", limit=100)
         assert sorted(m.id for m in page) == sorted(m.id for m in acked)
@@ -282,52 +278,13 @@ def test_sigterm_on_the_primary_hands_over_without_errors(cluster: Cluster) -> N
 
 
 # ---------------------------------------------------------------------------- bad input
-class Raw:
-    """A hand-made client connection, for sending what no library would."""
-
-    def __init__(self, address: str) -> None:
-        host, _, port = address.rpartition(":")
-        self.sock = socket.create_connection((host, int(port)), timeout=10)
-
-    def send(self, body: bytes) -> None:
-        self.sock.sendall(encode_frame(body, 1 << 30))
-
-    def auth(self, token: str, rid: int = 1) -> dict:
-        self.send(b'{"op":"auth","id":%d,"token":"%s"}' % (rid, token.encode()))
-        return self.reply()
-
-    def raw(self, data: bytes) -> None:
-        self.sock.sendall(data)
-
-    def reply(self) -> dict:
-        import msgspec
-
-        head = self._read(4)
-        return msgspec.json.decode(self._read(int.from_bytes(head, "big")))
-
-    def _read(self, n: int) -> bytes:
-        out = b""
-        while len(out) < n:
-            chunk = self.sock.recv(n - len(out))
-            if not chunk:
-                raise ConnectionError("closed")
-            out += chunk
-        return out
-
-    def closed(self) -> bool:
-        try:
-            return self.sock.recv(1) == b""
-        except OSError:
-            return True
-
-
 def test_bad_input_gets_clear_errors_and_nobody_else_notices(cluster: Cluster) -> None:
     async def main():
         await cluster.primary()
         good = await user(cluster, "alice")
         await user(cluster, "bob")
         addr = cluster.address(1)
-        r = Raw(addr)
+        r = Raw(addr, cluster.ca)
         cases = [
             (b"{not json", None, "malformed"),
             (b'{"op":"fly","id":1}', 1, "invalid_request"),
@@ -360,26 +317,11 @@ def test_bad_input_gets_clear_errors_and_nobody_else_notices(cluster: Cluster) -
         assert r.reply()["error"]["code"] == "invalid_request"
         assert (await good.send("bob", "and replication goes on")).id > 0
         # A 50 MB length prefix: refused before any of it is read, and that connection closes.
-        huge = Raw(addr)
+        huge = Raw(addr, cluster.ca)
         huge.raw((50 * 1024 * 1024).to_bytes(4, "big"))
         reply = huge.reply()
         assert reply["error"]["code"] == "frame_too_large"
         assert huge.closed()
-        # A peer frame from a server id that is not in the cluster.
-        fingerprint = load(cluster.config).fingerprint
-        peer = socket.create_connection(("127.0.0.1", cluster.peer_ports[0]), timeout=5)
-        hello = Hello.sign(b"test-secret-0123456789abcdef", 99, 1, "n", fingerprint)
-        peer.sendall(encode_frame(encode_peer(hello)))
-        data = peer.recv(4096)
-        assert b"ERROR" in data and b"not a member" in data
-        # And one with the wrong secret.
-        peer2 = socket.create_connection(("127.0.0.1", cluster.peer_ports[0]), timeout=5)
-        peer2.sendall(encode_frame(encode_peer(Hello.sign(b"wrong-secret", 2, 1, "n", fingerprint))))
-        assert b"does not know the cluster secret" in peer2.recv(4096)
-        # And one from a server configured with another list of servers.
-        peer3 = socket.create_connection(("127.0.0.1", cluster.peer_ports[0]), timeout=5)
-        peer3.sendall(encode_frame(encode_peer(Hello.sign(b"test-secret-0123456789abcdef", 2, 1, "n", "0" * 16))))
-        assert b"different list of servers" in peer3.recv(4096)
         assert (await good.send("bob", "and still served")).id > 0
         rows = await cluster.statuses()
         assert all("error" not in row for row in rows)
@@ -393,12 +335,12 @@ def test_retrying_a_write_with_the_same_seq_applies_it_once(cluster: Cluster) ->
         await cluster.primary()
         await user(cluster, "bob")
         a = await user(cluster, "alice")
-        r = Raw(cluster.address(2))
+        r = Raw(cluster.address(2), cluster.ca)
         assert r.auth(a.token)["ok"]
         send = b'{"op":"send","id":%d,"client":"retrier","seq":1,"to":"bob","body":"exactly once"}'
         r.send(send % 2)
         first = r.reply()
-        other = Raw(cluster.address(3))
+        other = Raw(cluster.address(3), cluster.ca)
         assert other.auth(a.token)["ok"]
         other.send(send % 3)  # the same write again, on another server
         second = other.reply()
@@ -417,13 +359,13 @@ def test_retrying_delete_account_after_it_was_applied_gets_its_saved_answer(clus
     async def main():
         await cluster.primary()
         a = await user(cluster, "alice")
-        r = Raw(cluster.address(1))
+        r = Raw(cluster.address(1), cluster.ca)
         assert r.auth(a.token)["ok"]
         delete = b'{"op":"delete_account","id":%d,"client":"leaver","seq":1}'
         r.send(delete % 2)
         first = r.reply()
         assert first["ok"], first
-        retry = Raw(cluster.address(3))
+        retry = Raw(cluster.address(3), cluster.ca)
         assert retry.auth(a.token)["error"]["code"] == "unauthenticated"
         retry.send(delete % 2)
         second = retry.reply()
@@ -449,7 +391,7 @@ def test_a_write_sent_to_two_servers_at_once_is_pushed_once(cluster: Cluster) ->
 
         listener = asyncio.create_task(listen())
         await wait_for(lambda: _subscribed(bob), 5, "bob's subscription")
-        conns = [Raw(cluster.address(i)) for i in (1, 2)]
+        conns = [Raw(cluster.address(i), cluster.ca) for i in (1, 2)]
         for k, r in enumerate(conns):
             assert r.auth(alice.token, rid=k)["ok"]
         send = b'{"op":"send","id":10,"client":"twice","seq":1,"to":"bob","body":"once only"}'
@@ -478,7 +420,7 @@ def test_write_concerns(cluster: Cluster) -> None:
         await user(cluster, "bob")
         everyone = await user(cluster, "alice", [cluster.address(p)], write_concern="all")
         m = await everyone.send("bob", "on every server")
-        fast = Client(cluster.addresses, write_concern="async")
+        fast = cluster.client(write_concern="async")
         fast.token, fast.user = everyone.token, "alice"
         m2 = await fast.send("bob", "answered after the primary's fsync")
         assert m2.id > m.id  # answered before it was committed: it is applied everywhere a moment later
@@ -501,7 +443,8 @@ def test_the_command_line(cluster: Cluster, tmp_path: Path) -> None:
     import sys
 
     run(cluster.primary())
-    env = {**cluster.env, "CHORUS_SESSION": str(tmp_path / "session.json"), "CHORUS_SERVERS": ",".join(cluster.addresses)}
+    env = {**cluster.env, "CHORUS_SESSION": str(tmp_path / "session.json"), "CHORUS_SERVERS": ",".join(cluster.addresses),
+           "CHORUS_CA": str(cluster.ca)}
 
     def chorus(*args: str, stdin: str = "") -> subprocess.CompletedProcess:
         return subprocess.run([sys.executable, "-m", "chorus", *args], input=stdin, capture_output=True,

@@ -329,9 +329,27 @@ def test_a_file_in_a_newer_storage_format_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "r.db"
     ReplicaStore(path, MEMBERS).close()
     with sqlite3.connect(path) as c:
-        c.execute("PRAGMA user_version = 3")
-    with pytest.raises(StoreCorrupt, match=rf"{path}: written in storage format 3, and this chorus reads format 2"):
+        c.execute("PRAGMA user_version = 4")
+    with pytest.raises(StoreCorrupt, match=rf"{path}: written in storage format 4, and this chorus reads format 3"):
         ReplicaStore(path)
+
+
+def test_a_file_of_format_2_gains_the_session_tables_and_keeps_its_digest(tmp_path: Path) -> None:
+    """Format 3 only adds the ended sessions: a file of format 2 (the tables
+    dropped, as format 2 had none) opens as format 3 with everything it held."""
+    path = tmp_path / "r.db"
+    s = ReplicaStore(path, MEMBERS)
+    fill(s, chat_log(10))
+    digest = s.digest()
+    s.close()
+    with sqlite3.connect(path) as c:
+        c.execute("DROP TABLE session_epochs")
+        c.execute("DROP TABLE ended_sessions")
+        c.execute("PRAGMA user_version = 2")
+    s = ReplicaStore(path)
+    assert s.conn.execute("PRAGMA user_version").fetchone() == (3,)
+    assert s.digest() == digest == schema.full_digest(s.conn) and s.applied() == 12
+    assert s.conn.execute("SELECT COUNT(*) FROM session_epochs").fetchone() == (0,)
 
 
 def test_a_file_left_empty_by_a_crash_while_it_was_created_is_created_again(tmp_path: Path) -> None:
@@ -339,7 +357,7 @@ def test_a_file_left_empty_by_a_crash_while_it_was_created_is_created_again(tmp_
     with sqlite3.connect(path) as c:
         c.execute("PRAGMA journal_mode = WAL")  # what the first start had done when it died
     s = ReplicaStore(path, MEMBERS)
-    assert s.conn.execute("PRAGMA user_version").fetchone() == (2,) and s.restore().entries == []
+    assert s.conn.execute("PRAGMA user_version").fetchone() == (3,) and s.restore().entries == []
 
 
 def test_the_digest_other_threads_read_is_never_of_a_batch_half_applied(

@@ -30,7 +30,7 @@ def copy(name: str, tmp_path: Path) -> Path:
 def test_a_format_1_file_is_upgraded_in_place_with_all_it_held(tmp_path: Path) -> None:
     path = copy("format1.db", tmp_path)
     s = ReplicaStore(path)
-    assert s.conn.execute("PRAGMA user_version").fetchone() == (2,)
+    assert s.conn.execute("PRAGMA user_version").fetchone() == (3,)
     p = s.restore()
     assert p.snapshot is not None and p.snapshot.index == f1.COMPACTED
     assert list(p.entries) == f1.entries()[f1.COMPACTED:]  # every entry after the snapshot, as written

@@ -12,8 +12,6 @@ import asyncio
 import tempfile
 from pathlib import Path
 
-from chorus.client import Client
-
 from ..server.cluster import Cluster
 from .harness import (
     PASSWORD,
@@ -38,14 +36,14 @@ async def save(pilot, path: Path) -> None:
 
 async def scenes(cluster: Cluster, out: Path) -> None:
     first = await cluster.primary()
-    bob = Client(cluster.addresses)
+    bob = cluster.client()
     await bob.register("bob", PASSWORD)
     await bob.login("bob", PASSWORD)
-    carol = Client(cluster.addresses)
+    carol = cluster.client()
     await carol.register("carol", PASSWORD)
     await carol.login("carol", PASSWORD)
 
-    async with Headless(cluster.addresses) as alice:
+    async with Headless(cluster.addresses, tls=cluster.client_tls) as alice:
         app = alice.app
         await alice.do(until, lambda: app.cluster.primary, "the status bar")
         await alice.do(type_into, "#name", "alice", enter=False, keys=True)

@@ -46,7 +46,7 @@ def shown(app, body: str) -> str:
 
 
 async def library_user(cluster: Cluster, name: str) -> Client:
-    client = Client(cluster.addresses)
+    client = cluster.client()
     await client.register(name, PASSWORD)
     await client.login(name, PASSWORD)
     return client
@@ -60,7 +60,7 @@ def test_the_login_screen_checks_the_rules_as_the_user_types(cluster: Cluster) -
     async def main():
         await cluster.primary()
         taken = await library_user(cluster, "alice")
-        async with Headless(cluster.addresses) as ui:
+        async with Headless(cluster.addresses, tls=cluster.client_tls) as ui:
             app = ui.app
             await ui.do(until, lambda: isinstance(app.screen, LoginScreen), "the login screen")
             assert "3-20 letters" in text_of(app, "#name-rule .text") and "uppercase" in text_of(app, "#password-rule .text")
@@ -92,7 +92,7 @@ def test_the_login_screen_checks_the_rules_as_the_user_types(cluster: Cluster) -
 def test_two_users_chat_live_page_back_delete_and_leave(cluster: Cluster) -> None:
     async def main():
         await cluster.primary()
-        async with Headless(cluster.addresses) as alice, Headless(cluster.addresses) as bob:
+        async with Headless(cluster.addresses, tls=cluster.client_tls) as alice, Headless(cluster.addresses, tls=cluster.client_tls) as bob:
             a, b = alice.app, bob.app
             await alice.do(log_in, "alice", register=True)
             await bob.do(log_in, "bob", register=True)
@@ -135,7 +135,7 @@ def test_two_users_chat_live_page_back_delete_and_leave(cluster: Cluster) -> Non
             assert shown(a, "note 3").startswith("[x] ")
             await alice.do(press, "delete")
             await alice.do(until, lambda: "note 3" not in bodies(a), "note 3 gone")
-            checker = Client(cluster.addresses)
+            checker = cluster.client()
             await checker.login("bob", PASSWORD)
             assert await count_in_history(checker, "alice", "note 3") == 0
             assert await count_in_history(checker, "alice", "note 4") == 1
@@ -173,7 +173,7 @@ def test_two_users_chat_live_page_back_delete_and_leave(cluster: Cluster) -> Non
             # Bob quits: the app logs him off first.
             await bob.do(press, "ctrl+q")
             await bob.do(until, lambda: not b.is_running, "the app to exit")
-        bob_again = Client(cluster.addresses)
+        bob_again = cluster.client()
         assert (await bob_again.login("bob", PASSWORD))["last_logoff"] > left
         await bob_again.close()
 
@@ -190,7 +190,7 @@ def test_a_failover_with_the_app_open(cluster: Cluster) -> None:
         # The app talks to the primary, so that killing it breaks the app's own connection
         # (on a backup, a failover quicker than the app's look at the servers could pass unseen).
         order = [cluster.address(first)] + [a for a in cluster.addresses if a != cluster.address(first)]
-        async with Headless(order, shuffle=False) as alice:
+        async with Headless(order, shuffle=False, tls=cluster.client_tls) as alice:
             app = alice.app
             await alice.do(log_in, "alice", register=True)
             await alice.do(until, lambda: "connected to" in status(app) and "primary 127.0.0.1" in status(app),

@@ -21,6 +21,8 @@ VALID: dict[str, tuple[dict, type]] = {
     "mark_read": ({"peer": "bob", "upto": 9, **WRITE}, W.MarkRead),
     "set_view_count": ({"count": 20, **WRITE}, W.SetViewCount),
     "log_off": (dict(WRITE), W.LogOff),
+    "logout_all": (dict(WRITE), W.LogoutAll),
+    "change_password": ({"old_password": "Secret123", "new_password": "Secret456", **WRITE}, W.ChangePassword),
     "delete_account": (dict(WRITE), W.DeleteAccount),
     "users": ({"pattern": "a*", "after": "al", "limit": 10, "consistency": "local"}, W.Users),
     "conversations": ({}, W.Conversations),
@@ -37,7 +39,7 @@ def _body(obj: object) -> bytes:
 
 def test_the_examples_cover_every_op() -> None:
     assert sorted(VALID) == W.OPS
-    assert len(W.OPS) == 15
+    assert len(W.OPS) == 17
 
 
 @pytest.mark.parametrize("op", sorted(VALID))
@@ -115,6 +117,13 @@ def test_a_send_cannot_name_its_sender() -> None:
         ({"op": "status", "id": True}, None, "id"),
         ({"op": "status", "id": None}, None, "id"),
         ({"op": "send", "id": "x", "to": 3}, None, ""),
+        # Out of bounds: every number is exact in any JSON reader (at most 2**53 - 1).
+        ({"op": "history", "id": 30, "peer": "bob", "before": 2**53}, 30, "before"),
+        ({"op": "send", "id": 31, "client": "c", "seq": 2**63, "to": "b", "body": "x"}, 31, "seq"),
+        ({"op": "mark_read", "id": 32, "client": "c", "seq": 1, "peer": "b", "upto": -1}, 32, "upto"),
+        ({"op": "status", "id": 2**64}, None, "id"),
+        # Nested where a string belongs.
+        ({"op": "send", "id": 33, "client": "c", "seq": 1, "to": "b", "body": [[["x"]]]}, 33, "body"),
     ],
 )
 def test_invalid_requests_are_refused_with_their_id(obj: dict, rid: int | None, fragment: str) -> None:
@@ -122,6 +131,15 @@ def test_invalid_requests_are_refused_with_their_id(obj: dict, rid: int | None, 
     assert e.code == "invalid_request"
     assert e.request_id == rid
     assert fragment in str(e)
+
+
+def test_json_nested_too_deeply_is_refused_not_raised() -> None:
+    """A RecursionError would drop the connection (and what was pipelined behind)."""
+    deep = b"[" * 100_000 + b"]" * 100_000
+    for body in (deep, b'{"op":"send","id":7,"client":"c","seq":1,"to":"b","body":' + deep + b"}",
+                 b'{"op":"status","id":1,"x":' + deep + b"}", b'{"op":"history","id":1,"peer":"a","before":' + deep + b"}",
+                 b'{"op":"status","id":1,"x":' + b'{"a":' * 100_000 + b"1" + b"}" * 100_001):
+        assert _refused(body).code in ("malformed", "invalid_request")
 
 
 @pytest.mark.parametrize("body", [b"[1,2,3]", b"[]", b"1", b'"status"', b"null", b"true"])

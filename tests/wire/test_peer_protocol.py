@@ -27,7 +27,7 @@ from chorus.raft import (
     TimeoutNow,
     VoteResponse,
 )
-from chorus.wire.peer import Hello, SnapshotChunk, decode_peer, encode_peer
+from chorus.wire.peer import Challenge, Hello, SnapshotChunk, decode_peer, encode_peer
 
 SECRET = b"peer-secret-0123456789"
 FP = "0123456789abcdef"
@@ -77,16 +77,21 @@ def test_consensus_messages_round_trip(msg) -> None:
     assert back == msg
 
 
-def test_hello_round_trips_and_stays_valid() -> None:
-    h = Hello.sign(SECRET, 2, 1, "nonce-123", FP)
-    wire = encode_peer(h)
-    env = json.loads(wire)
-    assert (env["type"], env["server_id"], env["to"]) == ("HELLO", 2, 1)
-    assert env["payload"] == {"nonce": "nonce-123", "cluster": FP, "mac": h.mac}
-    back = decode_peer(wire)
-    assert isinstance(back, Hello)
-    assert back == h
-    assert back.valid(SECRET, FP)
+CH = "c" * 32  # a challenge (32 hex digits)
+N2 = "d" * 32
+
+
+def test_the_handshake_frames_round_trip() -> None:
+    ch = Challenge(server_id=1, nonce=CH)
+    h = Hello.sign(SECRET, 2, 1, CH, FP, nonce=N2)
+    w = h.welcome(SECRET)
+    for frame, kind, sender, to in ((ch, "CHALLENGE", 1, 0), (h, "HELLO", 2, 1), (w, "WELCOME", 1, 2)):
+        wire = encode_peer(frame)
+        env = json.loads(wire)
+        assert (env["type"], env["server_id"], env["to"]) == (kind, sender, to)
+        assert decode_peer(wire) == frame
+    assert json.loads(encode_peer(h))["payload"] == {"challenge": CH, "nonce": N2, "cluster": FP, "mac": h.mac}
+    assert h.valid(SECRET, CH, FP) and w.valid(SECRET, h)
 
 
 def test_snapshot_chunk_round_trips_with_binary_data() -> None:
@@ -109,41 +114,68 @@ def test_snapshot_chunk_round_trips_any_bytes(data: bytes, offset: int, digest: 
     assert decode_peer(encode_peer(c)) == c
 
 
-def test_hello_is_valid_with_the_same_secret_and_cluster() -> None:
-    h = Hello.sign(SECRET, 1, 2, "n1", FP)
-    assert h.valid(SECRET, FP)
+def test_hello_is_valid_with_the_same_secret_cluster_and_challenge() -> None:
+    h = Hello.sign(SECRET, 1, 2, CH, FP)
+    assert h.valid(SECRET, CH, FP)
+
+
+def test_a_hello_answers_one_challenge_only() -> None:
+    """What makes a captured HELLO useless: the next connection's challenge differs."""
+    h = Hello.sign(SECRET, 1, 2, CH, FP)
+    assert not h.valid(SECRET, "e" * 32, FP)
+    # Changing the echoed challenge to the new one breaks the MAC.
+    assert not msgspec.structs.replace(h, challenge="e" * 32).valid(SECRET, "e" * 32, FP)
+    # Control: answered for the new challenge, it is valid.
+    assert Hello.sign(SECRET, 1, 2, "e" * 32, FP).valid(SECRET, "e" * 32, FP)
 
 
 def test_hello_is_invalid_with_another_secret() -> None:
-    h = Hello.sign(SECRET, 1, 2, "n1", FP)
-    assert not h.valid(b"another-secret-0123456789", FP)
-    assert not Hello.sign(b"another-secret-0123456789", 1, 2, "n1", FP).valid(SECRET, FP)
+    h = Hello.sign(SECRET, 1, 2, CH, FP)
+    assert not h.valid(b"another-secret-0123456789", CH, FP)
+    assert not Hello.sign(b"another-secret-0123456789", 1, 2, CH, FP).valid(SECRET, CH, FP)
 
 
 def test_hello_is_invalid_with_another_cluster_fingerprint() -> None:
-    h = Hello.sign(SECRET, 1, 2, "n1", FP)
-    assert not h.valid(SECRET, "fedcba9876543210")
+    h = Hello.sign(SECRET, 1, 2, CH, FP)
+    assert not h.valid(SECRET, CH, "fedcba9876543210")
     # Claiming the receiver's fingerprint without having signed it does not help.
-    assert not msgspec.structs.replace(h, cluster="fedcba9876543210").valid(SECRET, "fedcba9876543210")
+    assert not msgspec.structs.replace(h, cluster="fedcba9876543210").valid(SECRET, CH, "fedcba9876543210")
     # Control: signed for that fingerprint, it verifies against it.
-    assert Hello.sign(SECRET, 1, 2, "n1", "fedcba9876543210").valid(SECRET, "fedcba9876543210")
+    assert Hello.sign(SECRET, 1, 2, CH, "fedcba9876543210").valid(SECRET, CH, "fedcba9876543210")
 
 
 @pytest.mark.parametrize(
-    "change", [{"server_id": 3}, {"to": 3}, {"nonce": "n2"}], ids=["server_id", "to", "nonce"],
+    "change", [{"server_id": 3}, {"to": 3}, {"nonce": "f" * 32}], ids=["server_id", "to", "nonce"],
 )
 def test_hello_is_invalid_when_a_signed_field_is_changed(change: dict) -> None:
-    h = Hello.sign(SECRET, 1, 2, "n1", FP)
+    h = Hello.sign(SECRET, 1, 2, CH, FP)
     forged = msgspec.structs.replace(h, **change)
-    assert not forged.valid(SECRET, FP)
+    assert not forged.valid(SECRET, CH, FP)
     # Also after a trip over the wire.
-    assert not decode_peer(encode_peer(forged)).valid(SECRET, FP)
+    assert not decode_peer(encode_peer(forged)).valid(SECRET, CH, FP)
+
+
+def test_welcome_proves_the_accepting_server_knows_the_secret() -> None:
+    h = Hello.sign(SECRET, 1, 2, CH, FP)
+    assert h.welcome(SECRET).valid(SECRET, h)
+    assert not h.welcome(b"another-secret-0123456789").valid(SECRET, h)
+    # A WELCOME answers one HELLO: not another one (another nonce), not one from another server.
+    other = Hello.sign(SECRET, 1, 2, CH, FP)
+    assert not h.welcome(SECRET).valid(SECRET, other)
+    assert not msgspec.structs.replace(h.welcome(SECRET), server_id=3).valid(SECRET, h)
 
 
 @pytest.mark.parametrize("mac", ["", "00", "zz" * 32, "é" * 64], ids=["empty", "short", "not-hex", "non-ascii"])
 def test_hello_with_a_garbage_mac_is_invalid_not_an_error(mac: str) -> None:
-    h = msgspec.structs.replace(Hello.sign(SECRET, 1, 2, "n1", FP), mac=mac)
-    assert h.valid(SECRET, FP) is False
+    h = msgspec.structs.replace(Hello.sign(SECRET, 1, 2, CH, FP), mac=mac)
+    assert h.valid(SECRET, CH, FP) is False
+
+
+@pytest.mark.parametrize("nonce", ["", "n", "zz" * 16, "0" * 65, "é" * 32])
+def test_a_challenge_must_be_a_long_random_nonce(nonce: str) -> None:
+    wire = json.dumps({"type": "CHALLENGE", "term": 0, "server_id": 1, "to": 0, "payload": {"nonce": nonce}})
+    with pytest.raises(MessageError, match="CHALLENGE"):
+        decode_peer(wire.encode())
 
 
 def _env(kind: str, payload, **kw) -> bytes:
@@ -169,14 +201,28 @@ GOOD_CHUNK_PAYLOAD = {k: v for k, v in json.loads(encode_peer(_chunk()))["payloa
                      id="hello-without-payload"),
         pytest.param(_env("HELLO", None), id="hello-null-payload"),
         pytest.param(_env("HELLO", ["n", "c", "m"]), id="hello-array-payload"),
-        pytest.param(_env("HELLO", {"nonce": "n", "cluster": FP}), id="hello-without-mac"),
-        pytest.param(_env("HELLO", {"nonce": 5, "cluster": FP, "mac": "00"}), id="hello-int-nonce"),
+        pytest.param(_env("HELLO", {"challenge": CH, "nonce": N2, "cluster": FP}), id="hello-without-mac"),
+        pytest.param(_env("HELLO", {"challenge": CH, "nonce": 5, "cluster": FP, "mac": "00"}), id="hello-int-nonce"),
+        pytest.param(_env("HELLO", {"nonce": N2, "cluster": FP, "mac": "00"}), id="hello-without-challenge"),
         pytest.param(json.dumps({"type": "HELLO", "term": 0, "server_id": "1", "to": 2,
-                                 "payload": {"nonce": "n", "cluster": FP, "mac": "00"}}).encode(),
+                                 "payload": {"challenge": CH, "nonce": N2, "cluster": FP, "mac": "00"}}).encode(),
                      id="hello-string-server-id"),
         pytest.param(json.dumps({"type": "HELLO", "term": 0, "server_id": 1,
-                                 "payload": {"nonce": "n", "cluster": FP, "mac": "00"}}).encode(),
+                                 "payload": {"challenge": CH, "nonce": N2, "cluster": FP, "mac": "00"}}).encode(),
                      id="hello-without-to"),
+        pytest.param(_env("HEARTBEAT", {"commit": 0}, term=2**63), id="term-2**63"),
+        pytest.param(_env("HEARTBEAT", {"commit": 0}, term=2**53), id="term-2**53"),
+        pytest.param(_env("HEARTBEAT", {"commit": -1}), id="negative-commit"),
+        pytest.param(_env("REQUEST_VOTE", {"last_index": 2**64, "last_term": 0}), id="index-2**64"),
+        pytest.param(_env("READ_INDEX", {"request_id": 2**63}), id="request-id-2**63"),
+        pytest.param(_env("HEARTBEAT", {"commit": 0}, server_id=0), id="server-id-0"),
+        pytest.param(_env("REPLICATE", {"prev_index": 0, "prev_term": 0, "entries": [[1, 2**63, 0, ""]]}),
+                     id="entry-term-2**63"),
+        pytest.param(_env("SNAPSHOT_CHUNK", {**GOOD_CHUNK_PAYLOAD, "size": 2**63}, term=7), id="chunk-size-2**63"),
+        pytest.param(_env("INSTALL_SNAPSHOT", {"snapshot": {"index": 2**63, "term": 1, "membership": {}}}),
+                     id="snapshot-index-2**63"),
+        pytest.param(_env("HEARTBEAT", {"commit": 0, "ctx": [[[[0]]]]}), id="nested-field"),
+        pytest.param(b'{"type":"HEARTBEAT","payload":' + b"[" * 50_000 + b"]" * 50_000 + b"}", id="nested-50000-deep"),
         pytest.param(json.dumps({"type": "SNAPSHOT_CHUNK", "term": 7, "server_id": 1, "to": 3}).encode(),
                      id="chunk-without-payload"),
         pytest.param(_env("SNAPSHOT_CHUNK", {**GOOD_CHUNK_PAYLOAD, "offset": "1024"}, term=7),

@@ -31,9 +31,12 @@ import msgspec
 from . import rules
 from .commands import (
     AnyCommand,
+    BadCommand,
+    ChangePassword,
     DeleteAccount,
     DeleteMessages,
     LogOff,
+    LogoutAll,
     MarkRead,
     Register,
     Result,
@@ -47,6 +50,8 @@ from .schema import (
     MASK,
     ClientTuple,
     client_hash,
+    ended_hash,
+    epoch_hash,
     join_clients,
     marker_hash,
     message_hash,
@@ -64,7 +69,8 @@ HOUR_MS = 3_600_000
 CLIENT_TTL_MS = 24 * HOUR_MS  # a client silent this long (in log time) is forgotten
 CLIENT_LOG_SLACK = 256 * 1024  # bytes the client log may hold beyond twice the live records
 MAX_RESULTS_KEPT = 256  # per client: answers a pipelining client has not acknowledged
-MAX_DELETE = 1000  # message ids in one delete
+MAX_DELETE = rules.DELETE_MAX  # message ids in one delete
+MAX_ENDED_SESSIONS = 256  # per user: beyond, ending one more ends them all (the epoch moves on)
 
 
 # The chain of a conversation, newest first, from a message down to (not below) a bound.
@@ -125,6 +131,10 @@ class ChatMachine:
             cl.hash = client_hash(record)
             live += len(pack_client(record))
         self._client_log_live = live  # bytes of the live records, as of the last load or rewrite
+        self.epochs: dict[int, int] = dict(c.execute("SELECT user_id, epoch FROM session_epochs"))
+        self.ended: dict[int, dict[str, int]] = {}  # user -> {session: expires (s)}
+        for uid, session, expires in c.execute("SELECT user_id, session, expires FROM ended_sessions"):
+            self.ended.setdefault(uid, {})[session] = expires
         log_time, digest = c.execute("SELECT log_time, rows_digest FROM chat_state").fetchone()
         self.log_time: int = log_time
         self.rows_digest: int = to_unsigned(digest)
@@ -182,7 +192,7 @@ class ChatMachine:
     def _apply_one(self, index: int, data: bytes) -> Result:
         try:
             cmd = decode(data)
-        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        except BadCommand as exc:
             return error("bad_command", f"not a chat command: {exc}")
         self.last_commands[index] = cmd
         client = self.clients.get(cmd.client)
@@ -196,6 +206,7 @@ class ChatMachine:
         now = self.log_time = max(previous, cmd.ts)
         if now // HOUR_MS != previous // HOUR_MS:
             self._expire_clients(now)
+            self._expire_sessions(now)
         if type(cmd) is Send:
             result = self._send(index, cmd, now)
         else:
@@ -228,6 +239,21 @@ class ChatMachine:
         for cid in [cid for cid, c in self.clients.items() if c.last_seen < cutoff]:
             self.rows_digest -= self.clients.pop(cid).hash
             self._dirty_clients.add(cid)  # written as forgotten
+
+    def _expire_sessions(self, now: int) -> None:
+        """Ended sessions whose tokens have expired anyway need not be kept."""
+        now_s = now // 1000
+        for uid in sorted(self.ended):
+            gone = sorted(sid for sid, exp in self.ended[uid].items() if exp < now_s)
+            for sid in gone:
+                self._forget_ended(uid, sid)
+
+    def _forget_ended(self, uid: int, sid: str) -> None:
+        sessions = self.ended[uid]
+        self.rows_digest -= ended_hash(uid, sid, sessions.pop(sid))
+        if not sessions:
+            del self.ended[uid]
+        self.conn.execute("DELETE FROM ended_sessions WHERE user_id = ? AND session = ?", (uid, sid))
 
     def flush(self) -> None:
         """Write what the buffered sends changed."""
@@ -320,7 +346,20 @@ class ChatMachine:
             return ok(view_count=count)
         if t is LogOff:
             self._update_user(user, last_logoff=now)
+            if cmd.session:  # type: ignore[union-attr]
+                return self._end_session(user, cmd.session, cmd.session_expires, now)  # type: ignore[union-attr]
             return ok(last_logoff=now)
+        if t is LogoutAll:
+            self._update_user(user, last_logoff=now)
+            return ok(last_logoff=now, epoch=self._next_epoch(user.id))
+        if t is ChangePassword:
+            if not cmd.pw_hash.startswith("$argon2id$"):  # type: ignore[union-attr]
+                return error("invalid_password_hash", "the password must be hashed with argon2id")
+            self.rows_digest -= user_hash(user.row())
+            user.pw_hash = cmd.pw_hash  # type: ignore[union-attr]
+            self.rows_digest += user_hash(user.row())
+            self.conn.execute("UPDATE users SET pw_hash = ? WHERE id = ?", (user.pw_hash, user.id))
+            return ok(epoch=self._next_epoch(user.id))
         if t is DeleteAccount:
             return self._delete_account(user)
         raise AssertionError(f"unhandled command {cmd!r}")
@@ -343,6 +382,41 @@ class ChatMachine:
         self.by_key[key] = index
         self.rows_digest += user_hash(user.row())
         return ok(id=index, name=cmd.name)
+
+    def _end_session(self, user: User, session: str, expires: int, now: int) -> Result:
+        """One token refused from now on (until it would have expired anyway)."""
+        uid = user.id
+        sessions = self.ended.get(uid, {})
+        if session in sessions or expires < now // 1000:
+            return ok(last_logoff=now, ended=session)  # ended already, or expired anyway
+        if len(sessions) >= MAX_ENDED_SESSIONS:
+            return ok(last_logoff=now, ended=session, epoch=self._next_epoch(uid))  # all of them, then
+        self.ended.setdefault(uid, {})[session] = expires
+        self.rows_digest += ended_hash(uid, session, expires)
+        self.conn.execute("INSERT INTO ended_sessions (user_id, session, expires) VALUES (?,?,?)",
+                          (uid, session, expires))
+        return ok(last_logoff=now, ended=session)
+
+    def _next_epoch(self, uid: int) -> int:
+        """Every token of ``uid`` issued so far is refused from now on."""
+        old = self.epochs.get(uid, 0)
+        if old:
+            self.rows_digest -= epoch_hash(uid, old)
+        new = self.epochs[uid] = old + 1
+        self.rows_digest += epoch_hash(uid, new)
+        self.conn.execute("INSERT INTO session_epochs (user_id, epoch) VALUES (?, ?) "
+                          "ON CONFLICT (user_id) DO UPDATE SET epoch = excluded.epoch", (uid, new))
+        for sid in sorted(self.ended.get(uid, ())):  # older than the epoch: no need to keep them
+            self._forget_ended(uid, sid)
+        return new
+
+    def _forget_sessions(self, uid: int) -> None:
+        for sid in sorted(self.ended.get(uid, ())):
+            self._forget_ended(uid, sid)
+        epoch = self.epochs.pop(uid, 0)
+        if epoch:
+            self.rows_digest -= epoch_hash(uid, epoch)
+            self.conn.execute("DELETE FROM session_epochs WHERE user_id = ?", (uid,))
 
     def _update_user(self, user: User, **changes: int) -> None:
         self.rows_digest -= user_hash(user.row())
@@ -375,9 +449,7 @@ class ChatMachine:
         self._changed_marks.add(mark)
 
     def _delete_messages(self, user: User, cmd: DeleteMessages) -> Result:
-        ids = sorted(set(cmd.ids))
-        if len(ids) > MAX_DELETE:
-            return error("too_many", f"at most {MAX_DELETE} messages at a time")
+        ids = sorted(set(cmd.ids))  # (at most MAX_DELETE: bounded when decoded)
         rows = self.conn.execute(
             "SELECT id, sender, recipient, prev, sent_at, body, hash FROM messages "
             "WHERE id IN (SELECT value FROM json_each(?))",
@@ -497,6 +569,7 @@ class ChatMachine:
                 self.rows_digest -= to_unsigned(h)
             self.conn.executemany("DELETE FROM messages WHERE id = ?", [(mid,) for mid, _ in rows])
             self._forget_conversation(key)
+        self._forget_sessions(uid)
         self.rows_digest -= user_hash(user.row())
         self.conn.execute("DELETE FROM users WHERE id = ?", (uid,))
         del self.users[uid]

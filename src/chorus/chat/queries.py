@@ -101,6 +101,20 @@ def user_by_id(conn: sqlite3.Connection, uid: int) -> UserInfo | None:
     return UserInfo(*row) if row else None
 
 
+def session_epoch(conn: sqlite3.Connection, uid: int) -> int:
+    """The epoch a token issued now carries: it is refused once this moves on."""
+    row = conn.execute("SELECT epoch FROM session_epochs WHERE user_id = ?", (uid,)).fetchone()
+    return row[0] if row else 0
+
+
+def session_ended(conn: sqlite3.Connection, uid: int, session: str, epoch: int) -> bool:
+    """Whether a token of ``uid`` with this session id and epoch may no longer be used."""
+    if epoch != session_epoch(conn, uid):
+        return True
+    return conn.execute("SELECT 1 FROM ended_sessions WHERE user_id = ? AND session = ?",
+                        (uid, session)).fetchone() is not None
+
+
 def _like(pattern: str) -> str:
     """Shell wildcards (* and ?) to a LIKE pattern, everything else literal."""
     out = []

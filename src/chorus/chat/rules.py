@@ -10,6 +10,7 @@ NAME_MIN, NAME_MAX = 3, 20
 PASSWORD_MIN = 8
 BODY_MAX = 4000
 VIEW_COUNT_MAX = 1000
+DELETE_MAX = 1000  # message ids in one delete
 DEFAULT_VIEW_COUNT = 5
 
 _NAME = re.compile(r"[A-Za-z0-9]+")

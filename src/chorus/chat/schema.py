@@ -23,6 +23,22 @@ CREATE TABLE IF NOT EXISTS client_log (
     records     BLOB    NOT NULL
 )"""
 
+# Ended sessions (storage format 3). A token names its user, a session id and the
+# user's session epoch when it was issued: it is refused once the epoch moved on
+# (logout --all, a password change) or once its session was ended (log_off).
+SESSIONS_DDL = """
+CREATE TABLE IF NOT EXISTS session_epochs (   -- no row: epoch 0
+    user_id     INTEGER PRIMARY KEY,
+    epoch       INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS ended_sessions (   -- kept until the token would have expired anyway
+    user_id     INTEGER NOT NULL,
+    session     TEXT    NOT NULL,
+    expires     INTEGER NOT NULL,         -- seconds since the epoch
+    PRIMARY KEY (user_id, session)
+) WITHOUT ROWID"""
+SESSION_TABLES = ("session_epochs", "ended_sessions")
+
 DDL = """
 CREATE TABLE IF NOT EXISTS users (
     id          INTEGER PRIMARY KEY,      -- the log index of the registration
@@ -58,6 +74,7 @@ CREATE TABLE IF NOT EXISTS read_markers (  -- "user has read the conversation wi
 -- order gives every client's (acked, last_seen, kept results). A row per client,
 -- updated on every request, cost more than everything else a send does.
 """ + CLIENT_LOG_DDL + """;
+""" + SESSIONS_DDL + """;
 CREATE TABLE IF NOT EXISTS chat_state (
     id          INTEGER PRIMARY KEY CHECK (id = 1),
     log_time    INTEGER NOT NULL,         -- the log's own clock: max of command times
@@ -66,7 +83,7 @@ CREATE TABLE IF NOT EXISTS chat_state (
 INSERT OR IGNORE INTO chat_state (id, log_time, rows_digest) VALUES (1, 0, 0);
 """
 
-CHAT_TABLES = ("users", "messages", "read_markers", "client_log")
+CHAT_TABLES = ("users", "messages", "read_markers", "client_log", *SESSION_TABLES)
 MASK = (1 << 64) - 1
 _pack = msgspec.msgpack.Encoder().encode
 
@@ -90,6 +107,14 @@ def message_hash(mid: int, sender: int, recipient: int, prev: int, sent_at: int,
 
 def marker_hash(user_id: int, peer_id: int, read_upto: int) -> int:
     return row_hash("r", user_id, peer_id, read_upto)
+
+
+def epoch_hash(user_id: int, epoch: int) -> int:
+    return row_hash("e", user_id, epoch)
+
+
+def ended_hash(user_id: int, session: str, expires: int) -> int:
+    return row_hash("s", user_id, session, expires)
 
 
 class ClientRecord(msgspec.Struct, array_like=True, frozen=True):
@@ -176,6 +201,10 @@ def full_digest(conn: sqlite3.Connection) -> int:
         total += message_hash(*row)
     for row in conn.execute("SELECT user_id, peer_id, read_upto FROM read_markers"):
         total += marker_hash(*row)
+    for row in conn.execute("SELECT user_id, epoch FROM session_epochs"):
+        total += epoch_hash(*row)
+    for row in conn.execute("SELECT user_id, session, expires FROM ended_sessions"):
+        total += ended_hash(*row)
     for r in read_client_log(conn)[0].values():
         total += client_hash((r.client, r.acked, r.last_seen, r.results))  # type: ignore[arg-type]
     (log_time,) = conn.execute("SELECT log_time FROM chat_state").fetchone()

@@ -2,7 +2,9 @@
 
 The servers run as separate processes (``chorus serve``), on ports 8081-808N
 (peers) and 8091-809N (clients), with their data and logs under the data
-directory. A table shows every replica's role, term, commit and applied index
+directory, and TLS on both ports: the first start makes a CA and a certificate
+per server in ``DATA/tls`` (clients started from the directory above it find
+``data/tls/ca.crt`` by themselves). A table shows every replica's role, term, commit and applied index
 and state digest. Keys: ``k`` kills the primary with SIGKILL and restarts it a
 few seconds later (watch the failover), ``q`` or Ctrl-C stops every server
 cleanly (SIGTERM: the primary hands over first).
@@ -26,10 +28,12 @@ from rich.table import Table
 from rich.text import Text
 
 from chorus.client import server_status
+from chorus.server.certs import local_cluster
 
 
 def write_config(data: Path, size: int, fast: bool) -> Path:
     data.mkdir(parents=True, exist_ok=True)
+    local_cluster(data / "tls", list(range(1, size + 1)), ["127.0.0.1", "localhost", "::1"])
     secret_file = data / "cluster.secret"
     if not secret_file.exists():
         secret_file.write_text(secrets.token_hex(24))
@@ -42,7 +46,7 @@ def write_config(data: Path, size: int, fast: bool) -> Path:
     path = data / "cluster.toml"
     path.write_text(
         f"# Written by `chorus cluster up`.\n[cluster]\nsecret = \"{secret_file.read_text().strip()}\"\n"
-        f"data_dir = \".\"\n\n[timing]\n{timing}{servers}"
+        f"data_dir = \".\"\n\n[tls]\ndir = \"tls\"\n\n[timing]\n{timing}{servers}"
     )
     return path
 
@@ -52,6 +56,7 @@ class LocalCluster:
         self.size = size
         self.data = data.resolve()
         self.config = write_config(self.data, size, fast)
+        self.ca = self.data / "tls" / "ca.crt"
         self.procs: dict[int, subprocess.Popen] = {}
         self.restart_at: dict[int, float] = {}
         self.events: list[str] = []
@@ -114,8 +119,8 @@ def render(cluster: LocalCluster, rows: list[dict]) -> Group:
                   str(r["applied_index"]), Text(r["digest"], style="green" if len(digests) == 1 else ""),
                   str(r["primary"] or "-"))
     help_ = Text("k: kill -9 the primary (it restarts)   q / Ctrl-C: stop all   "
-                 f"chat from another terminal: chorus register NAME --servers {','.join(cluster.addresses())}",
-                 style="dim")
+                 "chat from another terminal: chorus register NAME (TLS, with the CA in "
+                 f"{cluster.ca})", style="dim")
     return Group(t, Text("\n".join(cluster.events)), help_)
 
 
@@ -138,7 +143,8 @@ async def _run(cluster: LocalCluster) -> None:
     try:
         with Live(render(cluster, rows), refresh_per_second=4, console=Console()) as live:
             while not stop.is_set():
-                rows = await asyncio.gather(*(server_status(a, timeout=0.5) for a in cluster.addresses()))
+                rows = await asyncio.gather(*(server_status(a, timeout=0.5, tls=cluster.ca)
+                                              for a in cluster.addresses()))
                 cluster.tick()
                 while not keys.empty():
                     key = keys.get_nowait().lower()

@@ -1,11 +1,12 @@
 """The ``chorus`` command.
 
-    chorus serve --id N [--config chorus.toml]     run one replica
-    chorus cluster up [--size 3|5] [--data DIR]    run a local cluster, with a live table
+    chorus serve --id N [--config chorus.toml] [--insecure]   run one replica
+    chorus cluster up [--size 3|5] [--data DIR]    run a local cluster (with TLS), with a live table
+    chorus certs init|issue|renew|show             the cluster's CA and the servers' certificates
     chorus status [--json] [--servers ...]         every server's role, term, indexes, digest
     chorus chat [--servers ...]                    the terminal chat app
     chorus register NAME                           (asks for the password)
-    chorus login NAME  /  chorus logout
+    chorus login NAME  /  chorus logout [--all]  /  chorus passwd
     chorus send TO MESSAGE...
     chorus history PEER [--limit N] [--before ID]
     chorus users [PATTERN]  /  chorus conversations
@@ -13,7 +14,11 @@
 
 The session (a token any server accepts) is kept in ~/.config/chorus/session.json
 (or $CHORUS_SESSION) between commands. --servers (or $CHORUS_SERVERS) lists
-servers as host:port,host:port; the default is the local cluster.
+servers as host:port,host:port; the default is the local cluster. Clients use
+TLS, checked against the cluster's CA: --ca FILE (or $CHORUS_CA), else
+data/tls/ca.crt under the current directory if it exists (``make run``), else
+the system's trust store; --plaintext for a server started without TLS.
+Names and messages are shown with control characters escaped (``\x1b``).
 """
 
 from __future__ import annotations
@@ -68,11 +73,19 @@ def password(args: argparse.Namespace, prompt: str = "Password: ") -> str:
     return getpass.getpass(prompt)
 
 
+def tls_of(args: argparse.Namespace) -> Any:
+    """The client's ``tls`` option from --ca / --plaintext."""
+    if getattr(args, "plaintext", False):
+        return False
+    return getattr(args, "ca", None)
+
+
 async def client_command(args: argparse.Namespace) -> int:
     from chorus.client import ChorusError, Client
+    from chorus.client.text import visible
 
     session = load_session()
-    async with Client(servers_of(args), retry_for=args.retry_for) as client:
+    async with Client(servers_of(args), retry_for=args.retry_for, tls=tls_of(args)) as client:
         try:
             if args.command not in ("register", "login") and session.get("token"):
                 client.token = session["token"]
@@ -92,22 +105,35 @@ async def client_command(args: argparse.Namespace) -> int:
                 print("not logged in: chorus login NAME", file=sys.stderr)
                 return 1
             elif args.command == "logout":
-                await client.logout()
+                if args.all:
+                    await client.logout_all()
+                    print("logged off everywhere: every session of this user has ended")
+                else:
+                    await client.logout()
+                    print("logged off")
                 save_session({})
-                print("logged off")
+            elif args.command == "passwd":
+                old = password(args, "Current password: ")
+                new = password(args, "New password: ")
+                if not args.password_stdin and getpass.getpass("Again: ") != new:
+                    print("the two passwords differ", file=sys.stderr)
+                    return 1
+                r = await client.change_password(old, new)
+                save_session({"token": r["token"], "name": session.get("name")})
+                print("password changed; every other session of this user has ended")
             elif args.command == "send":
                 m = await client.send(args.to, " ".join(args.message))
-                print(f"sent #{m.id} to {m.recipient} at {when(m.sent_at)}")
+                print(f"sent #{m.id} to {visible(m.recipient)} at {when(m.sent_at)}")
             elif args.command == "history":
                 for m in reversed(await client.history(args.peer, limit=args.limit, before=args.before)):
-                    print(f"#{m.id} {when(m.sent_at)} {m.sender}: {m.body}")
+                    print(f"#{m.id} {when(m.sent_at)} {visible(m.sender)}: {visible(m.body)}")
             elif args.command == "users":
                 for name in await client.users(args.pattern, limit=args.limit):
-                    print(name)
+                    print(visible(name))
             elif args.command == "conversations":
                 for c in await client.conversations():
                     unread = f" ({c.unread} unread)" if c.unread else ""
-                    print(f"{c.peer}{unread}: {c.last.sender}: {c.last.body[:60]}")
+                    print(f"{visible(c.peer)}{unread}: {visible(c.last.sender)}: {visible(c.last.body[:60])}")
             elif args.command == "delete-message":
                 r = await client.delete_messages(args.ids)
                 print(f"deleted {r['deleted']}" + (f"; not yours or gone: {r['not_deleted']}" if r["not_deleted"] else ""))
@@ -118,7 +144,7 @@ async def client_command(args: argparse.Namespace) -> int:
                 save_session({})
                 print(f"account deleted with {r['deleted_messages']} messages")
         except ChorusError as exc:
-            print(f"chorus {args.command}: {exc}", file=sys.stderr)
+            print(f"chorus {args.command}: {visible(str(exc))}", file=sys.stderr)
             return 1
     return 0
 
@@ -126,7 +152,7 @@ async def client_command(args: argparse.Namespace) -> int:
 async def status_command(args: argparse.Namespace) -> int:
     from chorus.client import server_status
 
-    rows = await asyncio.gather(*(server_status(s) for s in servers_of(args)))
+    rows = await asyncio.gather(*(server_status(s, tls=tls_of(args)) for s in servers_of(args)))
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
@@ -147,6 +173,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--id", type=int, required=True)
     p.add_argument("--config", type=Path)
     p.add_argument("--log-level", default=os.environ.get("CHORUS_LOG_LEVEL", "INFO"))
+    p.add_argument("--insecure", action="store_true",
+                   help="start off loopback without TLS or without a secret of its own (and say so in the log)")
+
+    p = sub.add_parser("certs", help="the cluster's CA and the servers' certificates")
+    p.add_argument("--dir", type=Path, default=Path(os.environ.get("CHORUS_TLS_DIR", "tls")),
+                   help="where the files are (default: tls, or $CHORUS_TLS_DIR)")
+    ksub = p.add_subparsers(dest="certs_command", required=True)
+    q = ksub.add_parser("init", help="create the cluster's CA (ca.crt, and ca.key: keep it safe)")
+    q.add_argument("--name", default="chorus cluster CA")
+    for name, help_ in (("issue", "a certificate for server ID, for the hosts given"),
+                        ("renew", "server ID's certificate again: a new key, a new validity, the same hosts")):
+        q = ksub.add_parser(name, help=help_)
+        q.add_argument("id", type=int)
+        q.add_argument("--host", action="append", required=name == "issue",
+                       help="a name or address clients and servers reach it at (repeat for more)")
+        q.add_argument("--days", type=int, default=365)
+        q.add_argument("--ca-key", type=Path, help="the CA's key, if it is not in --dir")
+    ksub.add_parser("show", help="every certificate in --dir: whom it names, until when")
 
     p = sub.add_parser("cluster", help="run a local cluster")
     csub = p.add_subparsers(dest="cluster_command", required=True)
@@ -155,17 +199,26 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--data", type=Path, default=Path("data"))
     up.add_argument("--fast", action="store_true", help="election timeouts of 150-300 ms")
 
+    def tls_args(q: argparse.ArgumentParser) -> None:
+        q.add_argument("--ca", help="the cluster's CA certificate (default: $CHORUS_CA, data/tls/ca.crt, "
+                                    "or the system's trust store)")
+        q.add_argument("--plaintext", action="store_true", help="no TLS (a server started without it)")
+
     def client_parser(name: str, help_: str) -> argparse.ArgumentParser:
         q = sub.add_parser(name, help=help_)
         q.add_argument("--servers", help=f"host:port,... (default {DEFAULT_SERVERS})")
         q.add_argument("--retry-for", type=float, default=30.0, help="seconds to keep retrying")
+        tls_args(q)
         return q
 
     for name in ("register", "login"):
         q = client_parser(name, f"{name} a user")
         q.add_argument("name")
         q.add_argument("--password-stdin", action="store_true")
-    client_parser("logout", "log off and forget the session")
+    q = client_parser("logout", "log off: end this session (--all: every session of the user)")
+    q.add_argument("--all", action="store_true", help="end every session of the user, on every device")
+    q = client_parser("passwd", "change the password (every other session ends)")
+    q.add_argument("--password-stdin", action="store_true", help="read the current, then the new one")
     q = client_parser("send", "send a message")
     q.add_argument("to")
     q.add_argument("message", nargs="+")
@@ -185,7 +238,37 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--json", action="store_true")
     q = sub.add_parser("chat", help="the terminal chat app")
     q.add_argument("--servers", help=f"host:port,... (default {DEFAULT_SERVERS})")
+    tls_args(q)
     return ap
+
+
+def certs_command(args: argparse.Namespace) -> int:
+    from chorus.server import certs
+
+    d: Path = args.dir
+    try:
+        if args.certs_command == "init":
+            crt = certs.create_ca(d, args.name)
+            print(f"created the CA: {crt} (give it to every server and client) and {d / 'ca.key'} "
+                  "(needed only to issue certificates: keep it safe)")
+        elif args.certs_command == "issue":
+            crt = certs.issue_server(d, args.id, args.host, args.days, args.ca_key)
+            print(f"issued {crt} and its key for server {args.id} ({', '.join(args.host)})")
+        elif args.certs_command == "renew":
+            crt = certs.renew_server(d, args.id, args.days, args.ca_key, args.host)
+            info = certs.inspect(crt)
+            print(f"renewed {crt}: valid until {info.not_after:%Y-%m-%d}; a running server picks it up "
+                  "for its next connection (or at once on SIGHUP)")
+        else:
+            for path in sorted(d.glob("*.crt")):
+                info = certs.inspect(path)
+                who = "CA" if info.is_ca else f"server {info.server_id}" if info.server_id else info.subject
+                print(f"{path.name:<18} {who:<12} until {info.not_after:%Y-%m-%d} ({info.days_left:.0f} days)"
+                      + (f"  hosts {', '.join(info.hosts)}" if info.hosts else ""))
+    except certs.CertError as exc:
+        print(f"chorus certs: {exc}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -193,7 +276,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "serve":
         from chorus.server import run
 
-        return run(args.id, args.config, args.log_level)
+        return run(args.id, args.config, args.log_level, insecure=args.insecure)
+    if args.command == "certs":
+        return certs_command(args)
     if args.command == "cluster":
         from .cluster import up
 
@@ -203,7 +288,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "chat":
         from chorus.tui import ChatApp
 
-        ChatApp(servers_of(args)).run()
+        ChatApp(servers_of(args), tls=tls_of(args)).run()
         return 0
     try:
         return asyncio.run(client_command(args))

@@ -2,7 +2,16 @@
 exactly-once retries, a resumable event stream) and the errors it raises."""
 
 from .client import Client, Conversation, Message, Stats, server_status
-from .errors import Busy, ChorusError, InvalidRequest, Rejected, Unauthenticated, Unavailable
+from .errors import (
+    Busy,
+    ChorusError,
+    InvalidRequest,
+    NotConnected,
+    Rejected,
+    Throttled,
+    Unauthenticated,
+    Unavailable,
+)
 
 __all__ = [
     "Busy",
@@ -11,8 +20,10 @@ __all__ = [
     "Conversation",
     "InvalidRequest",
     "Message",
+    "NotConnected",
     "Rejected",
     "Stats",
+    "Throttled",
     "Unauthenticated",
     "Unavailable",
     "server_status",

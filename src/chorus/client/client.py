@@ -22,6 +22,7 @@ import contextlib
 import itertools
 import random
 import secrets
+import ssl
 from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Any
 
@@ -30,7 +31,17 @@ import msgspec
 from chorus.wire import FrameDecoder, FrameError, encode_frame
 from chorus.wire import client as W
 
-from .errors import Busy, ChorusError, InvalidRequest, Rejected, Unauthenticated, Unavailable
+from . import tls as T
+from .errors import (
+    Busy,
+    ChorusError,
+    InvalidRequest,
+    NotConnected,
+    Rejected,
+    Throttled,
+    Unauthenticated,
+    Unavailable,
+)
 
 
 class Message(msgspec.Struct, frozen=True):
@@ -57,18 +68,48 @@ class Stats(msgspec.Struct, frozen=True):
 
 
 _RETRYABLE = {"unavailable", "busy"}
+WRITE_OPS = frozenset(cls.__struct_config__.tag for cls in W.WRITES)  # type: ignore[attr-defined]
 
 
-def _error(code: str, message: str, primary: str | None) -> ChorusError:
+def _error(code: str, message: str, primary: str | None, retry_after: float | None = None) -> ChorusError:
     if code == "unavailable":
         return Unavailable(code, message, primary)
     if code == "busy":
         return Busy(code, message, primary)
     if code == "unauthenticated":
         return Unauthenticated(code, message, primary)
+    if code == "throttled":
+        return Throttled(code, message, primary, retry_after)
     if code in ("invalid_request", "malformed", "frame_too_large"):
         return InvalidRequest(code, message, primary)
+    if code == "tls_required":
+        return NotConnected(code, message, primary)
     return Rejected(code, message, primary)
+
+
+def _from_reply(err: dict[str, Any]) -> ChorusError:
+    retry = err.get("retry_after")
+    return _error(err.get("code", "internal"), err.get("message", ""), err.get("primary"),
+                  retry if isinstance(retry, int | float) else None)
+
+
+async def open_connection(address: str, ctx: ssl.SSLContext | None, timeout: float
+                          ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A connection to ``address`` (host:port), over TLS with ``ctx`` unless None.
+    Raises NotConnected for a TLS failure (a certificate not trusted, a server
+    without TLS): trying again does not help; OSError/TimeoutError otherwise."""
+    host, _, port = address.rpartition(":")
+    host = host.strip("[]")
+    try:
+        return await asyncio.wait_for(
+            asyncio.open_connection(host, int(port), ssl=ctx, server_hostname=host if ctx is not None else None),
+            timeout)
+    except ssl.SSLError as exc:
+        raise NotConnected("tls", T.explain(exc, address)) from None
+    except ConnectionResetError as exc:
+        if ctx is None:
+            raise
+        raise NotConnected("tls", T.explain(exc, address)) from None
 
 
 def _time_out(fut: asyncio.Future) -> None:
@@ -85,6 +126,7 @@ class _Connection:
         self.on_event = on_event
         self.on_lost = on_lost
         self.decoder = FrameDecoder(max_frame)
+        self.refused: NotConnected | None = None
         self.closed = asyncio.get_running_loop().create_future()
         self.task = asyncio.get_running_loop().create_task(self._read())
 
@@ -99,15 +141,20 @@ class _Connection:
                     if reply.event is not None:
                         self.on_event(self, reply)
                         continue
+                    if reply.id is None and reply.error and reply.error.get("code") == "tls_required":
+                        self._fail(_from_reply(reply.error))  # a plaintext client on a TLS port
+                        return
                     fut = self.waiting.pop(reply.id, None) if reply.id is not None else None
                     if fut is not None and not fut.done():
                         fut.set_result(reply)
-        except (OSError, FrameError, msgspec.DecodeError, msgspec.ValidationError):
+        except (OSError, FrameError, msgspec.DecodeError, msgspec.ValidationError, RecursionError):
             pass
         finally:
             self._fail(ConnectionError(f"lost the connection to {self.address}"))
 
     def _fail(self, exc: Exception) -> None:
+        if isinstance(exc, NotConnected) and self.refused is None:
+            self.refused = exc
         for fut in self.waiting.values():
             if not fut.done():
                 fut.set_exception(exc)
@@ -120,6 +167,8 @@ class _Connection:
             self.writer.close()
 
     async def call(self, rid: int, frame: bytes, timeout: float) -> W.Reply:
+        if self.refused is not None:
+            raise self.refused
         if self.closed.done():
             raise ConnectionError(f"not connected to {self.address}")
         loop = asyncio.get_running_loop()
@@ -151,10 +200,12 @@ class Client:
         consistency: str = "linearizable",
         max_frame: int = 1 << 20,
         shuffle: bool = True,
+        tls: T.TLSOption = None,
     ) -> None:
         """``servers``: any of the cluster's client addresses (host:port). The first
         one tried is picked at random, to spread clients over the servers, unless
-        ``shuffle`` is False (then in the order given)."""
+        ``shuffle`` is False (then in the order given). ``tls``: how to reach them
+        (TLS against the cluster's CA unless told otherwise; see client/tls.py)."""
         self.servers = [s.strip() for s in (servers.split(",") if isinstance(servers, str) else servers) if s.strip()]
         if not self.servers:
             raise ValueError("give at least one server (host:port)")
@@ -164,6 +215,8 @@ class Client:
         self.write_concern = write_concern
         self.consistency = consistency
         self.max_frame = max_frame
+        self._tls = tls
+        self._ssl: ssl.SSLContext | bool | None = False  # not resolved yet (False: not looked up)
         self.token: str | None = None
         self.user: str | None = None
         self._conn: _Connection | None = None
@@ -222,10 +275,13 @@ class Client:
             for k in range(len(self.servers)):
                 order.append(self.servers[(self._next + k) % len(self.servers)])
             last_exc: Exception | None = None
+            refused: NotConnected | None = None
             for address in order:
-                host, _, port = address.rpartition(":")
                 try:
-                    reader, writer = await asyncio.wait_for(asyncio.open_connection(host, int(port)), 2.0)
+                    reader, writer = await open_connection(address, self.ssl_context(), 2.0)
+                except NotConnected as exc:  # TLS: worth trying the others, not again
+                    refused = exc
+                    continue
                 except (OSError, TimeoutError, ValueError) as exc:
                     last_exc = exc
                     continue
@@ -241,6 +297,8 @@ class Client:
                     continue
                 self._changed()
                 return conn
+            if refused is not None:
+                raise refused
             raise ConnectionError(f"no server answered ({', '.join(self.servers)}): {last_exc}")
 
     async def _resume(self, conn: _Connection) -> None:
@@ -254,7 +312,7 @@ class Client:
                     raise ConnectionError(err.get("message", "unavailable"))
                 self.token = None
                 if self._subscribed:
-                    raise _error(err.get("code", "unauthenticated"), err.get("message", ""), err.get("primary"))
+                    raise _from_reply(err)
                 # Not an error yet: the request being retried may be the one that
                 # ended the session (delete_account); the server answers a retried
                 # write from its saved result, anything else with "unauthenticated".
@@ -264,6 +322,11 @@ class Client:
                                     self.request_timeout)
             if not reply.ok:
                 raise ConnectionError("could not subscribe again")
+
+    def ssl_context(self) -> ssl.SSLContext | None:
+        if self._ssl is False:
+            self._ssl = T.context(self._tls)
+        return self._ssl  # type: ignore[return-value]
 
     def _lost(self, conn: _Connection) -> None:
         """A connection broke. A subscribed client gets back on its own, at once:
@@ -280,6 +343,8 @@ class Client:
             try:
                 await self._connect()
                 return
+            except NotConnected:
+                return  # (TLS: trying again does not help; the next request says why)
             except (ConnectionError, TimeoutError, OSError, ChorusError):
                 attempt += 1
                 await asyncio.sleep(min(1.0, 0.05 * 2 ** min(attempt, 5)) * random.uniform(0.5, 1.5))
@@ -295,7 +360,7 @@ class Client:
         """One request, retried across servers until it gets an answer."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.retry_for
-        write = op in ("register", "send", "delete_messages", "mark_read", "set_view_count", "log_off", "delete_account")
+        write = op in WRITE_OPS
         if write:
             self._seq += 1
             fields.update(client=self.client_id, seq=self._seq)
@@ -325,7 +390,7 @@ class Client:
                         return reply.result
                     err = reply.error or {}
                     code = err.get("code", "internal")
-                    exc2 = _error(code, err.get("message", ""), err.get("primary"))
+                    exc2 = _from_reply(err)
                     if code not in _RETRYABLE:
                         if write:
                             self._answered_seq(fields["seq"])
@@ -396,14 +461,30 @@ class Client:
         return await self._call("set_view_count", count=count)
 
     async def log_off(self) -> dict:
-        """Record the log-off time (what "last seen" shows)."""
-        return await self._call("log_off")
+        """Record the log-off time (what "last seen" shows) and end the session:
+        its token stops working on every server. Log in again to go on."""
+        result = await self._call("log_off")
+        self.token = None
+        return result
 
     async def logout(self) -> dict:
         """Log off and forget the session."""
         result = await self.log_off()
         self.token = self.user = None
         self._drop(self._conn)
+        return result
+
+    async def logout_all(self) -> dict:
+        """End every session of this user, on every device (every token issued so far)."""
+        result = await self._call("logout_all")
+        self.token = self.user = None
+        self._drop(self._conn)
+        return result
+
+    async def change_password(self, old: str, new: str) -> dict:
+        """Every other session of the user ends; this one goes on with a new token."""
+        result = await self._call("change_password", old_password=old, new_password=new)
+        self.token = result["token"]
         return result
 
     async def delete_account(self) -> dict:
@@ -439,11 +520,12 @@ class Client:
             yield await self._events.get()
 
 
-async def server_status(address: str, timeout: float = 2.0) -> dict:
+async def server_status(address: str, timeout: float = 2.0, tls: T.TLSOption = None) -> dict:
     """The status of one server, or {"address", "error"} if it does not answer."""
-    host, _, port = address.rpartition(":")
     try:
-        reader, writer = await asyncio.wait_for(asyncio.open_connection(host, int(port)), timeout)
+        reader, writer = await open_connection(address, T.context(tls), timeout)
+    except NotConnected as exc:
+        return {"address": address, "error": exc.message}
     except (OSError, TimeoutError, ValueError) as exc:
         return {"address": address, "error": f"unreachable: {exc}"}
     try:
@@ -451,8 +533,10 @@ async def server_status(address: str, timeout: float = 2.0) -> dict:
         head = await asyncio.wait_for(reader.readexactly(4), timeout)
         body = await asyncio.wait_for(reader.readexactly(int.from_bytes(head, "big")), timeout)
         reply = W.decode_reply(body)
+        if not reply.ok:
+            return {"address": address, "error": (reply.error or {}).get("message", "refused")}
         return {"address": address, **(reply.result or {})}
-    except (OSError, TimeoutError, asyncio.IncompleteReadError) as exc:
+    except (OSError, TimeoutError, asyncio.IncompleteReadError, msgspec.DecodeError, msgspec.ValidationError) as exc:
         return {"address": address, "error": f"no answer: {exc}"}
     finally:
         writer.close()

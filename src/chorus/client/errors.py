@@ -31,3 +31,16 @@ class InvalidRequest(ChorusError):
 
 class Rejected(ChorusError):
     """The chat refused the command: a taken name, an unknown recipient, ..."""
+
+
+class Throttled(Rejected):
+    """Too many failed logins (or registrations): wait ``retry_after`` seconds."""
+
+    def __init__(self, code: str, message: str, primary: str | None = None, retry_after: float | None = None) -> None:
+        super().__init__(code, message, primary)
+        self.retry_after = retry_after
+
+
+class NotConnected(ChorusError):
+    """No connection could be made for a reason that retrying does not fix: the
+    server's certificate is not trusted, or one side speaks TLS and the other not."""

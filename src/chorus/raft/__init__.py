@@ -10,6 +10,7 @@ What it offers:
 
 from .config import FAST, RaftConfig
 from .messages import (
+    MAX_NUMBER,
     MESSAGE_TYPES,
     Entry,
     EntryKind,
@@ -46,6 +47,7 @@ from .node import (
 
 __all__ = [
     "FAST",
+    "MAX_NUMBER",
     "MESSAGE_TYPES",
     "Entry",
     "EntryKind",

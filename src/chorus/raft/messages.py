@@ -15,9 +15,17 @@ INSTALL_SNAPSHOT, TIMEOUT_NOW, READ_INDEX and READ_INDEX_RESP.
 from __future__ import annotations
 
 import enum
-from typing import Any, ClassVar
+from typing import Annotated, Any, ClassVar
 
 import msgspec
+
+# Every number a peer sends is bounded when it is decoded (terms, indexes, ids,
+# counters). 2**53 - 1 is exact in any JSON reader, and far enough below
+# SQLite's 2**63 - 1 that no term or index the core derives from an accepted one
+# (a new term is the old one plus one) can overflow the store.
+MAX_NUMBER = 2**53 - 1
+Number = Annotated[int, msgspec.Meta(ge=0, le=MAX_NUMBER)]
+ServerId = Annotated[int, msgspec.Meta(ge=1, le=MAX_NUMBER)]
 
 
 class EntryKind(enum.IntEnum):
@@ -27,9 +35,9 @@ class EntryKind(enum.IntEnum):
 
 
 class Entry(msgspec.Struct, frozen=True, array_like=True, gc=False):
-    index: int
-    term: int
-    kind: int
+    index: Number
+    term: Number
+    kind: Annotated[int, msgspec.Meta(ge=0, le=255)]
     data: bytes
 
     def __repr__(self) -> str:
@@ -52,9 +60,9 @@ class Membership(msgspec.Struct, frozen=True, gc=False):
     with an empty disk must come back under a new id, or answers meant for its
     old self could be taken for its own."""
 
-    voters: frozenset[int] = frozenset()
-    learners: frozenset[int] = frozenset()
-    removed: frozenset[int] = frozenset()
+    voters: frozenset[ServerId] = frozenset()
+    learners: frozenset[ServerId] = frozenset()
+    removed: frozenset[ServerId] = frozenset()
 
     def __repr__(self) -> str:
         def ids(s: frozenset[int]) -> str:
@@ -84,8 +92,8 @@ class Membership(msgspec.Struct, frozen=True, gc=False):
 class SnapshotMeta(msgspec.Struct, frozen=True, gc=False):
     """What a state snapshot covers: everything up to and including ``index``."""
 
-    index: int
-    term: int
+    index: Number
+    term: Number
     membership: Membership
 
     def __repr__(self) -> str:
@@ -97,9 +105,9 @@ class Message(msgspec.Struct, frozen=True, kw_only=True, tag_field="type"):
 
     ENVELOPE: ClassVar[tuple[str, ...]] = ("term", "server_id", "to")
 
-    term: int
-    server_id: int
-    to: int
+    term: Number
+    server_id: ServerId
+    to: ServerId
 
     @property
     def type(self) -> str:
@@ -120,12 +128,12 @@ class Message(msgspec.Struct, frozen=True, kw_only=True, tag_field="type"):
 class Heartbeat(Message, frozen=True, kw_only=True, tag="HEARTBEAT"):
     """Primary -> backup: "I am still primary". ``ctx`` confirms pending ReadIndex requests."""
 
-    commit: int
-    ctx: int = 0
+    commit: Number
+    ctx: Number = 0
 
 
 class HeartbeatAck(Message, frozen=True, kw_only=True, tag="HEARTBEAT_ACK"):
-    ctx: int = 0
+    ctx: Number = 0
 
 
 class RequestVote(Message, frozen=True, kw_only=True, tag="REQUEST_VOTE"):
@@ -134,8 +142,8 @@ class RequestVote(Message, frozen=True, kw_only=True, tag="REQUEST_VOTE"):
     ``transfer`` marks an election started by leadership transfer, which voters
     honour even while they still hear from a primary."""
 
-    last_index: int
-    last_term: int
+    last_index: Number
+    last_term: Number
     pre_vote: bool = False
     transfer: bool = False
 
@@ -148,10 +156,10 @@ class VoteResponse(Message, frozen=True, kw_only=True, tag="VOTE_RESPONSE"):
 class Replicate(Message, frozen=True, kw_only=True, tag="REPLICATE"):
     """Primary -> backup: entries following (prev_index, prev_term), and the commit index."""
 
-    prev_index: int
-    prev_term: int
+    prev_index: Number
+    prev_term: Number
     entries: tuple[Entry, ...] = ()
-    commit: int = 0
+    commit: Number = 0
 
     def __repr__(self) -> str:
         return (
@@ -167,10 +175,10 @@ class ReplicateAck(Message, frozen=True, kw_only=True, tag="REPLICATE_ACK"):
     term is <= the primary's term there, so the primary skips a whole term per
     round trip."""
 
-    index: int
+    index: Number
     reject: bool = False
-    hint_index: int = 0
-    hint_term: int = 0
+    hint_index: Number = 0
+    hint_term: Number = 0
 
 
 class InstallSnapshot(Message, frozen=True, kw_only=True, tag="INSTALL_SNAPSHOT"):
@@ -202,12 +210,12 @@ class Forward(Message, frozen=True, kw_only=True, tag="FORWARD"):
 class ReadIndex(Message, frozen=True, kw_only=True, tag="READ_INDEX"):
     """Backup -> primary: "what commit index may I serve a linearizable read at?"."""
 
-    request_id: int
+    request_id: Number
 
 
 class ReadIndexResp(Message, frozen=True, kw_only=True, tag="READ_INDEX_RESP"):
-    request_id: int
-    index: int
+    request_id: Number
+    index: Number
 
 
 PeerMessage = (

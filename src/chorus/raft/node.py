@@ -32,6 +32,7 @@ from operator import attrgetter
 from .config import RaftConfig
 from .log import RaftLog
 from .messages import (
+    MAX_NUMBER,
     Entry,
     EntryKind,
     Forward,
@@ -337,6 +338,8 @@ class RaftNode:
     def _campaign(self, *, pre_vote: bool, transfer: bool = False) -> None:
         self._reset_randomized_timeout()
         self.election_elapsed = 0
+        if self.term >= MAX_NUMBER:
+            return  # no term beyond what the wire carries (only a hostile member gets here)
         if pre_vote:
             # Pre-candidates keep their term and vote (dissertation §9.6).
             self.role = Role.CANDIDATE

@@ -14,6 +14,7 @@ from operator import attrgetter
 import msgspec
 
 from .messages import (
+    MAX_NUMBER,
     MESSAGE_TYPES,
     Entry,
     EntryKind,
@@ -38,8 +39,8 @@ _KINDS = frozenset(int(k) for k in EntryKind)
 
 
 def _count(m: Message, name: str, value: object) -> int:
-    if type(value) is not int or value < 0:
-        raise MessageError(f"{m.type}: {name} must be a non-negative integer, got {value!r}")
+    if type(value) is not int or not 0 <= value <= MAX_NUMBER:
+        raise MessageError(f"{m.type}: {name} must be an integer from 0 to 2**53-1, got {value!r}")
     return value
 
 
@@ -49,7 +50,7 @@ def _flag(m: Message, name: str, value: object) -> None:
 
 
 def _ids(m: Message, name: str, value: object) -> None:
-    if type(value) is not frozenset or any(type(i) is not int or i <= 0 for i in value):
+    if type(value) is not frozenset or any(type(i) is not int or not 0 < i <= MAX_NUMBER for i in value):
         raise MessageError(f"{m.type}: {name} must be a set of server ids")
 
 
@@ -59,7 +60,7 @@ def validate(m: object, self_id: int) -> None:
     assert isinstance(m, Message)
     term = _count(m, "term", m.term)
     sender = m.server_id
-    if type(sender) is not int or sender <= 0:
+    if type(sender) is not int or not 0 < sender <= MAX_NUMBER:
         raise MessageError(f"{m.type}: server_id must be a positive integer, got {sender!r}")
     if sender == self_id:
         raise MessageError(f"{m.type}: server {sender} is this server")
@@ -110,11 +111,9 @@ def validate(m: object, self_id: int) -> None:
         if type(m.commands) is not tuple or any(type(c) is not bytes for c in m.commands):
             raise MessageError("FORWARD: commands must be a list of byte strings")
     elif t is ReadIndex:
-        if type(m.request_id) is not int:
-            raise MessageError("READ_INDEX: request_id must be an integer")
+        _count(m, "request_id", m.request_id)
     elif t is ReadIndexResp:
-        if type(m.request_id) is not int:
-            raise MessageError("READ_INDEX_RESP: request_id must be an integer")
+        _count(m, "request_id", m.request_id)
         _count(m, "index", m.index)
 
 

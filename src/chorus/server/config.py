@@ -10,6 +10,24 @@
     election_timeout_ms = [1500, 3000]
     heartbeat_ms = 150
 
+    [tls]                               # TLS 1.3 on both ports (chorus certs makes the files)
+    dir = "tls"                         # ca.crt, server-N.crt, server-N.key
+    # or each file: ca = "...", cert = "server-{id}.crt", key = "server-{id}.key"
+
+    [limits]                            # what a connection may cost (the defaults below)
+    handshake_timeout_s = 5.0           # TLS and the first frames, on both ports
+    idle_timeout_s = 30.0               # a client connection without a session, silent this long, is closed
+    pending_per_source = 64             # client connections without a session, per source address
+    peer_pending_per_source = 8         # peer connections before their HELLO, per source address
+    pre_auth_max_frame = 16384          # bytes in one frame from a client without a session
+    login_free_failures = 5             # wrong passwords for one name before logins of it are slowed
+    source_free_failures = 20           # wrong passwords from one address before its logins are slowed
+    login_backoff_max_s = 300.0         # the longest wait between attempts (it doubles from 1 s)
+    register_burst = 5                  # registrations from one address at once,
+    register_per_hour = 30              # and then this many an hour
+    password_jobs = 2                   # password hashes computed at once (argon2id: slow on purpose)
+    password_queue = 64                 # waiting for one; beyond, "busy"
+
     [[server]]
     id = 1
     host = "127.0.0.1"
@@ -18,23 +36,72 @@
     # ... one [[server]] table per replica
 
 Environment variables override the file: CHORUS_SECRET, CHORUS_DATA_DIR,
-CHORUS_WRITE_CONCERN, CHORUS_TICK_MS, CHORUS_HEARTBEAT_MS,
+CHORUS_TLS_DIR, CHORUS_WRITE_CONCERN, CHORUS_TICK_MS, CHORUS_HEARTBEAT_MS,
 CHORUS_ELECTION_TIMEOUT_MS ("150,300"), CHORUS_SNAPSHOT_EVERY and
 CHORUS_SNAPSHOT_KEEP (entries). With no file at all: three replicas on
-127.0.0.1, peer ports 8081-8083, client ports 8091-8093, data in ./data.
+127.0.0.1, peer ports 8081-8083, client ports 8091-8093, data in ./data, no TLS
+(loopback only).
 """
 
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import os
 import tomllib
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
 from chorus.raft import Membership, RaftConfig
 
+from .tls import TLSPaths
+
 DEV_SECRET = "chorus-local-development-secret"  # for a cluster on one machine only
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What a connection, a source address or an account may cost (see the
+    module's docstring and docs/security.md)."""
+
+    handshake_timeout_s: float = 5.0
+    idle_timeout_s: float = 30.0
+    pending_per_source: int = 64
+    peer_pending_per_source: int = 8
+    pre_auth_max_frame: int = 16384
+    login_free_failures: int = 5
+    source_free_failures: int = 20
+    login_backoff_max_s: float = 300.0
+    register_burst: int = 5
+    register_per_hour: float = 30.0
+    password_jobs: int = 2
+    password_queue: int = 64
+
+
+@dataclass(frozen=True)
+class TLSFiles:
+    """Where a server finds its TLS files: ``{id}`` in a path is the server's id."""
+
+    ca: Path
+    cert: str
+    key: str
+
+    def paths(self, server_id: int) -> TLSPaths:
+        return TLSPaths(self.ca, Path(self.cert.replace("{id}", str(server_id))),
+                        Path(self.key.replace("{id}", str(server_id))))
+
+    @classmethod
+    def in_dir(cls, directory: Path) -> TLSFiles:
+        return cls(directory / "ca.crt", str(directory / "server-{id}.crt"), str(directory / "server-{id}.key"))
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 class ConfigError(Exception):
@@ -67,7 +134,7 @@ class Config:
     election_timeout_ms: tuple[int, int] = (1500, 3000)
     heartbeat_ms: int = 150
     max_frame: int = 1 << 20  # what a client may send in one frame
-    peer_max_frame: int = 16 << 20  # what a server may send another (entries travel in base64)
+    peer_max_frame: int = 1 << 20  # what a server may send another (a REPLICATE or chunk is ~350 KiB)
     request_timeout_s: float = 10.0  # the longest a write or read waits before "unavailable"
     election_wait_s: float = 4.0  # how long a request waits for a primary to be elected
     snapshot_every: int = 20_000  # entries applied between snapshots
@@ -75,6 +142,8 @@ class Config:
     token_ttl_s: int = 7 * 24 * 3600
     max_in_flight: int = 1024  # requests per connection
     max_pending_writes: int = 20_000  # writes waiting for commit, per server
+    tls: TLSFiles | None = None
+    limits: Limits = field(default_factory=Limits)
     extra: dict = field(default_factory=dict)
 
     def spec(self, server_id: int) -> ServerSpec:
@@ -124,6 +193,8 @@ def load(path: Path | None = None, env: dict[str, str] | None = None) -> Config:
         changes["secret"] = env["CHORUS_SECRET"]
     if "CHORUS_DATA_DIR" in env:
         changes["data_dir"] = Path(env["CHORUS_DATA_DIR"])
+    if env.get("CHORUS_TLS_DIR"):
+        changes["tls"] = TLSFiles.in_dir(Path(env["CHORUS_TLS_DIR"]))
     if "CHORUS_WRITE_CONCERN" in env:
         changes["write_concern"] = env["CHORUS_WRITE_CONCERN"]
     for key, name in (("tick_ms", "CHORUS_TICK_MS"), ("heartbeat_ms", "CHORUS_HEARTBEAT_MS"),
@@ -169,6 +240,10 @@ def _from_toml(raw: dict, path: Path) -> Config:
     if not data_dir.is_absolute():
         data_dir = path.parent / data_dir
     kw: dict = {"servers": tuple(servers), "data_dir": data_dir}
+    if "tls" in raw:
+        kw["tls"] = _tls(raw["tls"], path)
+    if "limits" in raw:
+        kw["limits"] = _limits(raw["limits"], path)
     if "secret" in cluster:
         kw["secret"] = str(cluster["secret"])
     if "write_concern" in cluster:
@@ -187,9 +262,43 @@ def _from_toml(raw: dict, path: Path) -> Config:
     return Config(**kw)
 
 
+def _tls(t: object, path: Path) -> TLSFiles:
+    if not isinstance(t, dict) or not all(isinstance(v, str) for v in t.values()):
+        raise ConfigError(f"{path}: [tls] takes dir = \"...\", or ca, cert and key paths")
+    unknown = set(t) - {"dir", "ca", "cert", "key"}
+    if unknown:
+        raise ConfigError(f"{path}: [tls] has no {', '.join(sorted(unknown))} (it takes dir, or ca, cert and key)")
+    base = path.parent
+
+    def rel(p: str) -> Path:
+        return Path(p) if Path(p).is_absolute() else base / p
+
+    files = TLSFiles.in_dir(rel(t["dir"])) if "dir" in t else None
+    if files is None and not {"ca", "cert", "key"} <= set(t):
+        raise ConfigError(f"{path}: [tls] needs dir, or all of ca, cert and key")
+    ca = rel(t["ca"]) if "ca" in t else files.ca  # type: ignore[union-attr]
+    cert = str(rel(t["cert"])) if "cert" in t else files.cert  # type: ignore[union-attr]
+    key = str(rel(t["key"])) if "key" in t else files.key  # type: ignore[union-attr]
+    return TLSFiles(ca, cert, key)
+
+
+def _limits(raw: object, path: Path) -> Limits:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: [limits] must be a table")
+    known = {f.name: f.type for f in fields(Limits)}
+    kw = {}
+    for key, value in raw.items():
+        if key not in known:
+            raise ConfigError(f"{path}: [limits] has no {key} (it has {', '.join(known)})")
+        if type(value) not in (int, float) or value < 0 or (known[key] == "int" and type(value) is not int):
+            raise ConfigError(f"{path}: [limits] {key} must be a non-negative {known[key]}, not {value!r}")
+        kw[key] = value
+    return Limits(**kw)
+
+
 def validate(cfg: Config) -> None:
     ids = [s.id for s in cfg.servers]
-    if len(set(ids)) != len(ids) or any(i <= 0 for i in ids):
+    if len(set(ids)) != len(ids) or any(not 0 < i < 2**31 for i in ids):
         raise ConfigError(f"server ids must be distinct positive integers, got {ids}")
     addresses = [(s.host, p) for s in cfg.servers for p in (s.peer_port, s.client_port)]
     if len(set(addresses)) != len(addresses):

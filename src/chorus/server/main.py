@@ -1,7 +1,12 @@
 """``chorus serve``: run one replica until SIGTERM or SIGINT.
 
 On SIGTERM a primary first hands leadership to a caught-up backup, so clients
-see no error, then stops.
+see no error, then stops. SIGHUP loads the TLS files again (they are also
+picked up by themselves when they change, for each new connection).
+
+Secure by default: a server that listens on an address other than loopback
+must have TLS and a secret of its own; ``--insecure`` lets it start without,
+and it then says so in its log, loudly.
 """
 
 from __future__ import annotations
@@ -12,21 +17,26 @@ import signal
 import sys
 from pathlib import Path
 
-from .config import DEV_SECRET, Config, ConfigError, load
+from .certs import CertError
+from .config import DEV_SECRET, Config, ConfigError, is_loopback, load
+from .listen import raise_open_file_limit
 from .peers import PeerTransport
 from .replica import Replica
 from .sessions import ClientServer
+from .tls import TLS
 
 log = logging.getLogger("chorus.server")
 
 
 async def serve(cfg: Config, server_id: int, ready: asyncio.Event | None = None) -> None:
+    tls = TLS(cfg.tls.paths(server_id), server_id) if cfg.tls is not None else None
     replica = Replica(cfg, server_id)
-    peers = PeerTransport(replica, cfg)
-    clients = ClientServer(replica, cfg)
+    peers = PeerTransport(replica, cfg, tls)
+    clients = ClientServer(replica, cfg, tls)
     replica.transport = peers
     replica.push = clients.push
     replica.account_deleted = clients.account_deleted
+    replica.sessions_ended = clients.sessions_ended
     replica.start()
     await peers.start()
     await clients.start()
@@ -34,9 +44,11 @@ async def serve(cfg: Config, server_id: int, ready: asyncio.Event | None = None)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    if tls is not None:
+        loop.add_signal_handler(signal.SIGHUP, lambda: tls.reload(force=True))
     spec = replica.spec
-    print(f"chorus server {server_id} ready: clients on {spec.client_address}, peers on {spec.peer_address}",
-          flush=True)
+    print(f"chorus server {server_id} ready: clients on {spec.client_address}, peers on {spec.peer_address}"
+          f"{' (TLS)' if tls is not None else ''}", flush=True)
     if ready is not None:
         ready.set()
     await stop.wait()
@@ -48,7 +60,26 @@ async def serve(cfg: Config, server_id: int, ready: asyncio.Event | None = None)
     log.info("server %d stopped", server_id)
 
 
-def run(server_id: int, config: Path | None, log_level: str = "INFO") -> int:
+def refusal(cfg: Config, server_id: int, insecure: bool) -> str | None:
+    """Why this server must not start as configured (None: it may), and, with
+    ``insecure``, the warnings instead."""
+    spec = cfg.spec(server_id)
+    exposed = not is_loopback(spec.host)
+    problems = []
+    if exposed and cfg.tls is None:
+        problems.append("without TLS ([tls] in the configuration; chorus certs makes the files)")
+    if exposed and cfg.secret == DEV_SECRET:
+        problems.append("with the public development secret ([cluster] secret, or CHORUS_SECRET)")
+    if not problems:
+        return None
+    text = f"server {server_id} listens on {spec.host}, not on loopback, " + " and ".join(problems)
+    if insecure:
+        log.warning("INSECURE (--insecure): %s. Anyone on the network can read and forge its traffic.", text)
+        return None
+    return text + ". Fix that, or start it with --insecure to accept the risk."
+
+
+def run(server_id: int, config: Path | None, log_level: str = "INFO", insecure: bool = False) -> int:
     logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         stream=sys.stderr)
     try:
@@ -57,9 +88,16 @@ def run(server_id: int, config: Path | None, log_level: str = "INFO") -> int:
     except ConfigError as exc:
         print(f"chorus serve: {exc}", file=sys.stderr)
         return 2
+    why = refusal(cfg, server_id, insecure)
+    if why is not None:
+        print(f"chorus serve: {why}", file=sys.stderr)
+        return 2
     if cfg.secret == DEV_SECRET:
         log.warning("using the built-in development secret: fine on one machine, set CHORUS_SECRET "
                     "or [cluster] secret for anything else")
+    if cfg.tls is None:
+        log.warning("no TLS: traffic on both ports is in plaintext (fine on loopback only)")
+    log.info("open files allowed: %d", raise_open_file_limit())
     try:
         import uvloop
 
@@ -68,6 +106,9 @@ def run(server_id: int, config: Path | None, log_level: str = "INFO") -> int:
         runner = asyncio.run
     try:
         runner(serve(cfg, server_id))
+    except CertError as exc:
+        print(f"chorus serve: {exc}", file=sys.stderr)
+        return 2
     except OSError as exc:
         print(f"chorus serve: {exc}", file=sys.stderr)
         return 1

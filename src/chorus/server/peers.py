@@ -1,13 +1,22 @@
 """Links between servers.
 
-Each server keeps one outgoing TCP connection to every other member, for what
-it sends, and accepts their connections on its peer port, for what it
-receives. A connection starts with HELLO, which proves knowledge of the cluster
-secret; frames from an unknown or unproven server are refused with an ERROR
-frame and the connection is closed. Each outgoing link has a bounded buffer: a
-slow or dead peer gets messages dropped (Raft expects lossy links) and the core
-is told the link is unreachable, so nothing ever blocks on a peer. Snapshots
-are streamed in chunks before the INSTALL_SNAPSHOT message that names them.
+Each server keeps one outgoing connection to every other member, for what it
+sends, and accepts their connections on its peer port, for what it receives.
+With TLS (the default off loopback) both ends present a certificate of the
+cluster CA, and a connection is the server its certificate names. Every
+connection then opens with a challenge and response each way (CHALLENGE, HELLO,
+WELCOME: wire/peer.py), which proves knowledge of the cluster secret against a
+fresh nonce, so nothing captured can be replayed. A frame from an unknown or
+unproven server, or one that names another sender than its connection, is
+refused with an ERROR frame and the connection is closed.
+
+Before its HELLO, a connection may send only small frames, must finish within
+the handshake deadline, and counts against its source address's cap (listen.py).
+
+Each outgoing link has a bounded buffer: a slow or dead peer gets messages
+dropped (Raft expects lossy links) and the core is told the link is
+unreachable, so nothing ever blocks on a peer. Snapshots are streamed in chunks
+before the INSTALL_SNAPSHOT message that names them.
 """
 
 from __future__ import annotations
@@ -16,16 +25,30 @@ import asyncio
 import contextlib
 import logging
 import secrets
+import socket
+import ssl
 from typing import TYPE_CHECKING
 
 import msgspec
 
-from chorus.raft import InstallSnapshot, Membership, Message, MessageError
+from chorus.chat import commands as C
+from chorus.raft import Forward, InstallSnapshot, Membership, Message, MessageError
 from chorus.store import SnapshotInvalid, SnapshotReceiver, chunks
 from chorus.wire import FrameError, encode_frame
-from chorus.wire.peer import Hello, SnapshotChunk, decode_peer, encode_peer
+from chorus.wire.peer import (
+    HANDSHAKE_MAX_FRAME,
+    Challenge,
+    Hello,
+    SnapshotChunk,
+    Welcome,
+    decode_peer,
+    encode_peer,
+    new_nonce,
+)
 
 from .config import Config, ServerSpec
+from .listen import Admission, Gate, Listener
+from .tls import TLS, peer_id
 
 if TYPE_CHECKING:
     from .replica import Replica
@@ -47,6 +70,31 @@ def _error_frame(text: str) -> bytes:
     return encode_frame(msgspec.json.encode(
         {"type": "ERROR", "term": 0, "server_id": 0, "to": 0, "payload": {"message": text}}
     ))
+
+
+class _Error(msgspec.Struct):
+    type: str
+    payload: dict
+
+
+def refusal(body: bytes) -> str | None:
+    """The message of an ERROR frame, or None if it is not one."""
+    try:
+        e = msgspec.json.decode(body, type=_Error)
+    except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):
+        return None
+    return str(e.payload.get("message", ""))[:500] if e.type == "ERROR" else None
+
+
+def check_forward(m: Forward) -> None:
+    """A primary appends forwarded commands as they are: each must be one that
+    applying cannot fail on (every field within its bounds), or it is refused
+    here, before it is proposed."""
+    for i, data in enumerate(m.commands):
+        try:
+            C.decode(data)
+        except C.BadCommand as exc:
+            raise MessageError(f"FORWARD: command {i} is not a valid chat command: {exc}") from None
 
 
 class PeerLink:
@@ -94,17 +142,14 @@ class PeerLink:
         backoff = 0.05
         while not self.closed:
             try:
-                reader, writer = await asyncio.wait_for(
-                    asyncio.open_connection(self.peer.host, self.peer.peer_port), timeout=2.0
-                )
-            except (OSError, TimeoutError):
+                reader, writer = await self._open()
+            except (OSError, TimeoutError, ssl.SSLError, MessageError, FrameError, asyncio.IncompleteReadError) as exc:
+                if isinstance(exc, MessageError | FrameError | ssl.SSLError):
+                    log.warning("link to server %d not up: %s", self.peer.id, exc)
                 await self._pause(backoff * (0.5 + secrets.randbelow(1000) / 1000))
                 backoff = min(backoff * 2, 1.0)
                 continue
             backoff = 0.05
-            hello = Hello.sign(self.t.cfg.secret_bytes, self.t.replica.id, self.peer.id, secrets.token_hex(8),
-                               self.t.cfg.fingerprint)
-            writer.write(encode_frame(encode_peer(hello)))
             for frame in self.pending:
                 writer.write(frame)
             self.pending, self.pending_bytes = [], 0
@@ -124,6 +169,47 @@ class PeerLink:
             if not self.closed:
                 self.t.replica.node.report_unreachable(self.peer.id)
                 await self._pause(backoff)
+
+    async def _open(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        """Connect, and prove who we are against the peer's challenge (and have it prove itself)."""
+        t, peer = self.t, self.peer
+        timeout = t.cfg.limits.handshake_timeout_s
+        tls = t.tls.current().peer_client if t.tls is not None else None
+        reader, writer = await asyncio.wait_for(
+            asyncio.open_connection(peer.host, peer.peer_port, ssl=tls,
+                                    server_hostname=peer.host if tls is not None else None,
+                                    ssl_handshake_timeout=timeout if tls is not None else None),
+            timeout=timeout,
+        )
+        try:
+            sock = writer.get_extra_info("socket")
+            if sock is not None:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if tls is not None:
+                named = peer_id(writer.get_extra_info("peercert"))
+                if named != peer.id:
+                    raise MessageError(f"{peer.peer_address} presented the certificate of "
+                                       f"{f'server {named}' if named else 'no server'}, not of server {peer.id}")
+
+            async def frame() -> object:
+                body = await asyncio.wait_for(read_frame(reader, HANDSHAKE_MAX_FRAME), timeout)
+                why = refusal(body)
+                if why is not None:
+                    raise MessageError(f"server {peer.id} refused our link: {why}")
+                return decode_peer(body)
+
+            challenge = await frame()
+            if not isinstance(challenge, Challenge) or challenge.server_id != peer.id:
+                raise MessageError(f"{peer.peer_address} did not open with the CHALLENGE of server {peer.id}")
+            hello = Hello.sign(t.cfg.secret_bytes, t.replica.id, peer.id, challenge.nonce, t.cfg.fingerprint)
+            writer.write(encode_frame(encode_peer(hello)))
+            welcome = await frame()
+            if not isinstance(welcome, Welcome) or not welcome.valid(t.cfg.secret_bytes, hello):
+                raise MessageError(f"{peer.peer_address} does not know the cluster secret (its WELCOME is not valid)")
+        except BaseException:
+            writer.close()
+            raise
+        return reader, writer
 
     async def _send_snapshot(self, m: InstallSnapshot) -> None:
         replica = self.t.replica
@@ -163,18 +249,31 @@ class PeerLink:
 
 
 class PeerTransport:
-    def __init__(self, replica: Replica, cfg: Config) -> None:
+    def __init__(self, replica: Replica, cfg: Config, tls: TLS | None = None) -> None:
         self.replica = replica
         self.cfg = cfg
+        self.tls = tls
         self.links: dict[int, PeerLink] = {}
-        self.server: asyncio.AbstractServer | None = None
+        self.listener: Listener | None = None
         self.receivers: dict[int, SnapshotReceiver] = {}
         self.inbound: set[asyncio.StreamWriter] = set()
         self.known = {s.id: s for s in cfg.servers}
 
     async def start(self) -> None:
         spec = self.replica.spec
-        self.server = await asyncio.start_server(self._serve, spec.host, spec.peer_port, reuse_address=True)
+        tls = self.tls
+
+        def protocol(gate: Gate) -> asyncio.BaseProtocol:
+            reader = asyncio.StreamReader(limit=1 << 16)
+            return asyncio.StreamReaderProtocol(reader, lambda r, w: self._serve(r, w, gate))
+
+        self.listener = Listener(
+            spec.host, spec.peer_port, name="peer", admission=Admission(self.cfg.limits.peer_pending_per_source),
+            handshake_timeout=self.cfg.limits.handshake_timeout_s,
+            tls=(lambda: tls.current().peer_server) if tls is not None else (lambda: None),
+            protocol=protocol, refuse_plaintext=lambda: _error_frame("this server's peer port speaks TLS only"),
+        )
+        await self.listener.start()
         self.membership_changed(self.replica.node.membership)
 
     def membership_changed(self, membership: Membership) -> None:
@@ -195,28 +294,19 @@ class PeerTransport:
     async def close(self) -> None:
         for link in self.links.values():
             link.close()
-        if self.server is not None:
-            self.server.close()
+        if self.listener is not None:
+            self.listener.close()
         for w in list(self.inbound):
             w.close()
         for r in self.receivers.values():
             r.abort()
 
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, gate: Gate) -> None:
         """One incoming peer connection."""
         self.inbound.add(writer)
-        sender = 0
         try:
-            frame = decode_peer(await read_frame(reader, self.cfg.peer_max_frame))
-            if not isinstance(frame, Hello):
-                raise MessageError("a peer connection must start with HELLO")
-            if frame.server_id not in self.known or frame.to != self.replica.id:
-                raise MessageError(f"server {frame.server_id} is not a member of this cluster")
-            if frame.cluster != self.cfg.fingerprint:
-                raise MessageError(f"server {frame.server_id} has a different list of servers in its configuration")
-            if not frame.valid(self.cfg.secret_bytes, self.cfg.fingerprint):
-                raise MessageError(f"server {frame.server_id} does not know the cluster secret")
-            sender = frame.server_id
+            sender = await self._accept_hello(reader, writer)
+            gate.authenticated()
             link = self.links.get(sender)
             if link is not None and link.writer is None:
                 # A restarted peer: our link to it may be waiting out a backoff of up
@@ -225,10 +315,14 @@ class PeerTransport:
             while True:
                 frame = decode_peer(await read_frame(reader, self.cfg.peer_max_frame))
                 if isinstance(frame, SnapshotChunk):
+                    if frame.server_id != sender:
+                        raise MessageError(f"server {sender} sent a snapshot chunk as server {frame.server_id}")
                     await self._chunk(sender, frame)
                 elif isinstance(frame, Message):
                     if frame.server_id != sender:
                         raise MessageError(f"server {sender} sent a message as server {frame.server_id}")
+                    if type(frame) is Forward:
+                        check_forward(frame)
                     if type(frame) is InstallSnapshot and frame.snapshot.index not in self.replica.received_snapshots:
                         # Its chunks did not all arrive: without them it cannot be installed.
                         log.warning("INSTALL_SNAPSHOT at %d from %d without its data: dropped",
@@ -239,8 +333,8 @@ class PeerTransport:
                     except MessageError as exc:
                         log.warning("rejected from server %d: %s", sender, exc)
                 else:
-                    raise MessageError("HELLO twice")
-        except (asyncio.IncompleteReadError, ConnectionError):
+                    raise MessageError(f"{type(frame).__name__.upper()} after the handshake")
+        except (asyncio.IncompleteReadError, ConnectionError, TimeoutError, ssl.SSLError):
             pass
         except (MessageError, FrameError) as exc:
             log.warning("peer connection from %s closed: %s", writer.get_extra_info("peername"), exc)
@@ -248,9 +342,36 @@ class PeerTransport:
                 writer.write(_error_frame(str(exc)))
                 await writer.drain()
         finally:
+            gate.closed()
             self.inbound.discard(writer)
             with contextlib.suppress(Exception):
                 writer.close()
+
+    async def _accept_hello(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> int:
+        """Challenge the connecting server, check its HELLO, prove ourselves: its id."""
+        me = self.replica.id
+        named = None
+        if self.tls is not None:
+            named = peer_id(writer.get_extra_info("peercert"))
+            if named is None:
+                raise MessageError("the certificate names no chorus server")
+        challenge = Challenge(server_id=me, nonce=new_nonce())
+        writer.write(encode_frame(encode_peer(challenge)))
+        body = await asyncio.wait_for(read_frame(reader, HANDSHAKE_MAX_FRAME), self.cfg.limits.handshake_timeout_s)
+        hello = decode_peer(body)
+        if not isinstance(hello, Hello):
+            raise MessageError("a peer connection must answer its CHALLENGE with HELLO")
+        if hello.server_id not in self.known or hello.to != me:
+            raise MessageError(f"server {hello.server_id} is not a member of this cluster")
+        if named is not None and hello.server_id != named:
+            raise MessageError(f"the certificate of server {named} was used to claim server {hello.server_id}")
+        if hello.cluster != self.cfg.fingerprint:
+            raise MessageError(f"server {hello.server_id} has a different list of servers in its configuration")
+        if not hello.valid(self.cfg.secret_bytes, challenge.nonce, self.cfg.fingerprint):
+            raise MessageError(f"server {hello.server_id} does not know the cluster secret, "
+                               "or answered another challenge than this connection's")
+        writer.write(encode_frame(encode_peer(hello.welcome(self.cfg.secret_bytes))))
+        return hello.server_id
 
     async def _chunk(self, sender: int, c: SnapshotChunk) -> None:
         loop = asyncio.get_running_loop()

@@ -72,6 +72,7 @@ class Applied:
     results: list[tuple[int, str, int, C.Result]]  # (index, client, seq, result)
     messages: list[tuple[int, int, queries.Message]]  # (sender id, recipient id, message) for pushes
     deleted_users: list[int]
+    ended_sessions: list[tuple[int, str | None, int | None]]  # (user, session, or every one before epoch)
 
 
 # A snapshot is due once snapshot_every entries and log bytes of at least this
@@ -147,6 +148,7 @@ class Replica:
         self.transport: Any = None  # peers.PeerTransport, set by the server
         self.push: Callable[[int, int, queries.Message], None] = lambda s, r, m: None
         self.account_deleted: Callable[[int], None] = lambda uid: None
+        self.sessions_ended: Callable[[int, str | None, int | None], None] = lambda uid, sid, epoch: None
         self.received_snapshots: dict[int, SnapshotFile] = {}
         self._pumping = False
         self._stopped = False
@@ -277,7 +279,7 @@ class Replica:
 
     def _applied_output(self, results: list[tuple[int, C.Result]]) -> Applied:
         """Who waits for which answer, and what to push, from the applied results."""
-        out = Applied([], [], [])
+        out = Applied([], [], [], [])
         if not results:
             return out
         chat = self.store.chat
@@ -299,6 +301,10 @@ class Replica:
                     out.messages.append((sender.id, rid, msg))
             elif type(cmd) is C.DeleteAccount:
                 out.deleted_users.append(cmd.user)
+            elif type(cmd) in (C.LogOff, C.LogoutAll, C.ChangePassword) and result.data:
+                epoch, ended = result.data.get("epoch"), result.data.get("ended")
+                if epoch is not None or ended is not None:
+                    out.ended_sessions.append((cmd.user, ended, epoch))  # type: ignore[union-attr]
         return out
 
     def _after(self, rd: Ready, applied: Applied) -> None:
@@ -321,6 +327,8 @@ class Replica:
             self.push(sender, recipient, msg)
         for uid in applied.deleted_users:
             self.account_deleted(uid)
+        for uid, session, epoch in applied.ended_sessions:
+            self.sessions_ended(uid, session, epoch)
         if rd.committed:
             self.applied = rd.committed[-1].index
             self._log_bytes += sum(len(e.data) for e in rd.committed)

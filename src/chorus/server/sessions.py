@@ -10,8 +10,14 @@ as this replica applies it, and on (re)subscribing everything after the last
 message it saw: nothing is missed, nothing arrives twice.
 
 Bad input never costs more than that one request (or, for a broken frame, that
-one connection): malformed JSON, unknown ops, wrong types, missing or extra
-fields, oversized frames each get an error with a stable code.
+one connection): malformed JSON, JSON nested too deeply, unknown ops, wrong
+types, missing or extra fields, oversized frames each get an error with a
+stable code.
+
+Before it has a session a connection costs little and not for long: it counts
+against its source address's cap (listen.py), its frames are at most
+``pre_auth_max_frame`` bytes, and it is closed after ``idle_timeout_s`` without
+a request. Logins are throttled and registrations rate-limited (guard.py).
 """
 
 from __future__ import annotations
@@ -23,13 +29,16 @@ from typing import TYPE_CHECKING, Any
 
 from chorus.chat import commands as C
 from chorus.chat import queries, rules
-from chorus.chat.passwords import hash_password, verify_password
+from chorus.chat.passwords import dummy_hash, hash_password, verify_password
 from chorus.wire import FrameDecoder, FrameError, encode_frame
 from chorus.wire import client as W
 
 from . import auth
 from .config import Config
+from .guard import Guard, Throttled, TooBusy
+from .listen import Admission, Gate, Listener
 from .replica import Busy, Unavailable
+from .tls import TLS
 
 if TYPE_CHECKING:
     from .replica import Replica
@@ -46,22 +55,46 @@ class ClientError(Exception):
 
 
 class ClientServer:
-    def __init__(self, replica: Replica, cfg: Config) -> None:
+    def __init__(self, replica: Replica, cfg: Config, tls: TLS | None = None) -> None:
         self.replica = replica
         self.cfg = cfg
+        self.tls = tls
+        self.guard = Guard(cfg.limits)
         self.by_user: dict[int, set[ClientSession]] = {}
         self.sessions: set[ClientSession] = set()
-        self.server: asyncio.AbstractServer | None = None
+        self.unauthenticated: set[ClientSession] = set()
+        self.listener: Listener | None = None
+        self._sweeper: asyncio.Task | None = None
 
     async def start(self) -> None:
-        loop = asyncio.get_running_loop()
         spec = self.replica.spec
-        self.server = await loop.create_server(lambda: ClientSession(self), spec.host, spec.client_port,
-                                               reuse_address=True)
+        tls = self.tls
+        self.listener = Listener(
+            spec.host, spec.client_port, name="client", admission=Admission(self.cfg.limits.pending_per_source),
+            handshake_timeout=self.cfg.limits.handshake_timeout_s,
+            tls=(lambda: tls.current().client_side) if tls is not None else (lambda: None),
+            protocol=lambda gate: ClientSession(self, gate),
+            refuse_plaintext=lambda: encode_frame(W.error(
+                None, "tls_required", "this server speaks TLS only: connect with TLS (chorus clients do by default)")),
+        )
+        await self.listener.start()
+        self._sweeper = asyncio.get_running_loop().create_task(self._sweep_idle())
+
+    async def _sweep_idle(self) -> None:
+        """Close connections without a session that have been silent too long."""
+        timeout = self.cfg.limits.idle_timeout_s
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(max(0.05, min(1.0, timeout / 4)))
+            cutoff = loop.time() - timeout
+            for s in [s for s in self.unauthenticated if s.last_active < cutoff and not s.in_flight]:
+                s.close()
 
     def stop_accepting(self) -> None:
-        if self.server is not None:
-            self.server.close()
+        if self.listener is not None:
+            self.listener.close()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
 
     def close(self) -> None:
         for s in list(self.sessions):
@@ -76,7 +109,14 @@ class ClientServer:
         for s in list(self.by_user.get(uid, ())):
             s.logout()
 
-    def _bind(self, session: ClientSession, uid: int | None) -> None:
+    def sessions_ended(self, uid: int, session: str | None, epoch: int | None) -> None:
+        """A session (or, with ``epoch``, every one issued before it) was ended:
+        the connections using it here are logged out."""
+        for s in list(self.by_user.get(uid, ())):
+            if (session is not None and s.session == session) or (epoch is not None and s.epoch < epoch):
+                s.logout()
+
+    def _bind(self, session: ClientSession, uid: int | None, claims: auth.Claims | None = None) -> None:
         if session.uid != uid:  # another user (or none): the old one's pushes stop here
             session.pushed_upto = None
             session.held = None
@@ -87,19 +127,32 @@ class ClientServer:
                 if not peers:
                     del self.by_user[session.uid]
         session.uid = uid
+        session.session = claims.sid if claims is not None else ""
+        session.epoch = claims.ep if claims is not None else 0
+        session.session_expires = claims.exp if claims is not None else 0
         if uid is not None:
             self.by_user.setdefault(uid, set()).add(session)
+            self.unauthenticated.discard(session)
+            session.gate.authenticated()
+            session.decoder.max_frame = self.cfg.max_frame
+        elif session.transport is not None:
+            self.unauthenticated.add(session)
 
 
 class ClientSession(asyncio.Protocol):
-    def __init__(self, server: ClientServer) -> None:
+    def __init__(self, server: ClientServer, gate: Gate) -> None:
         self.server = server
         self.replica = server.replica
         self.cfg = server.cfg
-        self.decoder = FrameDecoder(self.cfg.max_frame)
+        self.gate = gate
+        self.decoder = FrameDecoder(self.cfg.limits.pre_auth_max_frame)  # until it has a session
         self.transport: asyncio.Transport | None = None
         self.uid: int | None = None
         self.name = ""
+        self.session = ""  # the token's session id, epoch and expiry
+        self.epoch = 0
+        self.session_expires = 0
+        self.last_active = 0.0
         self.in_flight = 0
         self.tasks: set[asyncio.Task] = set()
         # Pushing: None while not subscribed; while catching up, live messages wait in `held`.
@@ -109,24 +162,31 @@ class ClientSession(asyncio.Protocol):
     # ------------------------------------------------------------------ the connection
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        self.last_active = asyncio.get_running_loop().time()
         self.server.sessions.add(self)
+        self.server.unauthenticated.add(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.server.sessions.discard(self)
+        self.transport = None
         self.server._bind(self, None)
+        self.server.unauthenticated.discard(self)
+        self.gate.closed()
         for t in self.tasks:
             t.cancel()
-        self.transport = None
 
     def close(self) -> None:
         if self.transport is not None:
             self.transport.close()
 
     def data_received(self, data: bytes) -> None:
+        if self.uid is None:
+            self.last_active = asyncio.get_running_loop().time()
         try:
             frames = self.decoder.feed(data)
         except FrameError as exc:
-            self._send(W.error(None, "frame_too_large", str(exc)))
+            limit = "" if self.uid is not None else " (before logging in)"
+            self._send(W.error(None, "frame_too_large", f"{exc}{limit}"))
             self.close()
             return
         for body in frames:
@@ -161,8 +221,10 @@ class ClientSession(asyncio.Protocol):
             self._send(W.error(req.id, exc.code, str(exc), exc.primary))
         except Unavailable as exc:
             self._send(W.error(req.id, "unavailable", str(exc), exc.primary or self.replica.primary_address()))
-        except Busy as exc:
+        except (Busy, TooBusy) as exc:
             self._send(W.error(req.id, "busy", str(exc)))
+        except Throttled as exc:
+            self._send(W.error(req.id, "throttled", str(exc), retry_after=exc.retry_after))
         except asyncio.CancelledError:
             raise
         except Exception:
@@ -218,8 +280,18 @@ class ClientSession(asyncio.Protocol):
                                      count=req.count)
                 return await self._write(req, cmd)
             case W.LogOff():
-                cmd = C.LogOff(client=req.client, seq=req.seq, acked=req.acked, ts=now, user=uid)
-                return await self._write(req, cmd)
+                cmd = C.LogOff(client=req.client, seq=req.seq, acked=req.acked, ts=now, user=uid,
+                               session=self.session, session_expires=self.session_expires)
+                result = await self._write(req, cmd)
+                self.logout()
+                return result
+            case W.LogoutAll():
+                cmd = C.LogoutAll(client=req.client, seq=req.seq, acked=req.acked, ts=now, user=uid)
+                result = await self._write(req, cmd, concern="majority")
+                self.logout()
+                return result
+            case W.ChangePassword():
+                return await self._change_password(req, uid)
             case W.DeleteAccount():
                 cmd = C.DeleteAccount(client=req.client, seq=req.seq, acked=req.acked, ts=now, user=uid)
                 result = await self._write(req, cmd)
@@ -250,8 +322,10 @@ class ClientSession(asyncio.Protocol):
             raise ClientError("invalid_request", "seq counts from 1; acked is the highest seq fully answered")
         return req.concern or self.cfg.write_concern
 
-    async def _write(self, req: W.Write, cmd: C.AnyCommand, predicted: dict | None = None) -> Any:
-        concern = self._check_write(req)
+    async def _write(self, req: W.Write, cmd: C.AnyCommand, predicted: dict | None = None,
+                     concern: str | None = None) -> Any:
+        checked = self._check_write(req)
+        concern = concern or checked
         result = await self.replica.submit(C.encode(cmd), req.client, req.seq, concern)
         if result.data is not None and result.data.get("concern") == "async":
             # Answered once durable on this primary only: what applying it will give.
@@ -263,6 +337,13 @@ class ClientSession(asyncio.Protocol):
             raise ClientError(result.code, result.message)
         return result.data
 
+    @property
+    def source(self) -> str:
+        return self.gate.source
+
+    async def _password_job(self, fn: Any, *args: Any) -> Any:
+        return await self.server.guard.password_job(self.replica.run_blocking, fn, *args)
+
     async def _register(self, req: W.Register) -> Any:
         problem = rules.name_problem(req.name)
         if problem:
@@ -270,23 +351,39 @@ class ClientSession(asyncio.Protocol):
         weak = rules.password_problems(req.password)
         if weak:
             raise ClientError("weak_password", "the password needs " + ", ".join(weak))
-        pw_hash = await self.replica.run_blocking(hash_password, req.password)
+        self.server.guard.check_register(self.source)
+        pw_hash = await self._password_job(hash_password, req.password)
         cmd = C.Register(client=req.client, seq=req.seq, acked=req.acked, ts=int(time.time() * 1000),
                          name=req.name, pw_hash=pw_hash)
         return await self._write(req, cmd)
 
-    async def _login(self, req: W.Login) -> Any:
-        r = self.replica
+    async def _check_password(self, name: str, password: str) -> queries.UserInfo:
+        """The user, if ``password`` is theirs; throttled, and as slow for a name
+        that does not exist as for a wrong password."""
+        r, guard, key = self.replica, self.server.guard, rules.name_key(name)
+        guard.check_login(key, self.source)
         await r.read_barrier("linearizable")
-        user = queries.find_user(r.reader, req.name)
-        ok = user is not None and await r.run_blocking(verify_password, user.pw_hash, req.password)
+        user = queries.find_user(r.reader, name)
+        ok = await self._password_job(verify_password, user.pw_hash if user else dummy_hash(), password)
         if not ok or user is None:
+            guard.login_failed(key, self.source)
             raise ClientError("bad_credentials", "wrong user name or password")
+        guard.login_succeeded(key, self.source)
+        return user
+
+    def _issue(self, user: queries.UserInfo) -> dict[str, Any]:
+        """A new session for this connection, and its token."""
         now = int(time.time())
-        token = auth.issue(self.cfg.secret_bytes, user.id, user.name, now, self.cfg.token_ttl_s)
-        self.server._bind(self, user.id)
+        claims = auth.Claims(user.id, user.name, now + self.cfg.token_ttl_s, auth.new_session_id(),
+                             queries.session_epoch(self.replica.reader, user.id))
+        self.server._bind(self, user.id, claims)
         self.name = user.name
-        return {"token": token, "id": user.id, "name": user.name, "expires_at": now + self.cfg.token_ttl_s,
+        return {"token": auth.sign(self.cfg.secret_bytes, claims), "expires_at": claims.exp}
+
+    async def _login(self, req: W.Login) -> Any:
+        user = await self._check_password(req.name, req.password)
+        issued = self._issue(user)
+        return {"token": issued["token"], "id": user.id, "name": user.name, "expires_at": issued["expires_at"],
                 "last_logoff": user.last_logoff, "view_count": user.view_count}
 
     async def _auth(self, token: str) -> Any:
@@ -295,14 +392,38 @@ class ClientSession(asyncio.Protocol):
         except auth.BadToken as exc:
             raise ClientError("unauthenticated", str(exc)) from None
         r = self.replica
-        # Linearizable: a replica just behind must know of the registration, and of a deletion.
+        # Linearizable: a replica just behind must know of the registration, of a
+        # deletion, and of a session ended anywhere.
         await r.read_barrier("linearizable")
         user = queries.user_by_id(r.reader, claims.uid)
         if user is None or user.name != claims.name:
             raise ClientError("unauthenticated", "this account no longer exists")
-        self.server._bind(self, user.id)
+        if queries.session_ended(r.reader, user.id, claims.sid, claims.ep):
+            raise ClientError("unauthenticated", "this session was ended (logged off, or the password "
+                                                 "changed): log in again")
+        self.server._bind(self, user.id, claims)
         self.name = user.name
         return {"id": user.id, "name": user.name, "last_logoff": user.last_logoff, "view_count": user.view_count}
+
+    async def _change_password(self, req: W.ChangePassword, uid: int) -> Any:
+        weak = rules.password_problems(req.new_password)
+        if weak:
+            raise ClientError("weak_password", "the new password needs " + ", ".join(weak))
+        try:
+            user = await self._check_password(self.name, req.old_password)
+        except ClientError as exc:
+            if exc.code == "bad_credentials":
+                raise ClientError("bad_credentials", "the current password is wrong") from None
+            raise
+        if user.id != uid:
+            raise ClientError("unauthenticated", "this account no longer exists")
+        pw_hash = await self._password_job(hash_password, req.new_password)
+        cmd = C.ChangePassword(client=req.client, seq=req.seq, acked=req.acked, ts=int(time.time() * 1000),
+                               user=uid, pw_hash=pw_hash)
+        # Applied here before the answer (so the new token carries the new epoch).
+        result = await self._write(req, cmd, concern="majority")
+        # Every session ended with it, this one too: it goes on with a new token.
+        return {**(result or {}), **self._issue(user)}
 
     def logout(self) -> None:
         self.server._bind(self, None)

@@ -50,7 +50,9 @@ from chorus.raft import (
 
 from .snapshots import SnapshotFile, copy_chat_tables_from, write_snapshot
 
-FORMAT = 2  # PRAGMA user_version: 2 has the log in segments and the client log
+# PRAGMA user_version: 2 has the log in segments and the client log; 3 adds the
+# ended sessions (created in a file of format 2 as it is opened: nothing to convert).
+FORMAT = 3
 _HEADER = struct.Struct("<qqq")
 ENTRY_HEADER = struct.Struct("<qBII")  # term, kind, size of data, CRC-32; the index is implied
 SEGMENT_BYTES = 1 << 20  # a longer write is stored as several segments
@@ -187,9 +189,9 @@ class ReplicaStore:
                     raise StoreCorrupt(f"{self.path}: the database is damaged: {'; '.join(problems[:3])}")
             if not fresh and version == 0:
                 self._upgrade_from_format_1()
-            elif not fresh and version != FORMAT:
+            elif not fresh and version not in (2, FORMAT):
                 raise StoreCorrupt(f"{self.path}: written in storage format {version}, "
-                                   f"and this chorus reads format {FORMAT} (and upgrades format 1)")
+                                   f"and this chorus reads format {FORMAT} (and upgrades formats 1 and 2)")
             # Created in one transaction with its format: a crash half way leaves an empty file.
             c.executescript(f"BEGIN; {DDL} {schema.DDL} PRAGMA user_version = {FORMAT}; COMMIT;")
             boot = (bootstrap or Membership()).encode()

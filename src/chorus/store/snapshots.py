@@ -196,6 +196,9 @@ def copy_chat_tables_from(conn: sqlite3.Connection, source: str) -> None:
             conn.execute("DELETE FROM main.client_log")
             schema.upgrade_clients_from_format_1(conn, source)
             continue
+        if table in schema.SESSION_TABLES and table not in names:
+            conn.execute(f"DELETE FROM main.{table}")  # a snapshot of format 1 or 2: no session ended
+            continue
         want = [r[1] for r in conn.execute(f"PRAGMA main.table_info({table})")]
         have = [r[1] for r in conn.execute(f"PRAGMA {source}.table_info({table})")]
         if want != have:

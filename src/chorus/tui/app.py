@@ -13,6 +13,7 @@ from textual.binding import Binding
 from textual.reactive import reactive
 
 from chorus.client import ChorusError, Client, server_status
+from chorus.client.tls import TLSOption
 
 from .chat import ChatScreen, Session, unsent_text
 from .dialogs import ConfirmScreen
@@ -33,17 +34,18 @@ class ChatApp(App[None]):
     """What the status bar shows; ``cluster.reconnecting`` during a failover."""
 
     def __init__(self, servers: list[str], *, retry_for: float = math.inf, poll_every: float = 0.5,
-                 hold: float = 1.5, shuffle: bool = True) -> None:
+                 hold: float = 1.5, shuffle: bool = True, tls: TLSOption = None) -> None:
         """``retry_for``: how long a request keeps being retried; by default as
         long as the app runs, so that a message typed during an outage goes out
         whenever a majority is back (the status bar says what is going on).
         ``poll_every``: seconds between looks at the servers; ``hold``: the least
-        time "reconnecting..." stays up."""
+        time "reconnecting..." stays up. ``tls``: as for ``Client``."""
         super().__init__()
         self.servers = servers
         self.retry_for = retry_for
         self.poll_every = poll_every
         self.shuffle = shuffle
+        self.tls = tls
         self.session: Session | None = None
         self.client = self.new_client()
         self._statuses: list[dict] = []
@@ -51,7 +53,7 @@ class ChatApp(App[None]):
         self._reason = ""
 
     def new_client(self) -> Client:
-        client = Client(self.servers, retry_for=self.retry_for, shuffle=self.shuffle)
+        client = Client(self.servers, retry_for=self.retry_for, shuffle=self.shuffle, tls=self.tls)
         client.on_change = lambda: self.call_later(self.update_cluster)
         return client
 
@@ -68,7 +70,7 @@ class ChatApp(App[None]):
         """Ask every server for its status, again and again."""
         while True:
             self._statuses = list(await asyncio.gather(
-                *(server_status(s, timeout=max(0.5, 2 * self.poll_every)) for s in self.servers)))
+                *(server_status(s, timeout=max(0.5, 2 * self.poll_every), tls=self.tls) for s in self.servers)))
             self.update_cluster()
             await asyncio.sleep(self.poll_every)
 

@@ -8,6 +8,8 @@ from rich.text import Text
 from textual.binding import Binding
 from textual.widgets import ListItem, ListView, Static
 
+from chorus.client.text import visible
+
 from .model import FAILED, SENDING, ClusterView, Contact, ConversationLog, Entry, clock
 
 RECONNECTING_HINT = "Messages typed now are sent once the cluster is back, exactly once."
@@ -86,7 +88,7 @@ class ContactItem(ListItem):
         self.show(contact)
 
     def show(self, contact: Contact) -> None:
-        text = Text(contact.name, style="bold" if contact.unread else "")
+        text = Text(visible(contact.name), style="bold" if contact.unread else "")
         if contact.name.lower() == self.me.lower():
             text.append(" (you)", style="dim")
         self.label.update(text)
@@ -141,9 +143,9 @@ def message_text(e: Entry, mine: bool) -> Text:
         text.append("● ", style="bold")
     text.append(clock(e.sent_at) if e.sent_at is not None else "--:--", style="dim")
     text.append(" ")
-    text.append(e.sender, style="bold cyan" if mine else "bold magenta")
+    text.append(visible(e.sender), style="bold cyan" if mine else "bold magenta")
     text.append(": ")
-    text.append(e.body)
+    text.append(visible(e.body, newlines=True))  # never a raw escape sequence to the terminal
     if mine:
         if e.state == SENDING:
             text.append("  … sending", style="italic yellow")

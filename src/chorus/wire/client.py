@@ -25,8 +25,10 @@ import msgspec
 Consistency = Literal["linearizable", "local"]
 WriteConcern = Literal["majority", "all", "async"]
 
-# Every field is bounded, so no command can grow past a few kilobytes in the log.
-Number = Annotated[int, msgspec.Meta(ge=0, le=2**62)]
+# Every field is bounded, so no command can grow past a few kilobytes in the log,
+# and every number is exact in any JSON reader (2**53 - 1).
+MAX_NUMBER = 2**53 - 1
+Number = Annotated[int, msgspec.Meta(ge=0, le=MAX_NUMBER)]
 Limit = Annotated[int, msgspec.Meta(ge=1, le=1000)]
 Name = Annotated[str, msgspec.Meta(max_length=64)]
 Body = Annotated[str, msgspec.Meta(max_length=4000)]
@@ -38,7 +40,11 @@ ERROR_CODES = {
     "invalid_request": "not a JSON object, an unknown op, a missing, extra or out-of-range field, "
                        "or a field of the wrong type",
     "frame_too_large": "the frame is empty or over the size limit (the connection is closed)",
-    "unauthenticated": "log in (or send a valid token with auth) first; or the account no longer exists",
+    "tls_required": "the server speaks TLS only on this port (the connection is closed)",
+    "unauthenticated": "log in (or send a valid token with auth) first; or the session was ended "
+                       "(log_off, logout_all, a password change) or the account no longer exists",
+    "throttled": "too many failed logins, or registrations, from this address or for this name: "
+                 "wait retry_after seconds",
     "unavailable": "no primary could take the request in time; retry (the same write: same client and seq), "
                    "maybe on the primary named",
     "busy": "the server is overloaded; retry later",
@@ -53,7 +59,6 @@ ERROR_CODES = {
     "invalid_message": "a message is 1 to 4,000 characters, not only spaces",
     "no_conversation": "there is no conversation with that user",
     "invalid_view_count": "the view count is 1 to 1,000",
-    "too_many": "at most 1,000 message ids at a time",
     "stale_request": "a write whose seq the client acknowledged long ago (never applied twice)",
     "bad_command": "a log entry that is not a chat command (not sent by the server itself)",
     "invalid_password_hash": "a registration without an argon2id hash (not sent by the server itself)",
@@ -66,7 +71,7 @@ class Request(msgspec.Struct, kw_only=True, tag_field="op", forbid_unknown_field
 
 class Write(Request, kw_only=True, forbid_unknown_fields=True):
     client: Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
-    seq: Annotated[int, msgspec.Meta(ge=1, le=2**62)]
+    seq: Annotated[int, msgspec.Meta(ge=1, le=MAX_NUMBER)]
     acked: Number = 0
     concern: WriteConcern | None = None  # None: the server's default
 
@@ -77,12 +82,12 @@ class Read(Request, kw_only=True, forbid_unknown_fields=True):
 
 class Register(Write, tag="register", kw_only=True, forbid_unknown_fields=True):
     name: Name
-    password: Annotated[str, msgspec.Meta(max_length=256)]
+    password: Password
 
 
 class Login(Request, tag="login", kw_only=True, forbid_unknown_fields=True):
     name: Name
-    password: Annotated[str, msgspec.Meta(max_length=256)]
+    password: Password
 
 
 class Auth(Request, tag="auth", kw_only=True, forbid_unknown_fields=True):
@@ -108,7 +113,22 @@ class SetViewCount(Write, tag="set_view_count", kw_only=True, forbid_unknown_fie
 
 
 class LogOff(Write, tag="log_off", kw_only=True, forbid_unknown_fields=True):
-    pass
+    """Records the log-off time and ends this session: its token stops working
+    on every server."""
+
+
+class LogoutAll(Write, tag="logout_all", kw_only=True, forbid_unknown_fields=True):
+    """Ends every session of the user, on every device: every token issued so far."""
+
+
+Password = Annotated[str, msgspec.Meta(max_length=256)]
+
+
+class ChangePassword(Write, tag="change_password", kw_only=True, forbid_unknown_fields=True):
+    """Every other session ends; the answer holds a new token for this one."""
+
+    old_password: Password
+    new_password: Password
 
 
 class DeleteAccount(Write, tag="delete_account", kw_only=True, forbid_unknown_fields=True):
@@ -146,15 +166,15 @@ class Status(Request, tag="status", kw_only=True, forbid_unknown_fields=True):
 
 
 AnyRequest = (
-    Register | Login | Auth | Send | DeleteMessages | MarkRead | SetViewCount | LogOff | DeleteAccount
-    | Users | Conversations | History | Stats | Subscribe | Status
+    Register | Login | Auth | Send | DeleteMessages | MarkRead | SetViewCount | LogOff | LogoutAll
+    | ChangePassword | DeleteAccount | Users | Conversations | History | Stats | Subscribe | Status
 )
-WRITES = (Register, Send, DeleteMessages, MarkRead, SetViewCount, LogOff, DeleteAccount)
+WRITES = (Register, Send, DeleteMessages, MarkRead, SetViewCount, LogOff, LogoutAll, ChangePassword, DeleteAccount)
 OPS = sorted(cls.__struct_config__.tag for cls in AnyRequest.__args__)  # type: ignore[attr-defined]
 
 
 class _Id(msgspec.Struct):
-    id: int | None = None
+    id: Number | None = None
 
 
 class ProtocolError(Exception):
@@ -179,11 +199,13 @@ def decode_request(body: bytes) -> AnyRequest:
     except msgspec.ValidationError as exc:
         try:
             rid = _id_decoder.decode(body).id
-        except (msgspec.ValidationError, msgspec.DecodeError):
+        except (msgspec.ValidationError, msgspec.DecodeError, RecursionError):
             rid = None
         raise ProtocolError("invalid_request", _explain(str(exc)), rid) from None
     except msgspec.DecodeError as exc:
         raise ProtocolError("malformed", f"not a JSON object: {exc}") from None
+    except RecursionError:
+        raise ProtocolError("malformed", "JSON nested too deeply") from None
 
 
 def _explain(text: str) -> str:
@@ -198,10 +220,12 @@ def ok(request_id: int, result: Any = None) -> bytes:
     return _encoder.encode({"id": request_id, "ok": True, "result": result})
 
 
-def error(request_id: int | None, code: str, message: str, primary: str | None = None) -> bytes:
-    return _encoder.encode(
-        {"id": request_id, "ok": False, "error": {"code": code, "message": message, "primary": primary}}
-    )
+def error(request_id: int | None, code: str, message: str, primary: str | None = None,
+          retry_after: float | None = None) -> bytes:
+    err: dict[str, Any] = {"code": code, "message": message, "primary": primary}
+    if retry_after is not None:
+        err["retry_after"] = retry_after  # seconds (with "throttled")
+    return _encoder.encode({"id": request_id, "ok": False, "error": err})
 
 
 def event(kind: str, payload: Any) -> bytes:

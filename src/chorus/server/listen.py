@@ -1,0 +1,196 @@
+"""Accepting connections, and what a connection may cost before it proves anything.
+
+Both ports accept through :class:`Listener`, which does, for every connection,
+before any protocol code sees it:
+
+- a cap on the connections from one source address that have not
+  authenticated yet (a client without a session, a peer before its HELLO):
+  beyond it, a new one is closed at once, without a word;
+- a deadline for the first byte, and for the TLS handshake;
+- a look at the first byte (without reading it): a TLS handshake starts with
+  0x16, a chorus frame with 0x00 (a length under 16 MiB). A plaintext client on
+  a TLS port gets one plaintext error frame saying so; a TLS client on a
+  plaintext port is closed;
+- then the protocol, over TLS with the contexts current at that moment (so a
+  renewed certificate is used from the next connection on).
+
+Once authenticated, the connection gives its slot back (``Gate.authenticated``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import logging
+import socket
+import ssl
+from collections.abc import Callable
+
+log = logging.getLogger("chorus.listen")
+TLS_HANDSHAKE = 0x16
+
+
+class Admission:
+    """Connections not yet authenticated, counted by source address."""
+
+    def __init__(self, per_source: int) -> None:
+        self.per_source = per_source
+        self.pending: dict[str, int] = {}
+
+    def admit(self, source: str) -> bool:
+        n = self.pending.get(source, 0)
+        if n >= self.per_source:
+            return False
+        self.pending[source] = n + 1
+        return True
+
+    def release(self, source: str) -> None:
+        n = self.pending.get(source, 0) - 1
+        if n > 0:
+            self.pending[source] = n
+        else:
+            self.pending.pop(source, None)
+
+
+class Gate:
+    """One connection's slot in its source's count, given back once (when it
+    authenticates, or when it closes before that)."""
+
+    __slots__ = ("_admission", "source")
+
+    def __init__(self, admission: Admission | None, source: str) -> None:
+        self._admission = admission
+        self.source = source
+
+    def authenticated(self) -> None:
+        if self._admission is not None:
+            self._admission.release(self.source)
+            self._admission = None
+
+    closed = authenticated
+
+
+class Listener:
+    def __init__(self, host: str, port: int, *, name: str, admission: Admission,
+                 handshake_timeout: float, tls: Callable[[], ssl.SSLContext | None],
+                 protocol: Callable[[Gate], asyncio.BaseProtocol],
+                 refuse_plaintext: Callable[[], bytes]) -> None:
+        """``tls``: the context for a new connection, or None for plaintext;
+        ``protocol``: makes the protocol of an admitted connection;
+        ``refuse_plaintext``: the frame for a plaintext client on a TLS port."""
+        self.host, self.port, self.name = host, port, name
+        self.admission = admission
+        self.handshake_timeout = handshake_timeout
+        self.tls = tls
+        self.protocol = protocol
+        self.refuse_plaintext = refuse_plaintext
+        self.sock: socket.socket | None = None
+        self.task: asyncio.Task | None = None
+        self.refused = 0  # connections closed at the door (for tests and logs)
+        self._handshakes: set[asyncio.Task] = set()
+
+    async def start(self) -> None:
+        family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
+        sock = socket.create_server((self.host, self.port), family=family, backlog=1024, reuse_port=False)
+        sock.setblocking(False)
+        self.sock = sock
+        self.task = asyncio.get_running_loop().create_task(self._accept())
+
+    def close(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+        for t in list(self._handshakes):
+            t.cancel()
+        if self.sock is not None:
+            self.sock.close()
+            self.sock = None
+
+    async def _accept(self) -> None:
+        loop = asyncio.get_running_loop()
+        assert self.sock is not None
+        while True:
+            try:
+                conn, addr = await loop.sock_accept(self.sock)
+            except asyncio.CancelledError:
+                raise
+            except OSError as exc:
+                # Out of file descriptors (or a connection reset before accept): wait
+                # a little rather than spin; what is open already keeps being served.
+                level = logging.WARNING if exc.errno in (errno.EMFILE, errno.ENFILE) else logging.DEBUG
+                log.log(level, "%s port: accept failed: %s", self.name, exc)
+                await asyncio.sleep(0.05)
+                continue
+            source = str(addr[0])
+            if not self.admission.admit(source):
+                self.refused += 1
+                conn.close()
+                continue
+            task = loop.create_task(self._handshake(conn, Gate(self.admission, source)))
+            self._handshakes.add(task)
+            task.add_done_callback(self._handshakes.discard)
+
+    async def _handshake(self, conn: socket.socket, gate: Gate) -> None:
+        loop = asyncio.get_running_loop()
+        conn.setblocking(False)
+        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        handed_over = False
+        try:
+            deadline = loop.time() + self.handshake_timeout
+            first = await _peek(loop, conn, self.handshake_timeout)
+            if first is None:
+                return  # silent, or closed at once
+            ctx = self.tls()
+            if ctx is not None and first != TLS_HANDSHAKE:
+                with contextlib.suppress(OSError):
+                    conn.send(self.refuse_plaintext())
+                return
+            if ctx is None and first == TLS_HANDSHAKE:
+                return  # a TLS client on a plaintext port: closing fails its handshake
+            proto = self.protocol(gate)
+            left = max(0.1, deadline - loop.time())
+            if ctx is None:
+                await loop.connect_accepted_socket(lambda: proto, conn)
+            else:
+                await loop.connect_accepted_socket(lambda: proto, conn, ssl=ctx, ssl_handshake_timeout=left)
+            handed_over = True
+        except (OSError, ssl.SSLError, TimeoutError, ConnectionError) as exc:
+            log.debug("%s port: handshake with %s failed: %s", self.name, gate.source, exc)
+        finally:
+            if not handed_over:
+                gate.closed()
+                with contextlib.suppress(OSError):
+                    conn.close()
+
+
+async def _peek(loop: asyncio.AbstractEventLoop, conn: socket.socket, timeout: float) -> int | None:
+    """The first byte the peer sent, left unread; None if nothing came in time."""
+    fut = loop.create_future()
+    fd = conn.fileno()
+    loop.add_reader(fd, lambda: fut.done() or fut.set_result(None))
+    try:
+        await asyncio.wait_for(fut, timeout)
+    except TimeoutError:
+        return None
+    finally:
+        loop.remove_reader(fd)
+    try:
+        data = conn.recv(1, socket.MSG_PEEK)
+    except (BlockingIOError, InterruptedError):
+        return None
+    return data[0] if data else None
+
+
+def raise_open_file_limit() -> int:
+    """Allow as many open files as the system lets this process have (the soft
+    limit is often 1,024, which a few idle clients exhaust)."""
+    try:
+        import resource
+    except ImportError:  # not on POSIX
+        return -1
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = hard if hard != resource.RLIM_INFINITY else 1 << 20
+    if soft < want:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
