@@ -90,6 +90,12 @@ class Cluster:
             self.env["CHORUS_SNAPSHOT_KEEP"] = str(max(1, snapshot_every // 10))
         self.procs: dict[int, subprocess.Popen] = {}
 
+    def peer_address(self, i: int) -> str:
+        return f"{self.hosts[i - 1]}:{self.peer_ports[i - 1]}"
+
+    def pid(self, i: int) -> int:
+        return self.procs[i].pid
+
     @property
     def addresses(self) -> list[str]:
         return [f"{h}:{p}" for h, p in zip(self.hosts, self.client_ports, strict=True)]
@@ -141,7 +147,8 @@ class Cluster:
 
     def client(self, servers: list[str] | None = None, **kw) -> Client:
         """A client of this cluster (TLS with its CA, unless it has none)."""
-        return Client(servers or self.addresses, tls=self.client_tls, **kw)
+        kw.setdefault("tls", self.client_tls)
+        return Client(servers or self.addresses, **kw)
 
     async def statuses(self) -> list[dict]:
         return list(await asyncio.gather(*(server_status(a, timeout=1.0, tls=self.client_tls)
@@ -173,11 +180,13 @@ class Cluster:
 
 
 def tls_socket(address: str, ca: Path | None, *, cert: tuple[Path, Path] | None = None,
-               timeout: float = 10) -> socket.socket:
+               timeout: float = 10, source: str | None = None) -> socket.socket:
     """A connection to ``address``: TLS against ``ca`` (presenting ``cert``, a
-    (certificate, key) pair, if given), or plaintext when ``ca`` is None."""
+    (certificate, key) pair, if given), or plaintext when ``ca`` is None;
+    ``source``: the address to connect from (any of 127.0.0.0/8 on loopback)."""
     host, _, port = address.rpartition(":")
-    sock = socket.create_connection((host, int(port)), timeout=timeout)
+    sock = socket.create_connection((host, int(port)), timeout=timeout,
+                                    source_address=(source, 0) if source else None)
     if ca is None:
         return sock
     ctx = ssl.create_default_context(cafile=str(ca))
@@ -192,8 +201,8 @@ class Raw:
     any bytes at all."""
 
     def __init__(self, address: str, ca: Path | None = None, *, cert: tuple[Path, Path] | None = None,
-                 timeout: float = 10) -> None:
-        self.sock = tls_socket(address, ca, cert=cert, timeout=timeout)
+                 timeout: float = 10, source: str | None = None) -> None:
+        self.sock = tls_socket(address, ca, cert=cert, timeout=timeout, source=source)
 
     def send(self, body: bytes) -> None:
         self.sock.sendall(len(body).to_bytes(4, "big") + body)
@@ -224,9 +233,14 @@ class Raw:
         return out
 
     def closed(self) -> bool:
-        """Whether the server closed the connection (waits for it, up to the timeout)."""
+        """Whether the server closes the connection (waits for it, up to the
+        timeout, reading past whatever it still sends)."""
         try:
-            return self.sock.recv(1) == b""
+            while self.sock.recv(4096):
+                pass
+            return True
+        except TimeoutError:
+            return False
         except (OSError, ssl.SSLError):
             return True
 

@@ -470,6 +470,36 @@ def test_the_command_line(cluster: Cluster, tmp_path: Path) -> None:
     out = chorus("send", "nobody", "hi")
     assert out.returncode == 1 and "no_such_user" in out.stderr
     assert os.path.exists(env["CHORUS_SESSION"])
+    cluster.start(3)
+    # Escapes in a body are shown escaped, never sent raw to the terminal (a title
+    # change, a clear screen, a line overwritten, text reversed).
+    hostile = "\x1b]0;owned\x07\x1b[2J\rfake line\u202eevil"
+    assert chorus("send", "bob", hostile).returncode == 0
+    out = chorus("history", "bob")
+    assert "\x1b" not in out.stdout and "\r" not in out.stdout and "\u202e" not in out.stdout
+    assert "alice: \\x1b]0;owned\\x07\\x1b[2J\\rfake line\\u202eevil" in out.stdout, out.stdout
+    out = chorus("conversations")
+    assert "\x1b" not in out.stdout and "\\x1b" in out.stdout
+    # chorus logout ends the session on every server: the saved token is refused after.
+    token = json.loads(Path(env["CHORUS_SESSION"]).read_text())
+    assert chorus("logout").returncode == 0
+    Path(env["CHORUS_SESSION"]).write_text(json.dumps(token))
+    for address in cluster.addresses:
+        out = chorus("history", "bob", "--servers", address)
+        assert out.returncode == 1 and "unauthenticated" in out.stderr and "ended" in out.stderr, (address, out)
+    # chorus passwd: the new password works, the old one no longer; logout --all.
+    assert chorus("login", "alice", "--password-stdin", stdin=PASSWORD + "\n").returncode == 0
+    out = chorus("passwd", "--password-stdin", stdin=f"{PASSWORD}\nNewSecret456\n")
+    assert out.returncode == 0 and "password changed" in out.stdout, out
+    assert chorus("history", "bob").returncode == 0  # this session goes on, with its new token
+    assert chorus("login", "alice", "--password-stdin", stdin=PASSWORD + "\n").returncode == 1
+    assert chorus("login", "alice", "--password-stdin", stdin="NewSecret456\n").returncode == 0
+    other = json.loads(Path(env["CHORUS_SESSION"]).read_text())
+    assert chorus("login", "alice", "--password-stdin", stdin="NewSecret456\n").returncode == 0
+    out = chorus("logout", "--all")
+    assert out.returncode == 0 and "everywhere" in out.stdout
+    Path(env["CHORUS_SESSION"]).write_text(json.dumps(other))
+    assert "unauthenticated" in chorus("history", "bob").stderr
 
 
 def test_a_backup_serves_linearizable_reads_of_writes_made_elsewhere(cluster: Cluster) -> None:

@@ -320,3 +320,56 @@ def test_the_fingerprint_is_the_same_from_a_file_in_another_order(tmp_path: Path
     assert a.fingerprint == b.fingerprint
     c = load(_write(tmp_path, head + _servers(*specs[:2], (3, "h", 7004, 7103)), "c.toml"), env={})
     assert c.fingerprint != a.fingerprint
+
+
+# ---------------------------------------------------------------------------- TLS and limits
+def test_tls_files_from_a_directory_relative_to_the_file(tmp_path: Path) -> None:
+    cfg = load(_write(tmp_path, FILE + '\n[tls]\ndir = "certs"\n'), env={})
+    assert cfg.tls is not None
+    p = cfg.tls.paths(5)
+    assert (p.ca, p.cert, p.key) == (tmp_path / "certs" / "ca.crt", tmp_path / "certs" / "server-5.crt",
+                                     tmp_path / "certs" / "server-5.key")
+
+
+def test_tls_files_one_by_one_with_the_server_id_in_their_names(tmp_path: Path) -> None:
+    text = FILE + '\n[tls]\nca = "/etc/chorus/ca.pem"\ncert = "keys/{id}.pem"\nkey = "keys/{id}.key"\n'
+    p = load(_write(tmp_path, text), env={}).tls.paths(2)  # type: ignore[union-attr]
+    assert (p.ca, p.cert, p.key) == (Path("/etc/chorus/ca.pem"), tmp_path / "keys" / "2.pem", tmp_path / "keys" / "2.key")
+
+
+def test_no_tls_unless_configured_and_the_environment_can_name_a_directory(tmp_path: Path) -> None:
+    assert load(_write(tmp_path, FILE), env={}).tls is None
+    cfg = load(_write(tmp_path, FILE), env={"CHORUS_TLS_DIR": "/srv/tls"})
+    assert cfg.tls is not None and cfg.tls.paths(1).cert == Path("/srv/tls/server-1.crt")
+
+
+@pytest.mark.parametrize("table, complaint", [
+    ('[tls]\nca = "a"\n', "needs dir, or all of ca, cert and key"),
+    ('[tls]\ndir = 5\n', "[tls] takes"),
+    ('[tls]\ndir = "x"\nverify = "no"\n', "has no verify"),
+    ("[limits]\nidle_timeout = 5\n", "[limits] has no idle_timeout"),
+    ('[limits]\nidle_timeout_s = "long"\n', "idle_timeout_s must be a non-negative"),
+    ("[limits]\npending_per_source = 2.5\n", "pending_per_source must be a non-negative int"),
+    ("[limits]\nregister_burst = -1\n", "register_burst must be a non-negative"),
+])
+def test_bad_tls_and_limits_tables_are_refused_plainly(tmp_path: Path, table: str, complaint: str) -> None:
+    assert complaint in _error(tmp_path, FILE + "\n" + table)
+
+
+def test_limits_are_read_and_the_rest_keep_their_defaults(tmp_path: Path) -> None:
+    cfg = load(_write(tmp_path, FILE + "\n[limits]\nidle_timeout_s = 2\nregister_burst = 50\n"), env={})
+    assert cfg.limits.idle_timeout_s == 2 and cfg.limits.register_burst == 50
+    assert cfg.limits.pending_per_source == Config(servers=default_servers()).limits.pending_per_source
+
+
+def test_a_server_off_loopback_must_have_tls_and_its_own_secret_unless_insecure(tmp_path: Path) -> None:
+    from chorus.server.main import refusal
+
+    cfg = load(_write(tmp_path, FILE), env={})  # hosts 10.0.0.x, no [tls]
+    assert "without TLS" in (refusal(cfg, 1, insecure=False) or "")
+    assert refusal(cfg, 1, insecure=True) is None
+    with_tls = load(_write(tmp_path, FILE + '\n[tls]\ndir = "t"\n'), env={})
+    assert refusal(with_tls, 1, insecure=False) is None
+    assert "development secret" in (refusal(replace(with_tls, secret=DEV_SECRET), 1, insecure=False) or "")
+    local = load(None, env={})  # loopback: plaintext and the development secret are allowed
+    assert local.tls is None and local.secret == DEV_SECRET and refusal(local, 1, insecure=False) is None

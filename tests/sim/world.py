@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 import msgspec
 
 from chorus.raft import (
+    MAX_NUMBER,
     Entry,
     EntryKind,
     Heartbeat,
@@ -39,6 +40,7 @@ from chorus.raft import (
     ReplicateAck,
     RequestVote,
     Role,
+    SnapshotMeta,
     VoteResponse,
     needs_fsync,
     split_messages,
@@ -713,6 +715,20 @@ class World:
             RequestVote(term=t + 1, server_id=other, to=node.id, last_index=1, last_term=t + 2),
             VoteResponse(term=t, server_id=other, to=node.id, granted="yes"),  # type: ignore[arg-type]
             "REQUEST_VOTE",
+            # Numbers past what the wire carries (2**53 - 1): a term that would overflow
+            # the store, or the next election's term; indexes and ids out of range.
+            Heartbeat(term=2**63, server_id=other, to=node.id, commit=0),
+            Heartbeat(term=2**63 - 1, server_id=other, to=node.id, commit=0),
+            Heartbeat(term=MAX_NUMBER + 1, server_id=other, to=node.id, commit=0),
+            Heartbeat(term=t, server_id=other, to=node.id, commit=2**64),
+            RequestVote(term=2**63 - 1, server_id=other, to=node.id, last_index=last, last_term=t),
+            Replicate(term=t + 1, server_id=other, to=node.id, prev_index=last, prev_term=t,
+                      entries=(Entry(last + 1, 2**63, 0, b"x"),)),
+            Replicate(term=t + 1, server_id=other, to=node.id, prev_index=2**63, prev_term=t),
+            InstallSnapshot(term=t + 1, server_id=other, to=node.id,
+                            snapshot=SnapshotMeta(2**63, t + 1, raft.membership)),
+            Heartbeat(term=t, server_id=2**60, to=node.id, commit=0),
+            HeartbeatAck(term=t, server_id=other, to=node.id, ctx=2**63),
         ]
         if raft.role is Role.PRIMARY:
             lies.append(ReplicateAck(term=t, server_id=other, to=node.id, index=last + 10))

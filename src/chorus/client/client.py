@@ -218,6 +218,7 @@ class Client:
         self._tls = tls
         self._ssl: ssl.SSLContext | bool | None = False  # not resolved yet (False: not looked up)
         self.token: str | None = None
+        self._auth_refused: str | None = None  # why the token was refused on reconnecting
         self.user: str | None = None
         self._conn: _Connection | None = None
         self._connecting: asyncio.Lock | None = None
@@ -311,6 +312,7 @@ class Client:
                 if err.get("code") in _RETRYABLE:
                     raise ConnectionError(err.get("message", "unavailable"))
                 self.token = None
+                self._auth_refused = err.get("message") or None  # said, should a request need the session
                 if self._subscribed:
                     raise _from_reply(err)
                 # Not an error yet: the request being retried may be the one that
@@ -390,6 +392,8 @@ class Client:
                         return reply.result
                     err = reply.error or {}
                     code = err.get("code", "internal")
+                    if code == "unauthenticated" and self._auth_refused:
+                        err = {**err, "message": self._auth_refused}
                     exc2 = _from_reply(err)
                     if code not in _RETRYABLE:
                         if write:
@@ -432,7 +436,7 @@ class Client:
 
     async def login(self, name: str, password: str) -> dict:
         result = await self._call("login", name=name, password=password)
-        self.token, self.user = result["token"], result["name"]
+        self.token, self.user, self._auth_refused = result["token"], result["name"], None
         return result
 
     async def auth(self, token: str) -> dict:
@@ -440,7 +444,7 @@ class Client:
         name, last log-off and view count."""
         self.token = None  # (the connection authenticates with it below, not before)
         result = await self._call("auth", token=token)
-        self.token, self.user = token, result["name"]
+        self.token, self.user, self._auth_refused = token, result["name"], None
         return result
 
     async def send(self, to: str, body: str) -> Message:

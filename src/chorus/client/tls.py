@@ -8,7 +8,7 @@ cluster's CA.
   ``chorus cluster up`` put it); with none, the system's trust store (a server
   with a public certificate). ``$CHORUS_CA=system`` asks for the trust store,
   ``$CHORUS_PLAINTEXT=1`` for no TLS;
-- a path: TLS against that CA file;
+- a path: TLS against that CA file; ``"system"``: the system's trust store;
 - an ``ssl.SSLContext``: used as it is;
 - ``False``: plaintext, for a server started without TLS (on loopback, or
   with ``--insecure``).
@@ -51,7 +51,7 @@ def context(tls: TLSOption = None) -> ssl.SSLContext | None:
         return tls
     if tls is False:
         return None
-    ca = find_ca() if tls is None or tls is True else Path(tls)
+    ca = find_ca() if tls is None or tls is True else "system" if tls == "system" else Path(tls)
     if ca is None:
         return None
     try:

@@ -75,16 +75,20 @@ class Listener:
     def __init__(self, host: str, port: int, *, name: str, admission: Admission,
                  handshake_timeout: float, tls: Callable[[], ssl.SSLContext | None],
                  protocol: Callable[[Gate], asyncio.BaseProtocol],
-                 refuse_plaintext: Callable[[], bytes]) -> None:
+                 refuse_plaintext: Callable[[], bytes], plaintext_speaks_first: bool = True) -> None:
         """``tls``: the context for a new connection, or None for plaintext;
         ``protocol``: makes the protocol of an admitted connection;
-        ``refuse_plaintext``: the frame for a plaintext client on a TLS port."""
+        ``refuse_plaintext``: the frame for a plaintext client on a TLS port (and
+        for a TLS client on a plaintext port, whose handshake it ends);
+        ``plaintext_speaks_first``: False where, without TLS, the server speaks
+        first (the peer port's CHALLENGE): then there is nothing to look at."""
         self.host, self.port, self.name = host, port, name
         self.admission = admission
         self.handshake_timeout = handshake_timeout
         self.tls = tls
         self.protocol = protocol
         self.refuse_plaintext = refuse_plaintext
+        self.plaintext_speaks_first = plaintext_speaks_first
         self.sock: socket.socket | None = None
         self.task: asyncio.Task | None = None
         self.refused = 0  # connections closed at the door (for tests and logs)
@@ -137,16 +141,23 @@ class Listener:
         handed_over = False
         try:
             deadline = loop.time() + self.handshake_timeout
-            first = await _peek(loop, conn, self.handshake_timeout)
-            if first is None:
-                return  # silent, or closed at once
             ctx = self.tls()
+            if ctx is None and not self.plaintext_speaks_first:
+                first = 0  # (the protocol sends first; it keeps the deadline itself)
+            else:
+                first = await _peek(loop, conn, self.handshake_timeout)
+                if first is None:
+                    return  # silent, or closed at once
             if ctx is not None and first != TLS_HANDSHAKE:
                 with contextlib.suppress(OSError):
                     conn.send(self.refuse_plaintext())
                 return
             if ctx is None and first == TLS_HANDSHAKE:
-                return  # a TLS client on a plaintext port: closing fails its handshake
+                # A TLS client on a plaintext port: bytes that are no TLS record make
+                # its handshake fail at once ("wrong version number"), not time out.
+                with contextlib.suppress(OSError):
+                    conn.send(self.refuse_plaintext())
+                return
             proto = self.protocol(gate)
             left = max(0.1, deadline - loop.time())
             if ctx is None:

@@ -272,6 +272,7 @@ class PeerTransport:
             handshake_timeout=self.cfg.limits.handshake_timeout_s,
             tls=(lambda: tls.current().peer_server) if tls is not None else (lambda: None),
             protocol=protocol, refuse_plaintext=lambda: _error_frame("this server's peer port speaks TLS only"),
+            plaintext_speaks_first=False,
         )
         await self.listener.start()
         self.membership_changed(self.replica.node.membership)

@@ -75,7 +75,8 @@ class ClientServer:
             tls=(lambda: tls.current().client_side) if tls is not None else (lambda: None),
             protocol=lambda gate: ClientSession(self, gate),
             refuse_plaintext=lambda: encode_frame(W.error(
-                None, "tls_required", "this server speaks TLS only: connect with TLS (chorus clients do by default)")),
+                None, "tls_required", "this server speaks TLS only: connect with TLS (chorus clients do by default)")
+                if tls is not None else W.error(None, "malformed", "this server does not speak TLS")),
         )
         await self.listener.start()
         self._sweeper = asyncio.get_running_loop().create_task(self._sweep_idle())
@@ -298,22 +299,29 @@ class ClientSession(asyncio.Protocol):
                 self.logout()
                 return result
             case W.Users():
-                await r.read_barrier(req.consistency)
+                await self._barrier(req.consistency, uid)
                 names = queries.list_users(r.reader, req.pattern, after=req.after, limit=req.limit)
                 # A full page may have a next one: ask again with after = "next".
                 return {"users": names, "next": names[-1] if names and len(names) == req.limit else None}
             case W.Conversations():
-                await r.read_barrier(req.consistency)
+                await self._barrier(req.consistency, uid)
                 return {"conversations": r.query(queries.conversations, uid)}
             case W.History():
-                await r.read_barrier(req.consistency)
+                await self._barrier(req.consistency, uid)
                 return {"messages": r.query(queries.history, uid, req.peer, before=req.before, limit=req.limit)}
             case W.Stats():
-                await r.read_barrier(req.consistency)
+                await self._barrier(req.consistency, uid)
                 return r.query(queries.user_stats, uid)
             case W.Subscribe():
                 return await self._subscribe(req.after)
         raise ClientError("invalid_request", f"{type(req).__name__} is not handled")
+
+    async def _barrier(self, consistency: str, uid: int) -> None:
+        """Wait as the read asks; if meanwhile the session was ended (anywhere:
+        this replica has applied that far now), the read is not served."""
+        await self.replica.read_barrier(consistency)
+        if self.uid != uid:
+            raise ClientError("unauthenticated", "this session was ended (logged off, or the password changed)")
 
     def _check_write(self, req: W.Write) -> str:
         if not 0 < len(req.client) <= 64:
