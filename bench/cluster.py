@@ -4,7 +4,7 @@ processes.
 
     python bench/cluster.py                 # everything (about 20 minutes)
     python bench/cluster.py --quick         # a smaller version, growth left out (under 2 minutes)
-    python bench/cluster.py --only send     # one part: send, delivery, failover, connections, growth
+    python bench/cluster.py --only tls      # one part: send, tls, delivery, failover, connections, growth
 
 Parts:
 - send: throughput and latency with 1, 8, 64 and 256 concurrent clients, each
@@ -20,7 +20,16 @@ Parts:
   subscribed: the server's memory per connection, and how long one message
   takes to be pushed to all of them;
 - growth: send throughput (64 clients) on an empty cluster and again once
-  1,000,000 messages are stored (filled through the cluster: minutes).
+  1,000,000 messages are stored (filled through the cluster: minutes);
+- tls: what TLS costs: sends/s and latency at 1 and 64 clients on a cluster
+  with TLS on both ports (as ``make run`` starts it) and on one without,
+  measured in alternating rounds (this machine's speed drifts from minute to
+  minute), the median of the rounds compared.
+
+Every cluster runs with TLS on both ports (mutual between servers), as
+deployed, except the plaintext half of the tls part. The load comes from one
+address, so the limits on connections and registrations per address (which
+assume clients from many addresses) are lifted (``BENCH_LIMITS``).
 
 Writes bench/results/cluster.md (the tables) and PNG plots beside it.
 """
@@ -45,12 +54,15 @@ sys.path.insert(0, str(ROOT))
 from tests.server.cluster import Cluster  # noqa: E402
 
 from chorus.client import Client  # noqa: E402
+from chorus.client import tls as client_tls  # noqa: E402
 from chorus.wire import FrameDecoder, encode_frame  # noqa: E402
 from chorus.wire import client as W  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 PASSWORD = "Bench1234"
 BODY = "m" * 150
+BENCH_LIMITS = {"register_burst": 1_000_000, "register_per_hour": 1e9, "pending_per_source": 1_000_000,
+                "password_queue": 100_000}
 
 
 def pct(xs: list[float], p: float) -> float:
@@ -60,13 +72,13 @@ def pct(xs: list[float], p: float) -> float:
 
 # ---------------------------------------------------------------------------- load processes
 def load_worker(servers: list[str], tokens: list[tuple[str, str]], start_at: float, stop_at: float,
-                out, window: int = 1) -> None:
+                out, window: int = 1, tls: object = None) -> None:
     """A load process: one Client per (token, recipient), each sending in a loop
     (``window`` loops at once on the same Client: pipelining) from ``start_at``
     to ``stop_at`` (monotonic clock, shared by all processes). Sends back
     [(start, end)] of every acknowledged send, and the errors."""
     async def one(token: str, to: str, spans: list, errors: list) -> None:
-        c = Client(servers, request_timeout=10, retry_for=30)
+        c = Client(servers, request_timeout=10, retry_for=30, tls=tls)
 
         async def sending() -> None:
             while (t0 := time.monotonic()) < stop_at:
@@ -102,7 +114,7 @@ class Load:
     """N clients spread over up to ``procs`` processes."""
 
     def __init__(self, servers: list[str], users: list[tuple[str, str]], n: int, seconds: float,
-                 warmup: float = 1.0, procs: int = 2, window: int = 1) -> None:
+                 warmup: float = 1.0, procs: int = 2, window: int = 1, tls: object = None) -> None:
         ctx = mp.get_context("spawn")
         self.start_at = time.monotonic() + 2.0 + warmup  # processes take a moment to start
         self.measure_from = self.start_at
@@ -112,7 +124,7 @@ class Load:
         for k in range(min(procs, n)):
             recv, send = ctx.Pipe(duplex=False)
             p = ctx.Process(target=load_worker, args=(servers, pairs[k::procs], self.start_at - warmup,
-                                                      self.stop_at, send, window), daemon=True)
+                                                      self.stop_at, send, window, tls), daemon=True)
             p.start()
             self.pipes.append(recv)
             self.procs.append(p)
@@ -132,14 +144,14 @@ class Load:
         return sorted(spans), errors
 
 
-async def make_users(addresses: list[str], n: int, prefix: str) -> list[tuple[str, str]]:
+async def make_users(addresses: list[str], n: int, prefix: str, tls: object = None) -> list[tuple[str, str]]:
     """Register and log in n users (in parallel: the servers hash passwords on
     their own threads); returns [(name, token)]."""
     sem = asyncio.Semaphore(16)
 
     async def one(i: int) -> tuple[str, str]:
         async with sem:
-            c = Client(addresses)
+            c = Client(addresses, tls=tls)
             name = f"{prefix}user{i}"
             await c.register(name, PASSWORD)
             await c.login(name, PASSWORD)
@@ -149,8 +161,8 @@ async def make_users(addresses: list[str], n: int, prefix: str) -> list[tuple[st
     return list(await asyncio.gather(*(one(i) for i in range(n))))
 
 
-def new_cluster(fast: bool = False) -> Cluster:
-    c = Cluster(Path(tempfile.mkdtemp(prefix="chorus-bench-")), 3, fast=fast)
+def new_cluster(fast: bool = False, tls: bool = True) -> Cluster:
+    c = Cluster(Path(tempfile.mkdtemp(prefix="chorus-bench-")), 3, fast=fast, tls=tls, limits=BENCH_LIMITS)
     c.start()
     return c
 
@@ -161,10 +173,11 @@ async def bench_send(counts: list[int], seconds: float, pipelined: int = 32) -> 
     cluster = new_cluster()
     try:
         await cluster.primary(30)
-        users = await make_users(cluster.addresses, max(counts), "s")
+        users = await make_users(cluster.addresses, max(counts), "s", tls=cluster.client_tls)
         rows = []
         for n, window in [(n, 1) for n in counts] + ([(1, pipelined)] if pipelined > 1 else []):
-            load = Load(cluster.addresses, users, n, seconds, procs=1 if n == 1 else 2, window=window)
+            load = Load(cluster.addresses, users, n, seconds, procs=1 if n == 1 else 2, window=window,
+                        tls=cluster.client_tls)
             pids = [p.pid for p in cluster.procs.values()] + [p.pid for p in load.procs]
             while time.monotonic() < load.measure_from:
                 await asyncio.sleep(0.01)
@@ -194,10 +207,10 @@ async def bench_delivery(seconds: float, load_clients: int = 64) -> dict:
     cluster = new_cluster()
     try:
         await cluster.primary(30)
-        users = await make_users(cluster.addresses, load_clients, "d")
-        (_, a_token), (b_name, b_token) = await make_users(cluster.addresses, 2, "probe")
-        sender = Client([cluster.address(1)], shuffle=False)
-        receiver = Client([cluster.address(2)], shuffle=False)
+        users = await make_users(cluster.addresses, load_clients, "d", tls=cluster.client_tls)
+        (_, a_token), (b_name, b_token) = await make_users(cluster.addresses, 2, "probe", tls=cluster.client_tls)
+        sender = cluster.client([cluster.address(1)], shuffle=False)
+        receiver = cluster.client([cluster.address(2)], shuffle=False)
         await sender.auth(a_token)
         await receiver.auth(b_token)
         arrived: dict[str, float] = {}
@@ -207,7 +220,7 @@ async def bench_delivery(seconds: float, load_clients: int = 64) -> dict:
                 arrived[m.body] = time.monotonic()
 
         listener = asyncio.create_task(listen())
-        load = Load(cluster.addresses, users, load_clients, seconds + 2)
+        load = Load(cluster.addresses, users, load_clients, seconds + 2, tls=cluster.client_tls)
         while time.monotonic() < load.start_at + 1:
             await asyncio.sleep(0.05)
         sent: dict[str, float] = {}
@@ -240,12 +253,12 @@ async def bench_failover(kills: int, fast: bool, clients: int = 16) -> dict:
     cluster = new_cluster(fast=fast)
     try:
         await cluster.primary(30)
-        users = await make_users(cluster.addresses, clients, "f")
+        users = await make_users(cluster.addresses, clients, "f", tls=cluster.client_tls)
         acks: list[float] = []
         stop = asyncio.Event()
 
         async def sender(token: str, to: str) -> None:
-            c = Client(cluster.addresses, request_timeout=5, retry_for=60)
+            c = cluster.client(request_timeout=5, retry_for=60)
             await c.auth(token)
             while not stop.is_set():
                 await c.send(to, BODY)
@@ -287,10 +300,10 @@ async def bench_growth(stored: int, seconds: float, clients: int = 64) -> dict:
     cluster = new_cluster()
     try:
         await cluster.primary(30)
-        users = await make_users(cluster.addresses, 256, "g")
+        users = await make_users(cluster.addresses, 256, "g", tls=cluster.client_tls)
 
         async def rate() -> float:
-            load = Load(cluster.addresses, users, clients, seconds)
+            load = Load(cluster.addresses, users, clients, seconds, tls=cluster.client_tls)
             spans, _ = await load.results()
             return len(load.measured(spans)) / seconds
 
@@ -298,7 +311,8 @@ async def bench_growth(stored: int, seconds: float, clients: int = 64) -> dict:
         t0 = time.monotonic()
         while (applied := (await cluster.statuses())[0].get("applied_index", 0)) < stored:
             left = stored - applied
-            await Load(cluster.addresses, users, 256, min(60.0, max(5.0, left / 2500)), warmup=0).results()
+            await Load(cluster.addresses, users, 256, min(60.0, max(5.0, left / 2500)), warmup=0,
+                       tls=cluster.client_tls).results()
             print(f"growth: {applied:,} entries applied, filling to {stored:,}", flush=True)
         fill_s = time.monotonic() - t0
         await cluster.converged(120)
@@ -309,6 +323,47 @@ async def bench_growth(stored: int, seconds: float, clients: int = 64) -> dict:
         return row
     finally:
         cluster.stop_all()
+
+
+async def bench_tls(rounds: int, seconds: float, counts: tuple[int, ...] = (1, 64)) -> list[dict]:
+    """The same sends on a cluster with TLS and on one without, in alternating
+    rounds; one row per (mode, clients) with the medians of the rounds."""
+    clusters = {"TLS": new_cluster(tls=True), "plaintext": new_cluster(tls=False)}
+    try:
+        users = {}
+        for mode, c in clusters.items():
+            await c.primary(30)
+            users[mode] = await make_users(c.addresses, max(counts), "t", tls=c.client_tls)
+        got: dict[tuple[str, int], list[dict]] = {}
+        for k in range(rounds):
+            for mode in (["TLS", "plaintext"] if k % 2 == 0 else ["plaintext", "TLS"]):
+                c = clusters[mode]
+                for n in counts:
+                    load = Load(c.addresses, users[mode], n, seconds, procs=1 if n == 1 else 2, tls=c.client_tls)
+                    pids = [p.pid for p in c.procs.values()] + [p.pid for p in load.procs]
+                    while time.monotonic() < load.measure_from:
+                        await asyncio.sleep(0.01)
+                    cpu0 = sum(cpu_seconds(pid) for pid in pids)
+                    while time.monotonic() < load.stop_at:
+                        await asyncio.sleep(0.01)
+                    cpu = sum(cpu_seconds(pid) for pid in pids) - cpu0
+                    spans, errors = await load.results()
+                    lat = [b - a for a, b in load.measured(spans)]
+                    row = {"rate": len(lat) / seconds, "p50": pct(lat, 50) * 1e3, "p99": pct(lat, 99) * 1e3,
+                           "errors": len(errors), "cpu_us": cpu / max(1, len(lat)) * 1e6}
+                    got.setdefault((mode, n), []).append(row)
+                    print(f"tls round {k + 1}, {mode}, {n} clients: {row['rate']:,.0f} sends/s, "
+                          f"p50 {row['p50']:.2f} ms, p99 {row['p99']:.1f} ms, {row['cpu_us']:.0f} us CPU per send",
+                          flush=True)
+        out = []
+        for (mode, n), rows in got.items():
+            out.append({"mode": mode, "clients": n, "rounds": rows,
+                        **{k: statistics.median(r[k] for r in rows) for k in ("rate", "p50", "p99", "cpu_us")},
+                        "errors": sum(r["errors"] for r in rows)})
+        return out
+    finally:
+        for c in clusters.values():
+            c.stop_all()
 
 
 def cpu_seconds(pid: int) -> float:
@@ -330,7 +385,7 @@ async def bench_connections(n: int) -> dict:
     cluster = new_cluster()
     try:
         await cluster.primary(30)
-        (name, token), (_, other_token) = await make_users(cluster.addresses, 2, "crowd")
+        (name, token), (_, other_token) = await make_users(cluster.addresses, 2, "crowd", tls=cluster.client_tls)
         host, port = cluster.address(1).rsplit(":", 1)
         pid = cluster.procs[1].pid
         before = rss_kib(pid)
@@ -362,15 +417,18 @@ async def bench_connections(n: int) -> dict:
 
         loop = asyncio.get_running_loop()
         conns = []
+        ctx = client_tls.context(cluster.client_tls)
         t0 = time.monotonic()
         for k in range(0, n, 500):
-            batch = await asyncio.gather(*(loop.create_connection(Conn, host, int(port)) for _ in range(min(500, n - k))))
+            batch = await asyncio.gather(*(loop.create_connection(Conn, host, int(port), ssl=ctx,
+                                                                  server_hostname=host if ctx else None)
+                                           for _ in range(min(500, n - k))))
             conns += [p for _, p in batch]
             if not all(await asyncio.gather(*(p.ready for _, p in batch))):
                 raise RuntimeError("a connection could not authenticate and subscribe")
         setup = time.monotonic() - t0
         after = rss_kib(pid)
-        c = Client([cluster.address(2)])
+        c = cluster.client([cluster.address(2)])
         await c.auth(other_token)
         sent_at = time.monotonic()
         await c.send(name, "to everyone at once " + "c" * 120)
@@ -447,13 +505,16 @@ def plots(send_rows: list[dict], delivery: dict | None, failovers: list[dict], s
 
 
 async def main(args: argparse.Namespace) -> int:
-    parts = args.only or ["send", "delivery", "failover", "connections"] + ([] if args.quick else ["growth"])
+    parts = args.only or ["send", "tls", "delivery", "failover", "connections"] + ([] if args.quick else ["growth"])
     q = args.quick
     send_rows: list[dict] = []
     delivery = None
     failovers: list[dict] = []
     conns = None
     growth = None
+    tls_rows: list[dict] = []
+    if "tls" in parts:
+        tls_rows = await bench_tls(2 if q else 6, 3 if q else 8)
     if "send" in parts:
         send_rows = await bench_send([1, 8, 64] if q else [1, 8, 64, 256], 3 if q else 10)
     if "delivery" in parts:
@@ -466,7 +527,7 @@ async def main(args: argparse.Namespace) -> int:
         growth = await bench_growth(50_000 if q else 1_000_000, 3 if q else 10)
 
     lines = ["# A 3-replica cluster", "",
-             f"`python bench/cluster.py{' --quick' if q else ''}` on Python {sys.version.split()[0]}, "
+             f"`python bench/cluster.py{''.join(' ' + a for a in sys.argv[1:])}` on Python {sys.version.split()[0]}, "
              f"{os.cpu_count()} cores; three `chorus serve` processes on this machine (fsync on, majority write "
              "concern), load from separate client processes, 150-byte messages; each client waits for each "
              "answer before its next send, except the client marked \"in flight\", which keeps that many sends "
@@ -484,6 +545,19 @@ async def main(args: argparse.Namespace) -> int:
             lines.append(f"| {who} | {r['rate']:,.0f} | {r['p50']:.2f} ms | {r['p99']:.1f} ms | {r['errors']} | "
                          f"{cpu} | {target} |")
         lines.append("")
+    if tls_rows:
+        by = {(r["mode"], r["clients"]): r for r in tls_rows}
+        lines += ["| TLS on both ports against plaintext | rounds | sends/s: TLS / plaintext | TLS costs | "
+                  "p50 | p99 | CPU per send (all processes) | target |",
+                  "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
+        for n in sorted({r["clients"] for r in tls_rows}):
+            t, p = by[("TLS", n)], by[("plaintext", n)]
+            lines.append(f"| {n} client{'s' if n > 1 else ''} | {len(t['rounds'])} | {t['rate']:,.0f} / {p['rate']:,.0f} | "
+                         f"{(1 - t['rate'] / p['rate']) * 100:.1f}% | {t['p50']:.2f} / {p['p50']:.2f} ms | "
+                         f"{t['p99']:.1f} / {p['p99']:.1f} ms | {t['cpu_us']:.0f} / {p['cpu_us']:.0f} us | "
+                         f"{'<= 15% at 64 clients' if n == 64 else ''} |")
+        lines += ["", "(Medians of alternating rounds; errors: "
+                  f"{sum(r['errors'] for r in tls_rows)}.)", ""]
     if delivery:
         lines += ["| delivery: send to push at another replica | result |", "| --- | ---: |",
                   f"| under 64-client load ({delivery['load']:,.0f} sends/s) | p50 {delivery['p50']:.1f} ms, "
@@ -522,6 +596,6 @@ async def main(args: argparse.Namespace) -> int:
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--only", nargs="*", choices=["send", "delivery", "failover", "connections", "growth"])
+    ap.add_argument("--only", nargs="*", choices=["send", "tls", "delivery", "failover", "connections", "growth"])
     ap.add_argument("--out", type=Path, default=None)
     sys.exit(asyncio.run(main(ap.parse_args())))

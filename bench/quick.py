@@ -47,7 +47,7 @@ async def main(n_clients: int, seconds: float, fast: bool) -> None:
         await cluster.primary(30)
         clients = []
         for i in range(n_clients):
-            c = Client(cluster.addresses[i % 3:] + cluster.addresses[: i % 3])
+            c = cluster.client(cluster.addresses[i % 3:] + cluster.addresses[: i % 3])
             await c.register(f"user{i}", "Secret123")
             await c.login(f"user{i}", "Secret123")
             clients.append(c)

@@ -2,13 +2,25 @@
 
 from __future__ import annotations
 
+import json
+import os
 import struct
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from chorus.wire import DEFAULT_MAX_FRAME, FrameDecoder, FrameError, encode_frame
+from chorus.wire import (
+    DEFAULT_MAX_FRAME,
+    MAX_DEPTH,
+    FrameDecoder,
+    FrameError,
+    encode_frame,
+    too_deep,
+)
 
 bodies = st.lists(st.binary(min_size=1, max_size=300), max_size=20)
 
@@ -132,3 +144,76 @@ def test_encode_refuses_bodies_over_the_limit() -> None:
     assert encode_frame(b"x" * 10, max_frame=10) == b"\x00\x00\x00\x0a" + b"x" * 10
     with pytest.raises(FrameError):
         encode_frame(b"x" * 11, max_frame=10)
+
+
+# ---------------------------------------------------------------------------- nesting
+def _depth(body: bytes) -> int:
+    """The nesting of a JSON text, the slow and obvious way."""
+    depth = best = 0
+    in_string = escaped = False
+    for ch in body.decode():
+        if in_string:
+            if escaped:
+                escaped = False
+            elif ch == "\\":
+                escaped = True
+            elif ch == '"':
+                in_string = False
+        elif ch == '"':
+            in_string = True
+        elif ch in "[{":
+            depth += 1
+            best = max(best, depth)
+        elif ch in "]}":
+            depth -= 1
+    return best
+
+
+def _nested(depth: int, leaf: object = 1) -> object:
+    value = leaf
+    for k in range(depth):
+        value = [value, "x]]"] if k % 2 else {"k[{": value, "s": 'a"b'}
+    return value
+
+
+@settings(deadline=None)
+@given(st.integers(0, 80), st.sampled_from([1, "[[[{{", "\\\"[", None]))
+def test_too_deep_agrees_with_counting_by_hand(depth: int, leaf: object) -> None:
+    body = json.dumps(_nested(depth, leaf)).encode()
+    assert _depth(body) == depth
+    assert too_deep(body) == (depth > MAX_DEPTH)
+
+
+def test_brackets_inside_strings_are_not_nesting_unless_told_so() -> None:
+    body = json.dumps({"body": "[" * 100}).encode()
+    assert not too_deep(body)
+    assert too_deep(body, strings=False)  # (peer frames: no valid string holds one)
+    assert not too_deep(json.dumps({"entries": [[i, 1, 0, "eA=="] for i in range(5000)]}).encode(), strings=False)
+
+
+def test_a_body_too_deep_is_refused_before_decoding_even_if_the_recursion_limit_was_raised() -> None:
+    """msgspec stops at Python's recursion limit; with it raised (as a test
+    framework or an application may), a deep enough body crashed the process
+    (a segmentation fault) instead of raising."""
+    code = (
+        "import sys; sys.setrecursionlimit(10**7)\n"
+        "from chorus.wire import client as W, peer\n"
+        "from chorus.raft import MessageError\n"
+        "import msgspec\n"
+        "deep = b'[' * 2_000_000 + b']' * 2_000_000\n"
+        "try:\n"
+        "    peer.decode_peer(b'{\"type\":\"HEARTBEAT\",\"payload\":' + deep + b'}')\n"
+        "except MessageError as e: print('peer:', e)\n"
+        "try:\n"
+        "    W.decode_reply(b'{\"id\":1,\"ok\":true,\"result\":' + deep + b'}')\n"
+        "except msgspec.DecodeError as e: print('reply:', e)\n"
+        "try:\n"
+        "    W.decode_request(b'{\"op\":\"status\",\"id\":1,\"x\":' + deep + b'}')\n"
+        "except W.ProtocolError as e: print('request:', e.code)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2] / "src")})
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "peer: not a peer frame: JSON nested too deeply" in out.stdout
+    assert "reply: a reply nested more than 32 deep" in out.stdout
+    assert "request: invalid_request" in out.stdout

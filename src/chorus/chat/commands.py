@@ -38,7 +38,10 @@ class BadCommand(ValueError):
     """Bytes that are not a chat command this version can apply."""
 
 
-class Command(msgspec.Struct, frozen=True, kw_only=True, tag_field="op"):
+class Command(msgspec.Struct, frozen=True, kw_only=True, tag_field="op", forbid_unknown_fields=True):
+    """(Unknown fields are refused, not skipped: decoding never goes deeper
+    than the fields themselves, however a hostile command nests.)"""
+
     client: ClientId
     seq: Positive
     acked: Number = 0

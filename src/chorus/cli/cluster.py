@@ -36,8 +36,9 @@ def write_config(data: Path, size: int, fast: bool) -> Path:
     local_cluster(data / "tls", list(range(1, size + 1)), ["127.0.0.1", "localhost", "::1"])
     secret_file = data / "cluster.secret"
     if not secret_file.exists():
-        secret_file.write_text(secrets.token_hex(24))
-        secret_file.chmod(0o600)
+        fd = os.open(secret_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)  # never readable by others
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_hex(32))
     timing = 'tick_ms = 10\nelection_timeout_ms = [150, 300]\nheartbeat_ms = 30\n' if fast else ""
     servers = "".join(
         f"\n[[server]]\nid = {i}\nhost = \"127.0.0.1\"\npeer_port = {8080 + i}\nclient_port = {8090 + i}\n"

@@ -163,7 +163,9 @@ class Listener:
             if ctx is None:
                 await loop.connect_accepted_socket(lambda: proto, conn)
             else:
-                await loop.connect_accepted_socket(lambda: proto, conn, ssl=ctx, ssl_handshake_timeout=left)
+                # A closing TLS connection waits for the peer's goodbye at most this long.
+                await loop.connect_accepted_socket(lambda: proto, conn, ssl=ctx, ssl_handshake_timeout=left,
+                                                   ssl_shutdown_timeout=min(5.0, self.handshake_timeout))
             handed_over = True
         except (OSError, ssl.SSLError, TimeoutError, ConnectionError) as exc:
             log.debug("%s port: handshake with %s failed: %s", self.name, gate.source, exc)

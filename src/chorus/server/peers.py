@@ -284,13 +284,23 @@ class PeerTransport:
                 link.start()
 
     def send(self, messages) -> None:
+        """Each peer's messages of one batch go out in one write (over TLS, one
+        record instead of one per message)."""
+        batches: dict[PeerLink, list[bytes]] = {}
+        limit = self.cfg.peer_max_frame
         for m in messages:
             link = self.links.get(m.to)
-            if link is not None:
-                try:
-                    link.send(m)
-                except FrameError as exc:  # cannot happen with bounded commands; never stop the others
-                    log.error("cannot send %s to %d: %s", m.type, m.to, exc)
+            if link is None:
+                continue
+            if type(m) is InstallSnapshot:
+                link.send(m)
+                continue
+            try:
+                batches.setdefault(link, []).append(encode_frame(encode_peer(m), limit))
+            except FrameError as exc:  # cannot happen with bounded commands; never stop the others
+                log.error("cannot send %s to %d: %s", m.type, m.to, exc)
+        for link, frames in batches.items():
+            link._write(frames[0] if len(frames) == 1 else b"".join(frames))
 
     async def close(self) -> None:
         for link in self.links.values():

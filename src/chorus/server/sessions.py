@@ -89,7 +89,7 @@ class ClientServer:
             await asyncio.sleep(max(0.05, min(1.0, timeout / 4)))
             cutoff = loop.time() - timeout
             for s in [s for s in self.unauthenticated if s.last_active < cutoff and not s.in_flight]:
-                s.close()
+                s.abort()  # (no TLS goodbye: it would wait for one back from a silent peer)
 
     def stop_accepting(self) -> None:
         if self.listener is not None:
@@ -138,6 +138,7 @@ class ClientServer:
             session.decoder.max_frame = self.cfg.max_frame
         elif session.transport is not None:
             self.unauthenticated.add(session)
+            session.last_active = asyncio.get_running_loop().time()
 
 
 class ClientSession(asyncio.Protocol):
@@ -179,6 +180,10 @@ class ClientSession(asyncio.Protocol):
     def close(self) -> None:
         if self.transport is not None:
             self.transport.close()
+
+    def abort(self) -> None:
+        if self.transport is not None:
+            self.transport.abort()
 
     def data_received(self, data: bytes) -> None:
         if self.uid is None:

@@ -7,6 +7,7 @@
 """
 
 from . import client, peer
-from .frames import DEFAULT_MAX_FRAME, FrameDecoder, FrameError, encode_frame
+from .frames import DEFAULT_MAX_FRAME, MAX_DEPTH, FrameDecoder, FrameError, encode_frame, too_deep
 
-__all__ = ["DEFAULT_MAX_FRAME", "FrameDecoder", "FrameError", "client", "encode_frame", "peer"]
+__all__ = ["DEFAULT_MAX_FRAME", "MAX_DEPTH", "FrameDecoder", "FrameError", "client", "encode_frame", "peer",
+           "too_deep"]

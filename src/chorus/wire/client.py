@@ -22,6 +22,8 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 
+from .frames import MAX_DEPTH, too_deep
+
 Consistency = Literal["linearizable", "local"]
 WriteConcern = Literal["majority", "all", "async"]
 
@@ -195,10 +197,13 @@ def decode_request(body: bytes) -> AnyRequest:
     """Raises ProtocolError (with the request id when it can be read) for anything
     that is not a well-formed request."""
     try:
+        # Typed, with unknown fields refused: decoding never goes deeper than the
+        # fields of a request, however the body nests.
         return _request_decoder.decode(body)
     except msgspec.ValidationError as exc:
         try:
-            rid = _id_decoder.decode(body).id
+            # (This decoder skips what it does not know, recursing: not into a deep body.)
+            rid = None if too_deep(body) else _id_decoder.decode(body).id
         except (msgspec.ValidationError, msgspec.DecodeError, RecursionError):
             rid = None
         raise ProtocolError("invalid_request", _explain(str(exc)), rid) from None
@@ -251,4 +256,7 @@ _reply_decoder = msgspec.json.Decoder(Reply)
 
 
 def decode_reply(body: bytes) -> Reply:
+    """Raises msgspec.DecodeError for a reply nested too deeply (a hostile server)."""
+    if too_deep(body):
+        raise msgspec.DecodeError(f"a reply nested more than {MAX_DEPTH} deep")
     return _reply_decoder.decode(body)

@@ -41,6 +41,8 @@ from chorus.raft import (
 )
 from chorus.raft.messages import Number, ServerId
 
+from .frames import MAX_DEPTH, too_deep
+
 _encoder = msgspec.json.Encoder()
 
 HANDSHAKE_MAX_FRAME = 4096  # what a peer may send before it has proven itself
@@ -150,6 +152,8 @@ def encode_peer(frame: PeerFrame) -> bytes:
 
 def decode_peer(body: bytes) -> PeerFrame:
     """Raises MessageError for anything that is not a well-formed peer frame."""
+    if too_deep(body, strings=False):  # (no string of a peer frame holds a bracket)
+        raise MessageError(f"not a peer frame: JSON nested too deeply (more than {MAX_DEPTH})")
     try:
         obj: Any = msgspec.json.decode(body)
     except msgspec.DecodeError as exc:
