@@ -49,6 +49,7 @@ class _Failures:
     count: int = 0
     until: float = 0.0  # no attempt before this (monotonic seconds)
     last: float = 0.0
+    pending: int = 0  # attempts under way
 
 
 class Guard:
@@ -63,31 +64,50 @@ class Guard:
         self._last_sweep = clock()
 
     # ------------------------------------------------------------------ logins
-    def check_login(self, name_key: str, source: str) -> None:
-        """Raises Throttled if a login attempt for this name, or from this
-        address, must wait."""
+    def begin_login(self, name_key: str, source: str) -> None:
+        """An attempt to check a password for this name, from this address:
+        raises Throttled if it must wait. Attempts under way count against the
+        free ones (a hundred sent at once are not a hundred free guesses), and
+        once those are spent, one at a time. Pair with ``end_login``."""
         now = self.clock()
         self._sweep(now)
-        wait = max((f.until - now for f in (self.by_name.get(name_key), self.by_source.get(source)) if f),
-                   default=0.0)
-        if wait > 0:
-            raise Throttled(f"too many failed logins: try again in {wait:.0f} s", round(wait, 1))
+        entries = ((self.by_name, name_key, self.limits.login_free_failures),
+                   (self.by_source, source, self.limits.source_free_failures))
+        for table, key, free in entries:
+            f = table.get(key)
+            if f is None:
+                continue
+            if f.until > now:
+                wait = f.until - now
+                raise Throttled(f"too many failed logins: try again in {max(1.0, wait):.0f} s", round(wait, 1))
+            if f.pending >= max(1, free - f.count):
+                raise Throttled("too many logins under way for this name or from this address: try again in a "
+                                "moment", 1.0)
+        for table, key, _ in entries:
+            f = table.setdefault(key, _Failures())
+            f.pending += 1
+            f.last = now
 
-    def login_failed(self, name_key: str, source: str) -> None:
+    def end_login(self, name_key: str, source: str, ok: bool | None) -> None:
+        """The attempt's outcome: the password was right, wrong, or (None) not
+        checked at all (no primary to read from, too busy)."""
         now = self.clock()
         for table, key, free in ((self.by_name, name_key, self.limits.login_free_failures),
                                  (self.by_source, source, self.limits.source_free_failures)):
             f = table.setdefault(key, _Failures())
-            f.count += 1
+            f.pending = max(0, f.pending - 1)
             f.last = now
+            if ok is None:
+                continue
+            if ok:
+                if table is self.by_name:
+                    f.count, f.until = 0, 0.0
+                elif f.count:
+                    f.count -= 1  # one success does not wash away many failures from an address
+                continue
+            f.count += 1
             if f.count > free:
                 f.until = now + min(self.limits.login_backoff_max_s, 2.0 ** (f.count - free - 1))
-
-    def login_succeeded(self, name_key: str, source: str) -> None:
-        self.by_name.pop(name_key, None)
-        f = self.by_source.get(source)
-        if f is not None and f.count:
-            f.count -= 1  # one success does not wash away many failures from an address
 
     # ------------------------------------------------------------------ registrations
     def check_register(self, source: str) -> None:
@@ -120,7 +140,8 @@ class Guard:
             return
         self._last_sweep = now
         for table in (self.by_name, self.by_source):
-            for key in [k for k, f in table.items() if now - f.last > FORGET_AFTER_S and f.until < now]:
+            for key in [k for k, f in table.items()
+                        if now - f.last > FORGET_AFTER_S and f.until < now and not f.pending]:
                 del table[key]
         burst = float(self.limits.register_burst)
         rate = self.limits.register_per_hour / 3600

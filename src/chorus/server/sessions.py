@@ -374,14 +374,22 @@ class ClientSession(asyncio.Protocol):
         """The user, if ``password`` is theirs; throttled, and as slow for a name
         that does not exist as for a wrong password."""
         r, guard, key = self.replica, self.server.guard, rules.name_key(name)
-        guard.check_login(key, self.source)
-        await r.read_barrier("linearizable")
-        user = queries.find_user(r.reader, name)
-        ok = await self._password_job(verify_password, user.pw_hash if user else dummy_hash(), password)
+        guard.begin_login(key, self.source)
+        ok = False
+        try:
+            await r.read_barrier("linearizable")
+            user = queries.find_user(r.reader, name)
+            ok = await self._password_job(verify_password, user.pw_hash if user else dummy_hash(), password)
+            ok = ok and user is not None
+        except (Unavailable, Busy, TooBusy):
+            guard.end_login(key, self.source, ok=None)  # nothing was checked
+            raise
+        except BaseException:
+            guard.end_login(key, self.source, ok=False)
+            raise
+        guard.end_login(key, self.source, ok=ok)
         if not ok or user is None:
-            guard.login_failed(key, self.source)
             raise ClientError("bad_credentials", "wrong user name or password")
-        guard.login_succeeded(key, self.source)
         return user
 
     def _issue(self, user: queries.UserInfo) -> dict[str, Any]:
