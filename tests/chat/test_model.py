@@ -20,6 +20,7 @@ from chorus.chat import ChatMachine, ConversationView, queries, rules, schema
 from chorus.chat import commands as C
 from chorus.chat.machine import (
     CLIENT_TTL_MS,
+    ENDED_GRACE_S,
     HOUR_MS,
     MAX_DELETE,
     MAX_ENDED_SESSIONS,
@@ -70,7 +71,8 @@ class Model:
             for cid in [c for c, d in self.clients.items() if d["last_seen"] < now - CLIENT_TTL_MS]:
                 del self.clients[cid]
             for uid in list(self.ended):
-                self.ended[uid] = {sid: exp for sid, exp in self.ended[uid].items() if exp >= now // 1000}
+                self.ended[uid] = {sid: exp for sid, exp in self.ended[uid].items()
+                                   if exp + ENDED_GRACE_S >= now // 1000}
                 if not self.ended[uid]:
                     del self.ended[uid]
         result = self._apply(index, cmd, now)
@@ -137,7 +139,7 @@ class Model:
             if not cmd.session:
                 return C.ok(last_logoff=now)
             mine = self.ended.get(me, {})
-            if cmd.session in mine or cmd.session_expires < now // 1000:
+            if cmd.session in mine or cmd.session_expires + ENDED_GRACE_S < now // 1000:
                 return C.ok(last_logoff=now, ended=cmd.session)
             if len(mine) >= MAX_ENDED_SESSIONS:
                 return C.ok(last_logoff=now, ended=cmd.session, epoch=self.next_epoch(me))

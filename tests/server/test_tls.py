@@ -87,7 +87,8 @@ def test_peer_ids_come_from_the_certificate_only() -> None:
     assert peer_id({"subjectAltName": (("URI", "urn:chorus:server:7"), ("DNS", "x"))}) == 7
     assert peer_id({"subjectAltName": (("DNS", "urn:chorus:server:7"),)}) is None
     assert peer_id({"subjectAltName": (("URI", "urn:chorus:server:7"), ("URI", "urn:chorus:server:8"))}) is None
-    for bad in ("urn:chorus:server:0", "urn:chorus:server:-1", "urn:chorus:server:x", "urn:chorus:server:" + "9" * 20):
+    for bad in ("urn:chorus:server:0", "urn:chorus:server:-1", "urn:chorus:server:x", "urn:chorus:server:" + "9" * 20,
+                "urn:chorus:server:\u00b2", "urn:chorus:server:\u0661"):
         assert peer_id({"subjectAltName": (("URI", bad),)}) is None
     assert peer_id(None) is None and peer_id({}) is None
 
@@ -143,7 +144,15 @@ def test_clients_find_the_local_ca_by_themselves(tmp_path: Path, monkeypatch: py
     monkeypatch.chdir(tmp_path)
     assert client_tls.find_ca() == "system"  # nothing here: the system's trust store
     certs.create_ca(tmp_path / "data" / "tls")
-    assert client_tls.find_ca() == (tmp_path / "data" / "tls" / "ca.crt").resolve()
+    local = (tmp_path / "data" / "tls" / "ca.crt").resolve()
+    assert client_tls.find_ca() == local
+    assert client_tls.find_ca(["127.0.0.1:8091", "localhost:8092", "[::1]:8093"]) == local
+    # Not for servers elsewhere, and not a file others may write.
+    assert client_tls.find_ca(["10.0.0.11:8091"]) == "system"
+    assert client_tls.find_ca(["127.0.0.1:8091", "chorus.example.org:8091"]) == "system"
+    local.chmod(0o666)
+    assert client_tls.find_ca(["127.0.0.1:8091"]) == "system"
+    local.chmod(0o644)
     ctx = client_tls.context()
     assert isinstance(ctx, ssl.SSLContext) and ctx.verify_mode == ssl.CERT_REQUIRED and ctx.check_hostname
     monkeypatch.setenv("CHORUS_CA", str(tmp_path / "elsewhere.crt"))

@@ -184,11 +184,18 @@ def test_too_deep_agrees_with_counting_by_hand(depth: int, leaf: object) -> None
     assert too_deep(body) == (depth > MAX_DEPTH)
 
 
-def test_brackets_inside_strings_are_not_nesting_unless_told_so() -> None:
-    body = json.dumps({"body": "[" * 100}).encode()
-    assert not too_deep(body)
-    assert too_deep(body, strings=False)  # (peer frames: no valid string holds one)
-    assert not too_deep(json.dumps({"entries": [[i, 1, 0, "eA=="] for i in range(5000)]}).encode(), strings=False)
+def test_brackets_inside_strings_are_not_nesting_and_cannot_hide_it() -> None:
+    assert not too_deep(json.dumps({"body": "[" * 100}).encode())
+    assert not too_deep(json.dumps({"entries": [[i, 1, 0, "eA=="] for i in range(5000)]}).encode())
+    # Closing brackets in strings between the real opening ones (a review found this
+    # hid nesting from a check that ignored strings), and escaped quotes around them.
+    hidden = b"".join(b'["]]",' for _ in range(100)) + b"1" + b"]" * 100
+    assert too_deep(hidden)
+    value: object = 1
+    for _ in range(100):
+        value = ['"]]\\', value]  # a quote, closing brackets and a backslash in each string
+    escaped = json.dumps(value).encode()
+    assert b'\\"]]\\\\"' in escaped and _depth(escaped) == 100 and too_deep(escaped)
 
 
 def test_a_body_too_deep_is_refused_before_decoding_even_if_the_recursion_limit_was_raised() -> None:

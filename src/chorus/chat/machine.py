@@ -71,6 +71,10 @@ CLIENT_LOG_SLACK = 256 * 1024  # bytes the client log may hold beyond twice the 
 MAX_RESULTS_KEPT = 256  # per client: answers a pipelining client has not acknowledged
 MAX_DELETE = rules.DELETE_MAX  # message ids in one delete
 MAX_ENDED_SESSIONS = 256  # per user: beyond, ending one more ends them all (the epoch moves on)
+# An ended session is kept until its token has expired by the log's clock, and a
+# day more: the log's clock is the fastest primary's, and the server that checks
+# a token uses its own, which may be behind.
+ENDED_GRACE_S = 24 * 3600
 
 
 # The chain of a conversation, newest first, from a message down to (not below) a bound.
@@ -244,7 +248,7 @@ class ChatMachine:
         """Ended sessions whose tokens have expired anyway need not be kept."""
         now_s = now // 1000
         for uid in sorted(self.ended):
-            gone = sorted(sid for sid, exp in self.ended[uid].items() if exp < now_s)
+            gone = sorted(sid for sid, exp in self.ended[uid].items() if exp + ENDED_GRACE_S < now_s)
             for sid in gone:
                 self._forget_ended(uid, sid)
 
@@ -387,7 +391,7 @@ class ChatMachine:
         """One token refused from now on (until it would have expired anyway)."""
         uid = user.id
         sessions = self.ended.get(uid, {})
-        if session in sessions or expires < now // 1000:
+        if session in sessions or expires + ENDED_GRACE_S < now // 1000:
             return ok(last_logoff=now, ended=session)  # ended already, or expired anyway
         if len(sessions) >= MAX_ENDED_SESSIONS:
             return ok(last_logoff=now, ended=session, epoch=self._next_epoch(uid))  # all of them, then

@@ -101,6 +101,17 @@ def user_by_id(conn: sqlite3.Connection, uid: int) -> UserInfo | None:
     return UserInfo(*row) if row else None
 
 
+def login_record(conn: sqlite3.Connection, name: str) -> tuple[UserInfo, int] | None:
+    """The user of that name and their session epoch, read together (one statement:
+    one view of the tables, whatever is being applied meanwhile)."""
+    row = conn.execute(
+        "SELECT u.id, u.name, u.pw_hash, u.created_at, u.last_logoff, u.view_count, COALESCE(e.epoch, 0) "
+        "FROM users u LEFT JOIN session_epochs e ON e.user_id = u.id WHERE u.name_key = ?",
+        (rules.name_key(name),),
+    ).fetchone()
+    return (UserInfo(*row[:6]), row[6]) if row else None
+
+
 def session_epoch(conn: sqlite3.Connection, uid: int) -> int:
     """The epoch a token issued now carries: it is refused once this moves on."""
     row = conn.execute("SELECT epoch FROM session_epochs WHERE user_id = ?", (uid,)).fetchone()

@@ -327,7 +327,7 @@ class Client:
 
     def ssl_context(self) -> ssl.SSLContext | None:
         if self._ssl is False:
-            self._ssl = T.context(self._tls)
+            self._ssl = T.context(self._tls, self.servers)
         return self._ssl  # type: ignore[return-value]
 
     def _lost(self, conn: _Connection) -> None:
@@ -527,7 +527,7 @@ class Client:
 async def server_status(address: str, timeout: float = 2.0, tls: T.TLSOption = None) -> dict:
     """The status of one server, or {"address", "error"} if it does not answer."""
     try:
-        reader, writer = await open_connection(address, T.context(tls), timeout)
+        reader, writer = await open_connection(address, T.context(tls, [address]), timeout)
     except NotConnected as exc:
         return {"address": address, "error": exc.message}
     except (OSError, TimeoutError, ValueError) as exc:

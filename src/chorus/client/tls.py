@@ -3,11 +3,12 @@ cluster's CA.
 
 ``tls`` (for :class:`chorus.client.Client`, ``server_status`` and the CLI):
 
-- ``None`` (the default): TLS, against the first CA found: ``$CHORUS_CA``, then
-  ``data/tls/ca.crt`` under the current directory (where ``make run`` and
-  ``chorus cluster up`` put it); with none, the system's trust store (a server
-  with a public certificate). ``$CHORUS_CA=system`` asks for the trust store,
-  ``$CHORUS_PLAINTEXT=1`` for no TLS;
+- ``None`` (the default): TLS, against the first CA found: ``$CHORUS_CA``, then,
+  for servers on loopback only, ``data/tls/ca.crt`` under the current directory
+  (where ``make run`` and ``chorus cluster up`` put it) if it belongs to this
+  user and nobody else may write it; with none, the system's trust store (a
+  server with a public certificate). ``$CHORUS_CA=system`` asks for the trust
+  store, ``$CHORUS_PLAINTEXT=1`` for no TLS;
 - a path: TLS against that CA file; ``"system"``: the system's trust store;
 - an ``ssl.SSLContext``: used as it is;
 - ``False``: plaintext, for a server started without TLS (on loopback, or
@@ -20,8 +21,10 @@ in it.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import ssl
+import stat
 from pathlib import Path
 
 from .errors import NotConnected
@@ -30,14 +33,37 @@ LOCAL_CA = Path("data") / "tls" / "ca.crt"
 TLSOption = ssl.SSLContext | str | Path | bool | None
 
 
-def find_ca() -> Path | str | None:
-    """The CA a client uses when told nothing: a path, "system", or None for plaintext."""
+def _loopback(address: str) -> bool:
+    host = address.rpartition(":")[0].strip("[]") or address
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _trusted_file(path: Path) -> bool:
+    """Owned by this user, and writable by nobody else (as ssh asks of its keys)."""
+    try:
+        st = path.stat()
+    except OSError:
+        return False
+    return st.st_uid == os.getuid() and not st.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
+
+
+def find_ca(servers: list[str] | None = None) -> Path | str | None:
+    """The CA a client of ``servers`` uses when told nothing: a path, "system",
+    or None for plaintext. The local cluster's CA is taken from the current
+    directory only for servers on this machine: anyone who could write a file
+    there must not get to vouch for a server elsewhere."""
     if os.environ.get("CHORUS_PLAINTEXT", "") not in ("", "0"):
         return None
     env = os.environ.get("CHORUS_CA")
     if env:
         return "system" if env == "system" else Path(env)
-    if LOCAL_CA.exists():
+    local = servers is None or all(_loopback(s) for s in servers)
+    if local and LOCAL_CA.exists() and _trusted_file(LOCAL_CA):
         return LOCAL_CA.resolve()
     return "system"
 
@@ -45,13 +71,13 @@ def find_ca() -> Path | str | None:
 _cache: dict[tuple, ssl.SSLContext] = {}
 
 
-def context(tls: TLSOption = None) -> ssl.SSLContext | None:
-    """The context to connect with, or None for plaintext."""
+def context(tls: TLSOption = None, servers: list[str] | None = None) -> ssl.SSLContext | None:
+    """The context to connect to ``servers`` with, or None for plaintext."""
     if isinstance(tls, ssl.SSLContext):
         return tls
     if tls is False:
         return None
-    ca = find_ca() if tls is None or tls is True else "system" if tls == "system" else Path(tls)
+    ca = find_ca(servers) if tls is None or tls is True else "system" if tls == "system" else Path(tls)
     if ca is None:
         return None
     try:

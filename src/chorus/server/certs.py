@@ -176,10 +176,15 @@ class CertInfo:
 
 
 def inspect(path: Path) -> CertInfo:
+    """What a certificate says; CertError if it cannot be read, whatever is wrong with it."""
     try:
-        cert = x509.load_pem_x509_certificates(path.read_bytes())[0]
-    except (OSError, ValueError) as exc:
-        raise CertError(f"{path}: not a certificate ({exc})") from None
+        return _inspect(path)
+    except (OSError, ValueError, IndexError, TypeError) as exc:
+        raise CertError(f"{path}: not a certificate this can use ({exc})") from None
+
+
+def _inspect(path: Path) -> CertInfo:
+    cert = x509.load_pem_x509_certificates(path.read_bytes())[0]
     server_id, hosts = None, []
     try:
         san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
@@ -212,7 +217,8 @@ def id_from_uri(uri: str) -> int | None:
     if not uri.startswith(ID_URI):
         return None
     text = uri[len(ID_URI):]
-    return int(text) if text.isdigit() and len(text) <= 15 and int(text) > 0 else None
+    ok = text.isascii() and text.isdigit() and len(text) <= 15  # (not "²", nor Arabic-Indic digits)
+    return int(text) if ok and int(text) > 0 else None
 
 
 def local_cluster(directory: Path, ids: list[int], hosts: list[str]) -> None:

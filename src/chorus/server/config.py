@@ -17,7 +17,11 @@
     [limits]                            # what a connection may cost (the defaults below)
     handshake_timeout_s = 5.0           # TLS and the first frames, on both ports
     idle_timeout_s = 30.0               # a client connection without a session, silent this long, is closed
+    pre_auth_lifetime_s = 300.0         # and without a session this long, whatever it sends
+    pre_auth_in_flight = 8              # requests in flight on a connection without a session
     pending_per_source = 64             # client connections without a session, per source address
+    connections_per_source = 4096       # client connections of any kind, per source address
+    connections_per_user = 256          # connections logged in as one user, on one server
     peer_pending_per_source = 8         # peer connections before their HELLO, per source address
     pre_auth_max_frame = 16384          # bytes in one frame from a client without a session
     login_free_failures = 5             # wrong passwords for one name before logins of it are slowed
@@ -66,7 +70,11 @@ class Limits:
 
     handshake_timeout_s: float = 5.0
     idle_timeout_s: float = 30.0
+    pre_auth_lifetime_s: float = 300.0
+    pre_auth_in_flight: int = 8
     pending_per_source: int = 64
+    connections_per_source: int = 4096
+    connections_per_user: int = 256
     peer_pending_per_source: int = 8
     pre_auth_max_frame: int = 16384
     login_free_failures: int = 5

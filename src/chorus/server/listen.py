@@ -32,13 +32,22 @@ TLS_HANDSHAKE = 0x16
 
 
 class Admission:
-    """Connections not yet authenticated, counted by source address."""
+    """Connections counted by source address: all of them (``max_open``), and
+    those that have not authenticated yet (``per_source``)."""
 
-    def __init__(self, per_source: int) -> None:
+    def __init__(self, per_source: int, max_open: int = 1 << 30) -> None:
         self.per_source = per_source
+        self.max_open = max_open
         self.pending: dict[str, int] = {}
+        self.open: dict[str, int] = {}
 
     def admit(self, source: str) -> bool:
+        if self.open.get(source, 0) >= self.max_open or not self.take(source):
+            return False
+        self.open[source] = self.open.get(source, 0) + 1
+        return True
+
+    def take(self, source: str) -> bool:
         n = self.pending.get(source, 0)
         if n >= self.per_source:
             return False
@@ -46,29 +55,49 @@ class Admission:
         return True
 
     def release(self, source: str) -> None:
-        n = self.pending.get(source, 0) - 1
-        if n > 0:
-            self.pending[source] = n
-        else:
-            self.pending.pop(source, None)
+        _down(self.pending, source)
+
+    def gone(self, source: str) -> None:
+        _down(self.open, source)
+
+
+def _down(counts: dict[str, int], key: str) -> None:
+    n = counts.get(key, 0) - 1
+    if n > 0:
+        counts[key] = n
+    else:
+        counts.pop(key, None)
 
 
 class Gate:
-    """One connection's slot in its source's count, given back once (when it
-    authenticates, or when it closes before that)."""
+    """One connection's places in its source's counts: the place among those
+    not authenticated yet is given back when it authenticates (and taken again,
+    if there is one, when it loses its session); both when it closes."""
 
-    __slots__ = ("_admission", "source")
+    __slots__ = ("_admission", "_pending", "source")
 
     def __init__(self, admission: Admission | None, source: str) -> None:
         self._admission = admission
+        self._pending = admission is not None
         self.source = source
 
     def authenticated(self) -> None:
-        if self._admission is not None:
+        if self._pending and self._admission is not None:
             self._admission.release(self.source)
-            self._admission = None
+            self._pending = False
 
-    closed = authenticated
+    def unauthenticated(self) -> bool:
+        """The connection has no session again: whether it may stay (there is a place)."""
+        if self._pending or self._admission is None:
+            return True
+        self._pending = self._admission.take(self.source)
+        return self._pending
+
+    def closed(self) -> None:
+        if self._admission is not None:
+            self.authenticated()
+            self._admission.gone(self.source)
+            self._admission = None
 
 
 class Listener:

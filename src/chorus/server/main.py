@@ -37,6 +37,7 @@ async def serve(cfg: Config, server_id: int, ready: asyncio.Event | None = None)
     replica.push = clients.push
     replica.account_deleted = clients.account_deleted
     replica.sessions_ended = clients.sessions_ended
+    replica.state_replaced = clients.state_replaced
     replica.start()
     await peers.start()
     await clients.start()

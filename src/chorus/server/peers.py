@@ -143,8 +143,11 @@ class PeerLink:
         while not self.closed:
             try:
                 reader, writer = await self._open()
-            except (OSError, TimeoutError, ssl.SSLError, MessageError, FrameError, asyncio.IncompleteReadError) as exc:
-                if isinstance(exc, MessageError | FrameError | ssl.SSLError):
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # whatever it is, the link must keep trying (and say why)
+                if not isinstance(exc, OSError | TimeoutError | asyncio.IncompleteReadError) or isinstance(
+                        exc, ssl.SSLError):
                     log.warning("link to server %d not up: %s", self.peer.id, exc)
                 await self._pause(backoff * (0.5 + secrets.randbelow(1000) / 1000))
                 backoff = min(backoff * 2, 1.0)

@@ -149,6 +149,7 @@ class Replica:
         self.push: Callable[[int, int, queries.Message], None] = lambda s, r, m: None
         self.account_deleted: Callable[[int], None] = lambda uid: None
         self.sessions_ended: Callable[[int, str | None, int | None], None] = lambda uid, sid, epoch: None
+        self.state_replaced: Callable[[], None] = lambda: None  # a snapshot was installed
         self.received_snapshots: dict[int, SnapshotFile] = {}
         self._pumping = False
         self._stopped = False
@@ -329,6 +330,9 @@ class Replica:
             self.account_deleted(uid)
         for uid, session, epoch in applied.ended_sessions:
             self.sessions_ended(uid, session, epoch)
+        if rd.snapshot is not None:
+            log.info("replica %d: installed the snapshot at %d", self.id, rd.snapshot.index)
+            self.state_replaced()
         if rd.committed:
             self.applied = rd.committed[-1].index
             self._log_bytes += sum(len(e.data) for e in rd.committed)

@@ -47,6 +47,15 @@ log = logging.getLogger("chorus.clients")
 MAX_OUT_BUFFER = 16 << 20  # a client this far behind in reading is disconnected
 
 
+ENDS_SESSION = (W.LogOff, W.LogoutAll, W.ChangePassword, W.DeleteAccount)
+_ANSWER_KEYS = {W.LogOff: "ended", W.LogoutAll: "epoch", W.ChangePassword: "epoch", W.DeleteAccount: "deleted_messages"}
+
+
+def _answers(req: W.Write, data: dict | None) -> bool:
+    """Whether a saved result is the answer to a request of this kind."""
+    return bool(data) and _ANSWER_KEYS[type(req)] in data  # type: ignore[index,operator]
+
+
 class ClientError(Exception):
     def __init__(self, code: str, message: str, primary: str | None = None) -> None:
         super().__init__(message)
@@ -70,7 +79,8 @@ class ClientServer:
         spec = self.replica.spec
         tls = self.tls
         self.listener = Listener(
-            spec.host, spec.client_port, name="client", admission=Admission(self.cfg.limits.pending_per_source),
+            spec.host, spec.client_port, name="client",
+            admission=Admission(self.cfg.limits.pending_per_source, self.cfg.limits.connections_per_source),
             handshake_timeout=self.cfg.limits.handshake_timeout_s,
             tls=(lambda: tls.current().client_side) if tls is not None else (lambda: None),
             protocol=lambda gate: ClientSession(self, gate),
@@ -79,16 +89,23 @@ class ClientServer:
                 if tls is not None else W.error(None, "malformed", "this server does not speak TLS")),
         )
         await self.listener.start()
-        self._sweeper = asyncio.get_running_loop().create_task(self._sweep_idle())
+        loop = asyncio.get_running_loop()
+        self._sweeper = loop.create_task(self._sweep_idle())
+        # The hash an unknown name is checked against, made now rather than by the
+        # first login for one (which would then take longer than the others).
+        self._warm = loop.create_task(self.guard.password_job(dummy_hash))
 
     async def _sweep_idle(self) -> None:
-        """Close connections without a session that have been silent too long."""
-        timeout = self.cfg.limits.idle_timeout_s
+        """Close connections without a session that have been silent too long, or
+        have been without one too long at all."""
+        limits = self.cfg.limits
         loop = asyncio.get_running_loop()
         while True:
-            await asyncio.sleep(max(0.05, min(1.0, timeout / 4)))
-            cutoff = loop.time() - timeout
-            for s in [s for s in self.unauthenticated if s.last_active < cutoff and not s.in_flight]:
+            await asyncio.sleep(max(0.05, min(1.0, limits.idle_timeout_s / 4)))
+            now = loop.time()
+            idle, old = now - limits.idle_timeout_s, now - limits.pre_auth_lifetime_s
+            for s in [s for s in self.unauthenticated
+                      if (s.last_active < idle or s.unauthenticated_since < old) and not s.in_flight]:
                 s.abort()  # (no TLS goodbye: it would wait for one back from a silent peer)
 
     def stop_accepting(self) -> None:
@@ -96,6 +113,7 @@ class ClientServer:
             self.listener.close()
         if self._sweeper is not None:
             self._sweeper.cancel()
+        self.guard.close()
 
     def close(self) -> None:
         for s in list(self.sessions):
@@ -110,6 +128,15 @@ class ClientServer:
         for s in list(self.by_user.get(uid, ())):
             s.logout()
 
+    def state_replaced(self) -> None:
+        """A snapshot was installed: its sessions ended and accounts deleted were
+        not applied here one by one, so every connection is checked against it."""
+        reader = self.replica.reader
+        for s in [s for s in self.sessions if s.uid is not None]:
+            user = queries.user_by_id(reader, s.uid)  # type: ignore[arg-type]
+            if user is None or user.name != s.name or queries.session_ended(reader, user.id, s.session, s.epoch):
+                s.logout()
+
     def sessions_ended(self, uid: int, session: str | None, epoch: int | None) -> None:
         """A session (or, with ``epoch``, every one issued before it) was ended:
         the connections using it here are logged out."""
@@ -118,6 +145,10 @@ class ClientServer:
                 s.logout()
 
     def _bind(self, session: ClientSession, uid: int | None, claims: auth.Claims | None = None) -> None:
+        if uid is not None and uid != session.uid and len(self.by_user.get(uid, ())) >= \
+                self.cfg.limits.connections_per_user:
+            raise ClientError("busy", f"this user has {self.cfg.limits.connections_per_user} connections to "
+                                      "this server already")
         if session.uid != uid:  # another user (or none): the old one's pushes stop here
             session.pushed_upto = None
             session.held = None
@@ -136,9 +167,13 @@ class ClientServer:
             self.unauthenticated.discard(session)
             session.gate.authenticated()
             session.decoder.max_frame = self.cfg.max_frame
-        elif session.transport is not None:
+        elif session.transport is not None and session not in self.unauthenticated:
+            # Without a session again: the limits of a connection that never had one.
             self.unauthenticated.add(session)
-            session.last_active = asyncio.get_running_loop().time()
+            session.last_active = session.unauthenticated_since = asyncio.get_running_loop().time()
+            session.decoder.max_frame = self.cfg.limits.pre_auth_max_frame
+            if not session.gate.unauthenticated():
+                session.close()  # its address holds as many such connections as it may
 
 
 class ClientSession(asyncio.Protocol):
@@ -154,7 +189,7 @@ class ClientSession(asyncio.Protocol):
         self.session = ""  # the token's session id, epoch and expiry
         self.epoch = 0
         self.session_expires = 0
-        self.last_active = 0.0
+        self.last_active = self.unauthenticated_since = 0.0
         self.in_flight = 0
         self.tasks: set[asyncio.Task] = set()
         # Pushing: None while not subscribed; while catching up, live messages wait in `held`.
@@ -164,7 +199,7 @@ class ClientSession(asyncio.Protocol):
     # ------------------------------------------------------------------ the connection
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
-        self.last_active = asyncio.get_running_loop().time()
+        self.last_active = self.unauthenticated_since = asyncio.get_running_loop().time()
         self.server.sessions.add(self)
         self.server.unauthenticated.add(self)
 
@@ -201,8 +236,10 @@ class ClientSession(asyncio.Protocol):
             except W.ProtocolError as exc:
                 self._send(W.error(exc.request_id, exc.code, str(exc)))
                 continue
-            if self.in_flight >= self.cfg.max_in_flight:
-                self._send(W.error(req.id, "busy", f"more than {self.cfg.max_in_flight} requests in flight"))
+            limit = self.cfg.max_in_flight if self.uid is not None else self.cfg.limits.pre_auth_in_flight
+            if self.in_flight >= limit:
+                self._send(W.error(req.id, "busy", f"more than {limit} requests in flight"
+                                   + ("" if self.uid is not None else " (before logging in)")))
                 continue
             self.in_flight += 1
             task = asyncio.get_running_loop().create_task(self._handle(req))
@@ -256,13 +293,15 @@ class ClientSession(asyncio.Protocol):
                 return await self._login(req)
             case W.Auth():
                 return await self._auth(req.token)
-        if self.uid is None and isinstance(req, W.Write):
-            # The retry of a write that ended its own session (deleting the account
-            # makes the token useless): it gets the saved answer, like any retry.
-            # Linearizable, so a write answered before this request began is seen.
+        if self.uid is None and isinstance(req, ENDS_SESSION):
+            # The retry of a write that ended its own session (logging off, deleting
+            # the account): the token no longer works, yet it gets the saved answer,
+            # like any retry. Linearizable, so a write answered before this request
+            # began is seen. Only for these: other answers are not for anyone who
+            # happens to know a client id.
             await r.read_barrier("linearizable")
             saved = r.store.chat.saved_result(req.client, req.seq)
-            if saved is not None:
+            if saved is not None and (not saved.ok or _answers(req, saved.data)):
                 if not saved.ok:
                     raise ClientError(saved.code, saved.message)
                 return saved.data
@@ -288,7 +327,8 @@ class ClientSession(asyncio.Protocol):
             case W.LogOff():
                 cmd = C.LogOff(client=req.client, seq=req.seq, acked=req.acked, ts=now, user=uid,
                                session=self.session, session_expires=self.session_expires)
-                result = await self._write(req, cmd)
+                # On a majority whatever the request says: "ended" must not be undone by a failover.
+                result = await self._write(req, cmd, concern="majority")
                 self.logout()
                 return result
             case W.LogoutAll():
@@ -355,7 +395,7 @@ class ClientSession(asyncio.Protocol):
         return self.gate.source
 
     async def _password_job(self, fn: Any, *args: Any) -> Any:
-        return await self.server.guard.password_job(self.replica.run_blocking, fn, *args)
+        return await self.server.guard.password_job(fn, *args)
 
     async def _register(self, req: W.Register) -> Any:
         problem = rules.name_problem(req.name)
@@ -370,17 +410,23 @@ class ClientSession(asyncio.Protocol):
                          name=req.name, pw_hash=pw_hash)
         return await self._write(req, cmd)
 
-    async def _check_password(self, name: str, password: str) -> queries.UserInfo:
-        """The user, if ``password`` is theirs; throttled, and as slow for a name
-        that does not exist as for a wrong password."""
+    async def _check_password(self, name: str, password: str) -> tuple[queries.UserInfo, int]:
+        """The user and their session epoch, if ``password`` is theirs; throttled,
+        and as slow for a name that does not exist as for a wrong password."""
         r, guard, key = self.replica, self.server.guard, rules.name_key(name)
         guard.begin_login(key, self.source)
         ok = False
         try:
             await r.read_barrier("linearizable")
-            user = queries.find_user(r.reader, name)
-            ok = await self._password_job(verify_password, user.pw_hash if user else dummy_hash(), password)
-            ok = ok and user is not None
+            found = queries.login_record(r.reader, name)
+            ok = await self._password_job(verify_password, found[0].pw_hash if found else dummy_hash(), password)
+            if ok and found is not None:
+                # The password may have changed while it was being checked (and every
+                # session with it): then the one checked is no longer the password.
+                now = queries.login_record(r.reader, name)
+                ok = now is not None and now[0].id == found[0].id and now[0].pw_hash == found[0].pw_hash
+                found = now
+            ok = ok and found is not None
         except (Unavailable, Busy, TooBusy):
             guard.end_login(key, self.source, ok=None)  # nothing was checked
             raise
@@ -388,22 +434,21 @@ class ClientSession(asyncio.Protocol):
             guard.end_login(key, self.source, ok=False)
             raise
         guard.end_login(key, self.source, ok=ok)
-        if not ok or user is None:
+        if not ok or found is None:
             raise ClientError("bad_credentials", "wrong user name or password")
-        return user
+        return found
 
-    def _issue(self, user: queries.UserInfo) -> dict[str, Any]:
+    def _issue(self, user: queries.UserInfo, epoch: int) -> dict[str, Any]:
         """A new session for this connection, and its token."""
         now = int(time.time())
-        claims = auth.Claims(user.id, user.name, now + self.cfg.token_ttl_s, auth.new_session_id(),
-                             queries.session_epoch(self.replica.reader, user.id))
+        claims = auth.Claims(user.id, user.name, now + self.cfg.token_ttl_s, auth.new_session_id(), epoch)
         self.server._bind(self, user.id, claims)
         self.name = user.name
         return {"token": auth.sign(self.cfg.secret_bytes, claims), "expires_at": claims.exp}
 
     async def _login(self, req: W.Login) -> Any:
-        user = await self._check_password(req.name, req.password)
-        issued = self._issue(user)
+        user, epoch = await self._check_password(req.name, req.password)
+        issued = self._issue(user, epoch)
         return {"token": issued["token"], "id": user.id, "name": user.name, "expires_at": issued["expires_at"],
                 "last_logoff": user.last_logoff, "view_count": user.view_count}
 
@@ -431,7 +476,7 @@ class ClientSession(asyncio.Protocol):
         if weak:
             raise ClientError("weak_password", "the new password needs " + ", ".join(weak))
         try:
-            user = await self._check_password(self.name, req.old_password)
+            user, _ = await self._check_password(self.name, req.old_password)
         except ClientError as exc:
             if exc.code == "bad_credentials":
                 raise ClientError("bad_credentials", "the current password is wrong") from None
@@ -444,7 +489,8 @@ class ClientSession(asyncio.Protocol):
         # Applied here before the answer (so the new token carries the new epoch).
         result = await self._write(req, cmd, concern="majority")
         # Every session ended with it, this one too: it goes on with a new token.
-        return {**(result or {}), **self._issue(user)}
+        epoch = (result or {}).get("epoch", queries.session_epoch(self.replica.reader, uid))
+        return {**(result or {}), **self._issue(user, epoch)}
 
     def logout(self) -> None:
         self.server._bind(self, None)

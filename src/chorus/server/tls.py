@@ -99,7 +99,7 @@ class TLS:
             if not force and stamp == self._stamp:
                 return False
             built = self._build()
-        except (OSError, ssl.SSLError, CertError) as exc:
+        except (OSError, ssl.SSLError, CertError, ValueError) as exc:
             if not self._loaded:
                 raise CertError(f"TLS: {exc}") from None
             log.warning("TLS files not reloaded, the previous ones stay in use: %s", exc)

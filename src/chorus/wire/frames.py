@@ -18,27 +18,30 @@ _LEN = struct.Struct(">I")
 
 MAX_DEPTH = 32  # nesting of JSON arrays and objects: a few levels is all the protocol uses
 
-_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')  # a JSON string (unrolled: fast)
-_NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
+_ESCAPE = re.compile(rb"\\.", re.DOTALL)  # a backslash and what it escapes
+_QUOTED = re.compile(rb'"[^"]*"')  # a string, once escapes are gone
+_NOT_STRUCTURE = bytes(b for b in range(256) if b not in b'[]{}"\\')
 _STEPS = bytes(1 if b in b"[{" else 255 if b in b"]}" else 0 for b in range(256))  # +1 / -1 as signed bytes
 
 
-def too_deep(body: bytes, limit: int = MAX_DEPTH, *, strings: bool = True) -> bool:
-    """Whether ``body`` nests arrays and objects more than ``limit`` deep. A
-    decoder recursing into such a body could exhaust the stack of the process
-    (msgspec stops at Python's recursion limit, but that limit is not always
-    the default), so a body that may be decoded into untyped values is checked
-    first. All of it runs at C speed: the body reduced to its brackets, which is
-    enough for the many bodies that hold few; otherwise with its strings taken
-    out first (unless ``strings`` is False: where no valid string holds a
-    bracket, as in peer frames), and the running sum of the brackets.
-    (A REPLICATE of 100 entries: about 17 us, against 45 us to decode it.)"""
-    skeleton = body.translate(_STEPS, _NOT_BRACKETS)
-    if len(skeleton) <= limit:
+def too_deep(body: bytes, limit: int = MAX_DEPTH) -> bool:
+    """Whether ``body`` nests arrays and objects more than ``limit`` deep.
+
+    A decoder recursing into such a body could exhaust the stack of the process
+    (msgspec stops at Python's recursion limit, but that limit is not always the
+    default), so a body that may be decoded into untyped values is checked
+    first. All of it runs at C speed on the body's skeleton: its brackets,
+    quotes and backslashes only. That is enough for the many bodies with few
+    brackets. Otherwise escapes are taken out, then strings (brackets in a
+    string are not nesting), and the running sum of what is left is the depth.
+    (A REPLICATE of 100 entries: about 20 us, against 45 us to decode it.)"""
+    skeleton = body.translate(None, _NOT_STRUCTURE)
+    if skeleton.count(b"[") + skeleton.count(b"{") <= limit:
         return False
-    if strings and b'"' in body:
-        skeleton = _STRING.sub(b"", body).translate(_STEPS, _NOT_BRACKETS)
-    return max(accumulate(memoryview(skeleton).cast("b")), default=0) > limit
+    if b"\\" in skeleton:
+        skeleton = _ESCAPE.sub(b"", body).translate(None, _NOT_STRUCTURE)
+    steps = memoryview(_QUOTED.sub(b"", skeleton).translate(_STEPS)).cast("b")
+    return max(accumulate(steps), default=0) > limit
 
 
 class FrameError(Exception):

@@ -152,7 +152,7 @@ def encode_peer(frame: PeerFrame) -> bytes:
 
 def decode_peer(body: bytes) -> PeerFrame:
     """Raises MessageError for anything that is not a well-formed peer frame."""
-    if too_deep(body, strings=False):  # (no string of a peer frame holds a bracket)
+    if too_deep(body):
         raise MessageError(f"not a peer frame: JSON nested too deeply (more than {MAX_DEPTH})")
     try:
         obj: Any = msgspec.json.decode(body)
