@@ -21,26 +21,17 @@ in it.
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import ssl
 import stat
 from pathlib import Path
 
+from chorus.wire.addresses import host_of, is_loopback
+
 from .errors import NotConnected
 
 LOCAL_CA = Path("data") / "tls" / "ca.crt"
 TLSOption = ssl.SSLContext | str | Path | bool | None
-
-
-def _loopback(address: str) -> bool:
-    host = address.rpartition(":")[0].strip("[]") or address
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def _trusted_file(path: Path) -> bool:
@@ -62,7 +53,7 @@ def find_ca(servers: list[str] | None = None) -> Path | str | None:
     env = os.environ.get("CHORUS_CA")
     if env:
         return "system" if env == "system" else Path(env)
-    local = servers is None or all(_loopback(s) for s in servers)
+    local = servers is None or all(is_loopback(host_of(s)) for s in servers)
     if local and LOCAL_CA.exists() and _trusted_file(LOCAL_CA):
         return LOCAL_CA.resolve()
     return "system"

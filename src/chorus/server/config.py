@@ -50,7 +50,6 @@ CHORUS_SNAPSHOT_KEEP (entries). With no file at all: three replicas on
 from __future__ import annotations
 
 import hashlib
-import ipaddress
 import os
 import tomllib
 from dataclasses import dataclass, field, fields, replace
@@ -101,15 +100,6 @@ class TLSFiles:
     @classmethod
     def in_dir(cls, directory: Path) -> TLSFiles:
         return cls(directory / "ca.crt", str(directory / "server-{id}.crt"), str(directory / "server-{id}.key"))
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 class ConfigError(Exception):

@@ -17,8 +17,10 @@ import signal
 import sys
 from pathlib import Path
 
+from chorus.wire.addresses import is_loopback
+
 from .certs import CertError
-from .config import DEV_SECRET, Config, ConfigError, is_loopback, load
+from .config import DEV_SECRET, Config, ConfigError, load
 from .listen import raise_open_file_limit
 from .peers import PeerTransport
 from .replica import Replica
