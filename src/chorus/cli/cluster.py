@@ -114,8 +114,10 @@ def render(cluster: LocalCluster, rows: list[dict]) -> Group:
             state = "restarting" if i in cluster.restart_at else "down"
             t.add_row(str(i), r["address"], Text(state, style="red"), "", "", "", "", "")
             continue
-        role = r["role"]
-        style = {"PRIMARY": "bold green", "CANDIDATE": "yellow"}.get(role, "")
+        role = r["role"] if r.get("health", "ok") == "ok" else f"{r['role']} ({r['health']})"
+        style = {"PRIMARY": "bold green", "CANDIDATE": "yellow"}.get(r["role"], "")
+        if r.get("health", "ok") != "ok":
+            style = "bold red"
         t.add_row(str(r["id"]), r["address"], Text(role, style=style), str(r["term"]), str(r["commit_index"]),
                   str(r["applied_index"]), Text(r["digest"], style="green" if len(digests) == 1 else ""),
                   str(r["primary"] or "-"))

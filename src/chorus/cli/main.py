@@ -160,8 +160,9 @@ async def status_command(args: argparse.Namespace) -> int:
         if "error" in r:
             print(f"{r['address']:>21}  {r['error']}")
         else:
+            health = "" if r.get("health", "ok") == "ok" else f"  {r['health'].upper()}: {r.get('health_reason')}"
             print(f"{r['address']:>21}  server {r['id']} {r['role']:<9} term {r['term']:<4} commit {r['commit_index']:<8} "
-                  f"applied {r['applied_index']:<8} digest {r['digest']}  primary {r['primary']}")
+                  f"applied {r['applied_index']:<8} digest {r['digest']}  primary {r['primary']}{health}")
     return 0
 
 

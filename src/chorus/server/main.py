@@ -54,13 +54,23 @@ async def serve(cfg: Config, server_id: int, ready: asyncio.Event | None = None)
           f"{' (TLS)' if tls is not None else ''}", flush=True)
     if ready is not None:
         ready.set()
-    await stop.wait()
+    stopping = loop.create_task(stop.wait())
+    assert replica.failed is not None
+    await asyncio.wait([stopping, replica.failed], return_when=asyncio.FIRST_COMPLETED)
+    failure = replica.failed.result() if replica.failed.done() else None
     log.info("server %d stopping", server_id)
     clients.stop_accepting()
-    await replica.stop(graceful=True)
+    await replica.stop(graceful=failure is None)
     clients.close()
     await peers.close()
     log.info("server %d stopped", server_id)
+    if failure is not None:
+        raise LoopFailed(f"the replica loop failed: {failure!r} (see the log); a supervisor should start "
+                         "the server again")
+
+
+class LoopFailed(Exception):
+    """The replica loop stopped on an error: the process must end, and say so."""
 
 
 def refusal(cfg: Config, server_id: int, insecure: bool) -> str | None:
@@ -112,6 +122,9 @@ def run(server_id: int, config: Path | None, log_level: str = "INFO", insecure: 
     except CertError as exc:
         print(f"chorus serve: {exc}", file=sys.stderr)
         return 2
+    except LoopFailed as exc:
+        print(f"chorus serve: server {server_id}: {exc}", file=sys.stderr)
+        return 1
     except OSError as exc:
         print(f"chorus serve: {exc}", file=sys.stderr)
         return 1

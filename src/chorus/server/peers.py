@@ -403,7 +403,7 @@ class PeerTransport:
                 del self.receivers[sender]
                 done = await loop.run_in_executor(None, rx.finish)
                 self.replica.received_snapshots[done.meta.index] = done
-        except SnapshotInvalid as exc:
+        except (SnapshotInvalid, OSError) as exc:  # (OSError: the disk is full, say; sent again later)
             log.warning("snapshot from %d refused: %s", sender, exc)
             self.receivers.pop(sender, None)
             rx.abort()

@@ -20,6 +20,15 @@ The replica loop, for each Ready of the core:
 Then answer the clients waiting for the applied entries, push new messages to
 the users connected here, and advance the core.
 
+A full disk stalls the round, not the server: the write is tried again every
+second, the Ready is kept (it is advanced only once written), nothing that
+needed it on disk leaves, and requests here are answered ``unavailable`` at
+once, naming the primary, so clients go elsewhere. Meanwhile this replica is
+silent to its peers (a primary sends no heartbeats), so the others carry on
+without it. When the write goes through, the round completes and the replica
+catches up as after any pause. Any other failure of the loop ends the process
+with a non-zero status (``failed``), for a supervisor to restart it.
+
 Everything that touches the core runs on the event loop thread. The store's
 write connection is used by one round of the loop at a time (on either thread),
 and between rounds for compaction and WAL checkpoints (on the I/O thread).
@@ -34,6 +43,7 @@ import contextlib
 import heapq
 import itertools
 import logging
+import os
 import queue
 import random
 import threading
@@ -46,7 +56,13 @@ from typing import Any
 from chorus.chat import commands as C
 from chorus.chat import queries
 from chorus.raft import Message, RaftNode, Ready, Refused, Role, split_messages
-from chorus.store import ReplicaStore, SnapshotFile, latest_snapshot, latest_snapshot_path
+from chorus.store import (
+    ReplicaStore,
+    SnapshotFile,
+    disk_full,
+    latest_snapshot,
+    latest_snapshot_path,
+)
 
 from .config import Config
 
@@ -82,6 +98,19 @@ SNAPSHOT_RATIO = 4  # (bytes x 4 >= snapshot size: a quarter)
 # Applied on the event loop when there is nothing to persist and at most this many
 # entries (more would hold up the loop longer than the trip to the I/O thread costs).
 INLINE_APPLY_MAX = 64
+RETRY_FULL_DISK_S = 1.0  # how often a write stalled by a full disk is tried again
+
+
+@dataclass
+class _Round:
+    """One Ready being written: what of it is done already (a write the disk
+    refused is tried again from where it stopped)."""
+
+    rd: Ready
+    snap: SnapshotFile | None
+    heavy: bool  # persisted (and its late messages sent) on the I/O thread, then applied
+    late: list[Message]
+    persisted: bool = False
 
 
 class IOThread:
@@ -163,7 +192,12 @@ class Replica:
         self._leader_changed: asyncio.Event | None = None
         self._on_leader_change: set[Callable[[], None]] = set()
         self._snapshotting = False
+        self._snapshot_retry_at = 0.0  # after a failed snapshot, not before this (monotonic)
         self._compact_to = 0  # asked for by a finished snapshot; done by the replica loop
+        self._stalled: _Round | None = None  # a round the disk refused, tried again
+        self._retry_at = 0.0
+        self.out_of_disk: str | None = None  # why, while the disk is full
+        self.failed: asyncio.Future | None = None  # set to the exception if the loop fails
         # A snapshot copies the whole state: take one only once the log since the last
         # one is a fair share of it, so that the copying stays proportional to what is
         # written (a 200 MB state snapshotted every 20,000 sends halved the throughput).
@@ -175,6 +209,7 @@ class Replica:
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> None:
         self.loop = asyncio.get_running_loop()
+        self.failed = self.loop.create_future()
         self._leader_changed = asyncio.Event()
         self._schedule_tick()
         self._kick()
@@ -229,38 +264,89 @@ class Replica:
 
     async def _pump(self) -> None:
         node = self.node
+        if self._stalled is not None and time.monotonic() < self._retry_at:
+            self._pumping = False  # (a tick or a message woke it: the disk is tried at its time)
+            return
         try:
             while not self._stopped:
-                if self._compact_to:
-                    await self._compact()
-                    continue
-                if self.store.checkpoint_due():
-                    await self.io.call(self.store.checkpoint)
-                if not node.has_ready():
-                    break
-                rd = node.ready()
-                snap = self.received_snapshots.pop(rd.snapshot.index, None) if rd.snapshot else None
-                if self.store.needs_sync(rd) or not self._light(rd.committed):
-                    early, late = split_messages(rd, node.role, self.store.durable_term_vote)
-                    if early:
-                        self.transport.send(early)
-                    applied = await self.io.call(self._write, rd, snap, late)
-                else:
-                    # Nothing that must be on disk first: send everything, then write
-                    # the commit index and apply here, in one transaction, no fsync.
-                    if rd.messages:
-                        self.transport.send(rd.messages)
-                    applied = self._applied_output(self.store.save(rd))
-                self._after(rd, applied)
-                node.advance(rd)
-        except Exception:
-            log.exception("replica %d: the replica loop failed; stopping", self.id)
+                if self._stalled is None:
+                    if self._compact_to:
+                        await self._compact()
+                        continue
+                    if self.store.checkpoint_due():
+                        await self._checkpoint()
+                    if not node.has_ready():
+                        break
+                    rd = node.ready()
+                    snap = self.received_snapshots.pop(rd.snapshot.index, None) if rd.snapshot else None
+                    heavy = self.store.needs_sync(rd) or not self._light(rd.committed)
+                    if heavy:
+                        early, late = split_messages(rd, node.role, self.store.durable_term_vote)
+                        if early:
+                            self.transport.send(early)
+                    else:
+                        # Nothing that must be on disk first: send everything, then write
+                        # the commit index and apply here, in one transaction, no fsync.
+                        late = []
+                        if rd.messages:
+                            self.transport.send(rd.messages)
+                    self._stalled = _Round(rd, snap, heavy, late)
+                r = self._stalled
+                try:
+                    if r.heavy:
+                        applied = await self.io.call(self._write, r)
+                    else:
+                        applied = self._applied_output(self.store.save(r.rd))
+                except Exception as exc:
+                    if not disk_full(exc):
+                        raise
+                    self._disk_is_full(exc)
+                    return  # (tried again in a second; the Ready stays where it is)
+                self._stalled = None
+                if self.out_of_disk is not None:
+                    log.warning("replica %d: the disk takes writes again; going on", self.id)
+                    self.out_of_disk = None
+                self._after(r.rd, applied)
+                node.advance(r.rd)
+        except Exception as exc:
+            log.exception("replica %d: the replica loop failed; the server stops", self.id)
             self._stopped = True
-            raise
+            if self.failed is not None and not self.failed.done():
+                self.failed.set_result(exc)
+            return
         finally:
             self._pumping = False
         if not self._stopped and (self._compact_to or node.has_ready()):
             self._kick()
+
+    def _disk_is_full(self, exc: BaseException) -> None:
+        """Say so (once), refuse requests here meanwhile, and try again in a second."""
+        try:
+            st = os.statvfs(self.dir)
+            free = f"{st.f_bavail * st.f_frsize // 1024:,} KiB free of {st.f_blocks * st.f_frsize // 1024:,} KiB"
+        except OSError:
+            free = "free space unknown"
+        why = f"the file system of {self.dir} is full ({free}): {exc}"
+        if self.out_of_disk is None:
+            log.error("replica %d: %s; it takes no writes and answers no requests until there is room "
+                      "(tried again every %.0f s; the other servers go on without it)", self.id, why,
+                      RETRY_FULL_DISK_S)
+            for fut in list(self._reads.values()) + list(self._waiters.values()):
+                if not fut.done():  # (a write is retried elsewhere, with the same seq: never twice)
+                    fut.set_exception(Unavailable(f"this server is out of disk space: {why}",
+                                                  self.primary_address()))
+        self.out_of_disk = why
+        self._retry_at = time.monotonic() + RETRY_FULL_DISK_S
+        assert self.loop is not None
+        self.loop.call_later(RETRY_FULL_DISK_S, self._kick)
+
+    async def _checkpoint(self) -> None:
+        try:
+            await self.io.call(self.store.checkpoint)
+        except Exception as exc:
+            if not disk_full(exc):
+                raise
+            log.warning("replica %d: the WAL could not be checkpointed (%s); it is tried again later", self.id, exc)
 
     @staticmethod
     def _light(committed: tuple) -> bool:
@@ -268,14 +354,17 @@ class Replica:
         command of unbounded cost (deleting an account deletes all its messages)."""
         return len(committed) <= INLINE_APPLY_MAX and not any(C.is_heavy(e.data) for e in committed)
 
-    def _write(self, rd: Ready, snap: SnapshotFile | None, late: list[Message]) -> Applied:
-        """On the I/O thread: persist, let the messages go, apply."""
-        self.store.persist(rd, snap)
-        if late:
-            assert self.loop is not None
-            self.loop.call_soon_threadsafe(self.transport.send, late)
-        if snap is not None:
-            snap.path.unlink(missing_ok=True)  # installed: its tables are in the database now
+    def _write(self, r: _Round) -> Applied:
+        """On the I/O thread: persist, let the messages go, apply (what is not done yet)."""
+        rd = r.rd
+        if not r.persisted:
+            self.store.persist(rd, r.snap)
+            r.persisted = True
+            if r.late:
+                assert self.loop is not None
+                self.loop.call_soon_threadsafe(self.transport.send, r.late)
+            if r.snap is not None:
+                r.snap.path.unlink(missing_ok=True)  # installed: its tables are in the database now
         return self._applied_output(self.store.apply(rd.committed))
 
     def _applied_output(self, results: list[tuple[int, C.Result]]) -> Applied:
@@ -349,6 +438,7 @@ class Replica:
             not self._snapshotting
             and self.applied - self.node.log.snapshot.index >= self.cfg.snapshot_every + self.cfg.snapshot_keep
             and self._log_bytes * SNAPSHOT_RATIO >= self._snapshot_size
+            and time.monotonic() >= self._snapshot_retry_at
         ):
             self._snapshotting = True
             assert self.loop is not None
@@ -376,8 +466,12 @@ class Replica:
                 self._compact_to = point
                 self._kick()
                 return
-        except Exception:
-            log.exception("replica %d: snapshot failed", self.id)
+        except Exception as exc:
+            if disk_full(exc):
+                log.warning("replica %d: no snapshot for now, the disk is full: %s", self.id, exc)
+            else:
+                log.exception("replica %d: snapshot failed", self.id)
+            self._snapshot_retry_at = time.monotonic() + 10.0  # not again at once
         self._snapshotting = False
 
     async def _compact(self) -> None:
@@ -430,6 +524,8 @@ class Replica:
     async def submit(self, data: bytes, client: str, seq: int, concern: str) -> C.Result:
         """Propose a chat command and wait until it is applied here (majority),
         on every voting server (all), or only durable on this primary (async)."""
+        if self.out_of_disk is not None:
+            raise Unavailable(f"this server is out of disk space: {self.out_of_disk}", self.primary_address())
         if len(self._waiters) >= self.cfg.max_pending_writes:
             raise Busy(f"{len(self._waiters)} writes are waiting for commit on this server")
         if concern != "majority" and self.node.role is not Role.PRIMARY:
@@ -528,6 +624,8 @@ class Replica:
         before the call (ReadIndex, via the primary). Local: return at once."""
         if consistency == "local":
             return
+        if self.out_of_disk is not None:
+            raise Unavailable(f"this server is out of disk space: {self.out_of_disk}", self.primary_address())
         assert self.loop is not None
         deadline = time.monotonic() + self.cfg.request_timeout_s
         while True:
@@ -585,5 +683,7 @@ class Replica:
             "primary_address": self.primary_address(),
             "voters": sorted(n.membership.voters),
             "learners": sorted(n.membership.learners),
+            "health": "ok" if self.out_of_disk is None else "out of disk",
+            "health_reason": self.out_of_disk,
         }
 

@@ -4,10 +4,12 @@ the chat tables in one SQLite file (WAL), plus snapshot files.
 - ``ReplicaStore``: persist a Ready (one fsync), apply committed entries (applied
   index in the same transaction), restore at start, compact, create snapshots;
 - ``snapshots``: snapshot files, chunked transfer (``chunks``, ``SnapshotReceiver``);
-- ``StoreCorrupt``: the file is damaged and the replica must not start from it.
+- ``StoreCorrupt``: the file is damaged and the replica must not start from it;
+- ``disk_full``: whether an error is the file system being full (a write that
+  may succeed later).
 """
 
-from .replica import ReplicaStore, StoreCorrupt, entry_crc
+from .replica import ReplicaStore, StoreCorrupt, disk_full, entry_crc
 from .snapshots import (
     SnapshotFile,
     SnapshotInvalid,
@@ -24,6 +26,7 @@ __all__ = [
     "SnapshotReceiver",
     "StoreCorrupt",
     "chunks",
+    "disk_full",
     "entry_crc",
     "latest_snapshot",
     "latest_snapshot_path",

@@ -27,6 +27,7 @@ serves corrupt data.
 
 from __future__ import annotations
 
+import errno
 import sqlite3
 import struct
 import zlib
@@ -88,6 +89,14 @@ CREATE TABLE IF NOT EXISTS applied_state (
 
 class StoreCorrupt(Exception):
     """The replica's file is damaged; it must not start from it."""
+
+
+def disk_full(exc: BaseException) -> bool:
+    """Whether ``exc`` says the file system is out of space (or of quota): a
+    write that may succeed later, unlike a damaged file."""
+    if isinstance(exc, sqlite3.OperationalError):
+        return getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL or "disk is full" in str(exc)
+    return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
 
 
 def entry_crc(index: int, term: int, kind: int, data: bytes) -> int:
@@ -363,7 +372,8 @@ class ReplicaStore:
                     results = self._apply_in_transaction(committed)
                 c.execute("COMMIT")
             except BaseException:
-                c.execute("ROLLBACK")
+                if c.in_transaction:  # (SQLite may have rolled back by itself: a full disk)
+                    c.execute("ROLLBACK")
                 if committed or snap_meta is not None:
                     self.chat.load()
                 self._applied = self.applied()
@@ -476,6 +486,7 @@ class ReplicaStore:
                       (index, term, membership.encode()))
             c.execute("COMMIT")
         except BaseException:
-            c.execute("ROLLBACK")
+            if c.in_transaction:
+                c.execute("ROLLBACK")
             raise
         return meta
