@@ -55,7 +55,7 @@ SEC = 1_000_000
 TICK, DELIVER, IO_DONE, CLIENT, NEMESIS, RESTART, LIVENESS_PROBE, REPORT_SNAPSHOT = range(8)
 
 
-FAULTS = ("crash", "restart", "partition", "heal", "snapshot", "membership", "transfer", "lie", "clock")
+FAULTS = ("crash", "restart", "partition", "heal", "snapshot", "membership", "transfer", "lie", "clock", "diskfull")
 
 
 class SimFailure(AssertionError):
@@ -148,6 +148,7 @@ class SimNode:
         self.retired = False
         self.reads: list[tuple[int, int]] = []  # (request id, index) awaiting apply
         self.proposals: dict[bytes, int] = {}  # data -> client op id, proposed through this node
+        self.disk_full_until = 0  # a full disk: the outstanding Ready is written only from then on
 
     @property
     def up(self) -> bool:
@@ -198,7 +199,8 @@ class World:
         self.removals: list[tuple[int, int, int]] = []  # (config index, term, removed node)
         self.next_node_id = self.p.nodes + 1
         self.stats = {"delivered": 0, "dropped": 0, "crashes": 0, "elections": 0, "bad_input": 0,
-                      "reads": 0, "acked": 0, "snapshots_sent": 0, "changes": 0, "transfers": 0}
+                      "reads": 0, "acked": 0, "snapshots_sent": 0, "changes": 0, "transfers": 0,
+                      "disk_full": 0, "disk_full_retries": 0}
         for node in self.nodes.values():
             self._start(node)
 
@@ -355,6 +357,12 @@ class World:
     def _io_done(self, node: SimNode) -> None:
         raft, rd, st = node.raft, node.outstanding, node.storage
         assert raft is not None and rd is not None
+        if node.disk_full_until > self.now:
+            # As the replica loop does with a full disk: the write fails, nothing of
+            # the Ready is done, and it is tried again later (the node keeps stepping).
+            self.stats["disk_full_retries"] += 1
+            self.schedule(min(node.disk_full_until - self.now, SEC), IO_DONE, node.id, node.gen)
+            return
         if self.trace_fn is not None:
             self.trace(f"n{node.id} {rd!r}")
         # 1. persist (atomically), checking what gets written.
@@ -485,8 +493,12 @@ class World:
             if m.index > st.last_index and m.index > st.base:
                 self.fail(f"n{node.id} acknowledged {m.index} but has only {st.last_index} on disk")
         elif type(m) is VoteResponse and m.granted and not m.pre_vote:
+            # What is on disk must rule out any other vote in that term: the vote
+            # itself, or a later term (terms never go back, and a vote is given only
+            # in the current term). A Ready written after a long wait (a full disk)
+            # holds the votes of several terms, and the last term's state covers them.
             hs = st.hard_state
-            if hs.term != m.term or hs.vote != m.to:
+            if hs.term < m.term or (hs.term == m.term and hs.vote != m.to):
                 self.fail(f"n{node.id} sent a vote for n{m.to} in term {m.term} before persisting it")
 
     def _check_apply(self, node: SimNode, e: Entry) -> None:
@@ -585,6 +597,12 @@ class World:
                 self._after(primary)
         elif kind == "lie":
             self._lie(live)
+        elif kind == "diskfull":
+            if live:
+                victim = primary if primary and self.rng.random() < 0.4 else self.rng.choice(live)
+                victim.disk_full_until = self.now + self.rng.randint(50 * MS, 4 * SEC)
+                self.stats["disk_full"] += 1
+                self.trace(f"n{victim.id}'s disk is full until {victim.disk_full_until / SEC:.3f}s")
         else:
             for n in live:
                 n.rate = self.rng.uniform(0.7, 1.3)
@@ -752,8 +770,9 @@ class World:
         self.blocked.clear()
         self.loss = 0.0
         self.dup = 0.0
-        self.trace("HEAL: network whole, no loss, every server restarted")
+        self.trace("HEAL: network whole, no loss, every server restarted, every disk with room")
         for n in self.nodes.values():
+            n.disk_full_until = 0
             if not n.up and not n.retired:
                 self._start(n)
 
