@@ -71,7 +71,7 @@ class Net:
             self.start(i)
 
     # ---- nodes
-    def start(self, i: int, bootstrap: Membership | None = None) -> RaftNode:
+    def start(self, i: int, bootstrap: Membership | None = None, *, recovering: bool = False) -> RaftNode:
         st = self.storage.setdefault(i, SimStorage())
         node = RaftNode(
             i,
@@ -79,6 +79,7 @@ class Net:
             config=self.config,
             rng=random.Random(i),
             persisted=Persisted(st.hard_state, st.snapshot, tuple(st.entries), st.applied),
+            recovering=recovering,
         )
         self.nodes[i] = node
         self.applied.setdefault(i, [])
@@ -90,6 +91,14 @@ class Net:
         """kill -9: the node loses everything but its storage."""
         self.down.add(i)
         self.inflight = [m for m in self.inflight if m.to != i]
+
+    def lose_disk(self, i: int, *, recovering: bool = True) -> RaftNode:
+        """Node i comes back with an empty disk (knowing the cluster exists, unless
+        ``recovering`` is False: a server that takes its new disk for a new member's)."""
+        self.crash(i)
+        self.storage[i] = SimStorage()
+        self.applied[i] = []
+        return self.start(i, recovering=recovering)
 
     def restart(self, i: int) -> RaftNode:
         # A server that joined later starts knowing nobody; its storage tells it the rest.

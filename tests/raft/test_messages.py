@@ -16,6 +16,8 @@ from chorus.raft import (
     InstallSnapshot,
     Membership,
     MessageError,
+    Probe,
+    ProbeResp,
     RaftNode,
     ReadIndex,
     ReadIndexResp,
@@ -44,6 +46,8 @@ EXAMPLES = [
     Forward(term=3, server_id=2, to=1, commands=(b"a", b"b")),
     ReadIndex(term=3, server_id=2, to=1, request_id=17),
     ReadIndexResp(term=3, server_id=1, to=2, request_id=17, index=9),
+    Probe(term=0, server_id=3, to=1),
+    ProbeResp(term=7, server_id=1, to=3, recovering=False),
 ]
 
 
@@ -119,7 +123,6 @@ BAD = [
     ("snapshot without voters", InstallSnapshot(term=2, server_id=2, to=1, snapshot=SnapshotMeta(5, 1, Membership()))),
     ("snapshot voter also learner", InstallSnapshot(term=2, server_id=2, to=1,
                                                     snapshot=SnapshotMeta(5, 1, Membership(frozenset({1}), frozenset({1}))))),
-    ("commit beyond our log", Heartbeat(term=7, server_id=2, to=1, commit=50)),
     ("forward of text", Forward(term=1, server_id=2, to=1, commands=("x",))),
     ("not a message", "REQUEST_VOTE"),
     ("a dict", {"type": "HEARTBEAT"}),
@@ -173,14 +176,16 @@ def test_what_may_leave_before_the_fsync() -> None:
         return Ready(hard_state=hs, soft_state=None, snapshot=None, entries=(), messages=msgs, committed=(),
                      reads=(), membership=None)
 
-    def early(rd: Ready, role: Role, durable: tuple[int, int]) -> list[str]:
+    def early(rd: Ready, role: Role, durable: tuple[int, int, bool]) -> list[str]:
         first, rest = split_messages(rd, role, durable)
         assert first + rest == sorted(msgs, key=lambda m: m not in first) and len(first + rest) == len(msgs)
         return [m.type for m in first]
 
-    assert early(ready(None), Role.PRIMARY, (3, 1)) == ["REPLICATE", "HEARTBEAT", "FORWARD"]
-    assert early(ready(HardState(3, 1, 5)), Role.PRIMARY, (3, 1)) == ["REPLICATE", "HEARTBEAT", "FORWARD"]
+    assert early(ready(None), Role.PRIMARY, (3, 1, False)) == ["REPLICATE", "HEARTBEAT", "FORWARD"]
+    assert early(ready(HardState(3, 1, 5)), Role.PRIMARY, (3, 1, False)) == ["REPLICATE", "HEARTBEAT", "FORWARD"]
     # A term or vote this Ready is about to write: the primary waits for it.
-    assert early(ready(HardState(3, 1, 5)), Role.PRIMARY, (2, 2)) == ["FORWARD"]
-    assert early(ready(None), Role.BACKUP, (3, 1)) == ["FORWARD"]
-    assert early(ready(None), Role.CANDIDATE, (3, 1)) == ["FORWARD"]
+    assert early(ready(HardState(3, 1, 5)), Role.PRIMARY, (2, 2, False)) == ["FORWARD"]
+    # So does the end of a recovery (acknowledgements that count from now on).
+    assert early(ready(HardState(3, 1, 5)), Role.PRIMARY, (3, 1, True)) == ["FORWARD"]
+    assert early(ready(None), Role.BACKUP, (3, 1, False)) == ["FORWARD"]
+    assert early(ready(None), Role.CANDIDATE, (3, 1, False)) == ["FORWARD"]

@@ -62,3 +62,12 @@ def test_acknowledging_before_the_fsync(monkeypatch: pytest.MonkeyPatch) -> None
     failure = first_failure(range(20), early_send=True)
     assert "on disk" in failure or "before persisting it" in failure, failure
 
+
+
+def test_a_server_back_with_an_empty_disk_that_votes_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A replaced disk taken for a new member's: it votes as if it had never
+    promised anything, and a primary without acknowledged entries gets elected
+    (or a server votes twice in a term)."""
+    monkeypatch.setattr(world.World, "empty_disk_votes", True, raising=False)
+    failure = first_failure(range(60))
+    assert "lacks committed entry" in failure or "granted votes to" in failure, failure

@@ -43,6 +43,7 @@ from chorus.raft import (
     SnapshotMeta,
     VoteResponse,
     needs_fsync,
+    promises,
     split_messages,
 )
 
@@ -55,7 +56,8 @@ SEC = 1_000_000
 TICK, DELIVER, IO_DONE, CLIENT, NEMESIS, RESTART, LIVENESS_PROBE, REPORT_SNAPSHOT = range(8)
 
 
-FAULTS = ("crash", "restart", "partition", "heal", "snapshot", "membership", "transfer", "lie", "clock", "diskfull")
+FAULTS = ("crash", "restart", "partition", "heal", "snapshot", "membership", "transfer", "lie", "clock", "diskfull",
+          "lostdisk")
 
 
 class SimFailure(AssertionError):
@@ -149,6 +151,8 @@ class SimNode:
         self.reads: list[tuple[int, int]] = []  # (request id, index) awaiting apply
         self.proposals: dict[bytes, int] = {}  # data -> client op id, proposed through this node
         self.disk_full_until = 0  # a full disk: the outstanding Ready is written only from then on
+        self.lost_disk = False  # restarts empty, knowing the cluster exists: recovering
+        self.last_voters: frozenset[int] = frozenset()  # the voters it knew of when it went down
 
     @property
     def up(self) -> bool:
@@ -168,6 +172,8 @@ class ClientOp:
 
 
 class World:
+    empty_disk_votes = False  # a mutant (test_checker.py): a server back with an empty disk votes at once
+
     def __init__(self, seed: int, *, trace: Callable[[str], None] | None = None, early_send: bool = False) -> None:
         """``early_send``: drive the nodes as the real replica does, sending what
         ``split_messages`` allows before the Ready is persisted (the crash
@@ -194,13 +200,16 @@ class World:
         self.applied: dict[int, tuple[int, int, bytes]] = {}  # index -> (term, kind, data) applied there
         self.log_facts: dict[tuple[int, int], tuple[int, bytes, int]] = {}  # (index, term) -> (kind, data, prev term)
         self.votes: dict[tuple[int, int], int] = {}  # (node, term) -> vote cast, as persisted
+        # (node, term) -> the candidate it granted a vote to, as sent: never forgotten,
+        # not even when the node's disk is (two grants in a term elect two primaries).
+        self.ballots: dict[tuple[int, int], int] = {}
         self.ops: list[ClientOp] = []
         self.max_acked_index = 0
         self.removals: list[tuple[int, int, int]] = []  # (config index, term, removed node)
         self.next_node_id = self.p.nodes + 1
         self.stats = {"delivered": 0, "dropped": 0, "crashes": 0, "elections": 0, "bad_input": 0,
                       "reads": 0, "acked": 0, "snapshots_sent": 0, "changes": 0, "transfers": 0,
-                      "disk_full": 0, "disk_full_retries": 0}
+                      "disk_full": 0, "disk_full_retries": 0, "lost_disks": 0}
         for node in self.nodes.values():
             self._start(node)
 
@@ -224,7 +233,9 @@ class World:
             config=self.p.config,
             rng=random.Random(self.rng.getrandbits(64)),
             persisted=node.storage.restore(),
+            recovering=node.lost_disk and not self.empty_disk_votes,
         )
+        node.lost_disk = False
         node.seen_commit = node.raft.commit
         node.tick_us = int(self.p.config.tick_ms * MS * node.rate)
         node.outstanding = None
@@ -239,6 +250,7 @@ class World:
             return
         self.trace(f"n{node.id} CRASH ({why})")
         self.stats["crashes"] += 1
+        node.last_voters = node.raft.membership.voters  # type: ignore[union-attr]
         node.raft = None
         node.gen += 1
         node.outstanding = None
@@ -343,8 +355,7 @@ class World:
             if self.early_send:
                 # As the replica loop does: if nothing must be on disk first, every
                 # message leaves now; otherwise what split_messages allows.
-                held = node.storage.hard_state
-                durable = (held.term, held.vote)
+                durable = promises(node.storage.hard_state)
                 if not needs_fsync(rd, durable):
                     early, node.late = list(rd.messages), []
                 else:
@@ -493,6 +504,9 @@ class World:
             if m.index > st.last_index and m.index > st.base:
                 self.fail(f"n{node.id} acknowledged {m.index} but has only {st.last_index} on disk")
         elif type(m) is VoteResponse and m.granted and not m.pre_vote:
+            cast = self.ballots.setdefault((node.id, m.term), m.to)
+            if cast != m.to:
+                self.fail(f"n{node.id} granted votes to n{cast} and n{m.to} in term {m.term}")
             # What is on disk must rule out any other vote in that term: the vote
             # itself, or a later term (terms never go back, and a vote is given only
             # in the current term). A Ready written after a long wait (a full disk)
@@ -597,6 +611,8 @@ class World:
                 self._after(primary)
         elif kind == "lie":
             self._lie(live)
+        elif kind == "lostdisk":
+            self._lose_disk()
         elif kind == "diskfull":
             if live:
                 victim = primary if primary and self.rng.random() < 0.4 else self.rng.choice(live)
@@ -608,6 +624,35 @@ class World:
                 n.rate = self.rng.uniform(0.7, 1.3)
                 n.tick_us = int(self.p.config.tick_ms * MS * n.rate)
             self.trace("clock rates change")
+
+    def _lose_disk(self) -> None:
+        """A server's disk is replaced (or found damaged and set aside): it comes back
+        empty, knowing the cluster exists. At most as many at a time as the cluster
+        survives: a majority of lost disks may lose anything."""
+        views = [n.raft.membership.voters if n.raft is not None else n.last_voters
+                 for n in self.nodes.values() if not n.retired and (n.raft is not None or n.last_voters)]
+        if not views:
+            return
+        voters = frozenset().union(*views)
+        tolerated = min(len(v) - (len(v) // 2 + 1) for v in views)  # (the smallest configuration anyone is in)
+        lost = self._recovering()
+        candidates = [self.nodes[i] for i in sorted(voters) if not self.nodes[i].retired and self.nodes[i] not in lost]
+        if len(lost) + 1 > tolerated or not candidates:
+            return
+        victim = self.rng.choice(candidates)
+        self.trace(f"n{victim.id}'s disk is lost")
+        self.crash(victim, "its disk is lost")
+        victim.storage = SimStorage()
+        victim.incoming.clear()
+        victim.lost_disk = True
+        for key in [k for k in self.votes if k[0] == victim.id]:
+            del self.votes[key]  # (what its disk held is gone: the ballots it sent are not)
+        self.stats["lost_disks"] += 1
+        self._schedule_restart(victim)
+
+    def _recovering(self) -> list[SimNode]:
+        return [n for n in self.nodes.values()
+                if n.lost_disk or n.storage.hard_state.recovering or (n.raft is not None and n.raft.recovering)]
 
     def _primary(self) -> SimNode | None:
         best = None
@@ -678,7 +723,10 @@ class World:
                 node = self.nodes[target] = SimNode(target, Membership(), self.p.rates[target])
                 self._start(node)
                 self.trace(f"n{primary.id} adds learner n{target} (entry {index})")
-            elif len(m.voters) > 2:
+            elif len(m.voters) > 2 and not self._recovering():
+                # (Not while a server recovers a lost disk: an operator replacing a disk
+                # does not also shrink the cluster, which could leave it without a
+                # quorum of servers that have theirs.)
                 target = self.rng.choice(sorted(m.members))
                 index = raft.remove(target)
                 self.removals.append((index, raft.term, target))
@@ -718,7 +766,6 @@ class World:
             Heartbeat(term=t, server_id=other, to=node.id + 100, commit=0),
             Heartbeat(term=-1, server_id=other, to=node.id, commit=0),
             Heartbeat(term=t, server_id=node.id, to=node.id, commit=0),
-            Heartbeat(term=t + 1, server_id=other, to=node.id, commit=last + 5),
             Heartbeat(term="7", server_id=other, to=node.id, commit=0),  # type: ignore[arg-type]
             Replicate(term=t + 1, server_id=other, to=node.id, prev_index=last, prev_term=t,
                       entries=(Entry(last + 3, t, 0, b"x"),)),

@@ -18,6 +18,8 @@ from chorus.raft import (
     InstallSnapshot,
     Membership,
     MessageError,
+    Probe,
+    ProbeResp,
     ReadIndex,
     ReadIndexResp,
     Replicate,
@@ -51,6 +53,8 @@ EXAMPLES = [
     Forward(term=7, server_id=3, to=1, commands=(b'{"op":"send"}', b"\x00\xff", b"")),
     ReadIndex(term=7, server_id=2, to=1, request_id=99),
     ReadIndexResp(term=7, server_id=1, to=2, request_id=99, index=480),
+    Probe(term=0, server_id=2, to=1),
+    ProbeResp(term=7, server_id=1, to=2, recovering=True),
 ]
 
 

@@ -21,6 +21,8 @@ from .messages import (
     Membership,
     Message,
     MessageError,
+    Probe,
+    ProbeResp,
     ReadIndex,
     ReadIndexResp,
     Replicate,
@@ -42,6 +44,7 @@ from .node import (
     Role,
     SoftState,
     needs_fsync,
+    promises,
     split_messages,
 )
 
@@ -60,6 +63,8 @@ __all__ = [
     "Message",
     "MessageError",
     "Persisted",
+    "Probe",
+    "ProbeResp",
     "RaftConfig",
     "RaftNode",
     "ReadIndex",
@@ -77,6 +82,7 @@ __all__ = [
     "VoteResponse",
     "from_envelope",
     "needs_fsync",
+    "promises",
     "split_messages",
     "to_envelope",
 ]

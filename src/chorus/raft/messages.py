@@ -9,7 +9,8 @@ shape, validating every field's type on the way in.
 
 The seed's five names are kept: HEARTBEAT, REQUEST_VOTE, VOTE_RESPONSE,
 REPLICATE, FORWARD. Raft needs a few more: REPLICATE_ACK, HEARTBEAT_ACK,
-INSTALL_SNAPSHOT, TIMEOUT_NOW, READ_INDEX and READ_INDEX_RESP.
+INSTALL_SNAPSHOT, TIMEOUT_NOW, READ_INDEX and READ_INDEX_RESP, and recovery from
+a lost disk PROBE and PROBE_RESP.
 """
 
 from __future__ import annotations
@@ -121,7 +122,8 @@ class Message(msgspec.Struct, frozen=True, kw_only=True, tag_field="type"):
         return f"{self.type} t{self.term} {self.server_id}->{self.to}"
 
     def __repr__(self) -> str:
-        body = " ".join(f"{k}={v!r}" for k, v in self.payload.items())
+        # (The recovery flag is shown only when set: it is rare, and transcripts stay short.)
+        body = " ".join(f"{k}={v!r}" for k, v in self.payload.items() if not (k == "recovering" and v is False))
         return f"{self._head()} {body}" if body else self._head()
 
 
@@ -134,6 +136,7 @@ class Heartbeat(Message, frozen=True, kw_only=True, tag="HEARTBEAT"):
 
 class HeartbeatAck(Message, frozen=True, kw_only=True, tag="HEARTBEAT_ACK"):
     ctx: Number = 0
+    recovering: bool = False  # the sender may have lost what it promised: not counted
 
 
 class RequestVote(Message, frozen=True, kw_only=True, tag="REQUEST_VOTE"):
@@ -179,6 +182,7 @@ class ReplicateAck(Message, frozen=True, kw_only=True, tag="REPLICATE_ACK"):
     reject: bool = False
     hint_index: Number = 0
     hint_term: Number = 0
+    recovering: bool = False  # the sender may have lost what it promised: not counted
 
 
 class InstallSnapshot(Message, frozen=True, kw_only=True, tag="INSTALL_SNAPSHOT"):
@@ -207,6 +211,19 @@ class Forward(Message, frozen=True, kw_only=True, tag="FORWARD"):
         return f"{self._head()} commands={len(self.commands)}"
 
 
+class Probe(Message, frozen=True, kw_only=True, tag="PROBE"):
+    """A recovering server (one that may have lost what it promised: an empty or
+    damaged disk) -> each voter: "what term do you know?". Nobody changes term for
+    it. The answers of enough servers bound every term the recovering one may have
+    taken part in before its loss."""
+
+
+class ProbeResp(Message, frozen=True, kw_only=True, tag="PROBE_RESP"):
+    """The answer to PROBE: the envelope's ``term`` is the sender's current term."""
+
+    recovering: bool = False  # a recovering server's term says nothing of the past
+
+
 class ReadIndex(Message, frozen=True, kw_only=True, tag="READ_INDEX"):
     """Backup -> primary: "what commit index may I serve a linearizable read at?"."""
 
@@ -228,6 +245,8 @@ PeerMessage = (
     | InstallSnapshot
     | TimeoutNow
     | Forward
+    | Probe
+    | ProbeResp
     | ReadIndex
     | ReadIndexResp
 )
@@ -244,6 +263,8 @@ MESSAGE_TYPES: dict[str, type[Message]] = {
         InstallSnapshot,
         TimeoutNow,
         Forward,
+        Probe,
+        ProbeResp,
         ReadIndex,
         ReadIndexResp,
     )

@@ -42,6 +42,8 @@ from .messages import (
     Membership,
     Message,
     MessageError,
+    Probe,
+    ProbeResp,
     ReadIndex,
     ReadIndexResp,
     Replicate,
@@ -71,6 +73,10 @@ class HardState:
     term: int = 0
     vote: int = NONE
     commit: int = 0
+    # This node may have lost what it promised (its disk was lost or damaged): it
+    # neither votes nor counts towards any quorum until it has caught up (see
+    # RaftNode's docstring). Durable, like the vote: a restart does not forget it.
+    recovering: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,22 +130,31 @@ class Ready:
         return "Ready(" + "; ".join(parts) + ")"
 
 
-def changes_term_or_vote(rd: Ready, durable: tuple[int, int]) -> bool:
+Durable = tuple[int, int, bool]  # (term, vote, recovering) as on disk
+
+
+def promises(hs: HardState) -> Durable:
+    """What of a hard state is a promise to peers (all but the commit index)."""
+    return (hs.term, hs.vote, hs.recovering)
+
+
+def changes_term_or_vote(rd: Ready, durable: Durable) -> bool:
     hs = rd.hard_state
-    return hs is not None and (hs.term, hs.vote) != durable
+    return hs is not None and promises(hs) != durable
 
 
-def needs_fsync(rd: Ready, durable: tuple[int, int]) -> bool:
+def needs_fsync(rd: Ready, durable: Durable) -> bool:
     """Whether ``rd`` holds promises to peers that must be on disk before anything
-    in it is acted on: entries, a snapshot, a new term or vote (``durable``: the
-    (term, vote) already on disk). A commit index alone need not be durable."""
+    in it is acted on: entries, a snapshot, a new term, vote or recovery state
+    (``durable``: ``promises`` of the hard state already on disk). A commit
+    index alone need not be durable."""
     return rd.snapshot is not None or bool(rd.entries) or changes_term_or_vote(rd, durable)
 
 
-def split_messages(rd: Ready, role: Role, durable: tuple[int, int]) -> tuple[list[Message], list[Message]]:
+def split_messages(rd: Ready, role: Role, durable: Durable) -> tuple[list[Message], list[Message]]:
     """The messages of ``rd`` that may leave before ``rd`` is persisted, and the
     rest, which must wait for the fsync. ``role`` is the node's role now, and
-    ``durable`` the (term, vote) already on its disk.
+    ``durable`` what of its hard state is already on its disk.
 
     Early: FORWARDs (client commands on their way to the primary: they promise
     nothing), and a primary's REPLICATEs and HEARTBEATs if ``rd`` changes
@@ -195,7 +210,10 @@ class RaftNode:
         config: RaftConfig | None = None,
         rng: random.Random,
         persisted: Persisted | None = None,
+        recovering: bool = False,
     ) -> None:
+        """``recovering``: start as a node that may have lost what it promised (the
+        caller found its disk empty or damaged in a cluster that exists)."""
         if type(node_id) is not int or node_id <= 0:
             raise ValueError("node ids are positive integers")
         self.id = node_id
@@ -206,6 +224,7 @@ class RaftNode:
         # Persistent state (Raft Figure 2), restored from storage.
         self.term = p.hard_state.term
         self.vote = p.hard_state.vote
+        self.recovering = p.hard_state.recovering or recovering
         self.log = RaftLog(p.snapshot or SnapshotMeta(0, 0, membership))
         self.log.append(p.entries)
         fresh = p.hard_state == HardState() and p.snapshot is None and not p.entries
@@ -242,6 +261,12 @@ class RaftNode:
 
         # ReadIndex (Raft dissertation §6.4): reads wait for a heartbeat round.
         self.read_ctx = 0
+
+        # Recovery from a lost disk: the terms other voters answered to PROBE, until
+        # enough did (then the highest of them, ``_probe_term``).
+        self._probe: dict[int, int] = {}
+        self._probe_term: int | None = None
+        self._probe_elapsed = 0
         self._reads_need_commit: list[tuple[int, int]] = []  # (origin, request) until a commit in term
         self._reads_unsent: list[tuple[int, int, int]] = []  # (origin, request, index)
         self._reads_pending: deque[tuple[int, int, int, int]] = deque()  # (ctx, origin, req, index)
@@ -256,7 +281,7 @@ class RaftNode:
         self._apply_from = self.applied + 1  # first committed entry not yet handed out to apply
         self._snapshot_out: SnapshotMeta | None = None
         self._membership_changed = True
-        self._prev_hard = (self.term, self.vote, self.commit)  # as last handed out
+        self._prev_hard = (self.term, self.vote, self.commit, p.hard_state.recovering)  # as last handed out
         self._prev_soft = (self.role, self.leader)  # a BACKUP that knows no primary: not news
         self._outstanding: Ready | None = None
 
@@ -274,14 +299,14 @@ class RaftNode:
 
     @property
     def promotable(self) -> bool:
-        """Only voters campaign: learners and removed servers never do."""
-        return self.id in self.membership.voters
+        """Only voters campaign: learners, removed servers and recovering ones never do."""
+        return self.id in self.membership.voters and not self.recovering
 
     def quorum(self) -> int:
         return len(self.membership.voters) // 2 + 1
 
     def hard_state(self) -> HardState:
-        return HardState(self.term, self.vote, self.commit)
+        return HardState(self.term, self.vote, self.commit, self.recovering)
 
     def soft_state(self) -> SoftState:
         return SoftState(self.role, self.leader, self.term)
@@ -329,6 +354,7 @@ class RaftNode:
             me = self.progress[self.id]
             me.match = self._persisted
             me.recent_active = True
+            me.recovering = False  # (a recovering node never leads)
         # Conservatively assume the log may hold an uncommitted membership change.
         self.pending_conf_index = last
         # Raft §5.4.2 / §8: a new primary commits an entry of its own term at once,
@@ -383,9 +409,54 @@ class RaftNode:
         else:
             self._become_primary()
 
+    # ------------------------------------------------------------------ recovery from a lost disk
+    def _start_recovery(self) -> None:
+        if not self.recovering:
+            self.recovering = True
+            self._probe, self._probe_term, self._probe_elapsed = {}, None, 0
+            if self.role is not Role.BACKUP:
+                self._become_backup(self.term, NONE)
+
+    def _probed(self, m: ProbeResp) -> None:
+        if not self.recovering or self._probe_term is not None or m.recovering:
+            return  # (a recovering server's term says nothing of what came before)
+        if m.server_id not in self.membership.voters:
+            return
+        self._probe[m.server_id] = m.term
+        voters = self.membership.voters
+        # Enough that any quorum of the past, less this node, has one among them:
+        # then every term this node may have voted or acknowledged in is <= one of them.
+        needed = len(voters) - self.quorum() + 1
+        if len(self._probe) >= needed:
+            self._probe_term = max(self._probe.values())
+            self._maybe_end_recovery()
+
+    def _maybe_end_recovery(self) -> None:
+        """Recovered once this node holds, on disk, everything committed by a
+        primary whose term is at least every term it may have taken part in
+        before its loss (``_probe_term``), as of a commit in that primary's own
+        term: by Leader Completeness, that is everything any quorum, with or
+        without its lost promises, ever committed."""
+        if self._probe_term is None or self.leader == NONE or self.role is not Role.BACKUP:
+            return
+        if self.term < self._probe_term or self.log.term(self.commit) != self.term:
+            return
+        if self._persisted < self.commit:
+            return
+        self.recovering = False
+        if self.vote == NONE:
+            # Its vote in this term may have been lost: it is the primary's, which won it.
+            self.vote = self.leader
+
     # ------------------------------------------------------------------ inputs
     def tick(self) -> None:
         """One unit of time passed (``config.tick_ms``)."""
+        if self.recovering and self._probe_term is None:
+            self._probe_elapsed -= 1
+            if self._probe_elapsed <= 0:
+                self._probe_elapsed = self.cfg.heartbeat_ticks * 2
+                for pid in sorted(self.membership.voters - {self.id} - set(self._probe)):
+                    self._send(Probe(term=self.term, server_id=self.id, to=pid))
         if self.role is Role.PRIMARY:
             self._tick_primary()
         else:
@@ -422,7 +493,7 @@ class RaftNode:
         active = 0
         for pid in self.membership.voters:
             pr = self.progress.get(pid)
-            if pid == self.id or (pr is not None and pr.recent_active):
+            if pid == self.id or (pr is not None and pr.recent_active and not pr.recovering):
                 active += 1
         for pid, pr in self.progress.items():
             pr.recent_active = pid == self.id
@@ -512,7 +583,7 @@ class RaftNode:
         acked = sorted(
             (self.read_ctx if pid == self.id else self.progress[pid].acked_ctx)
             for pid in self.membership.voters
-            if pid in self.progress
+            if pid in self.progress and not self.progress[pid].recovering
         )
         if len(acked) < self.quorum():
             return
@@ -530,6 +601,8 @@ class RaftNode:
             return
         if target not in self.membership.voters:
             raise Refused("invalid", f"server {target} is not a voting member")
+        if self.progress[target].recovering:
+            raise Refused("invalid", f"server {target} is recovering a lost disk: it cannot lead yet")
         if self.lead_transferee == target:
             return
         self.lead_transferee = target
@@ -542,7 +615,7 @@ class RaftNode:
         best, best_match = NONE, -1
         for pid in sorted(self.membership.voters):
             pr = self.progress.get(pid)
-            if pid != self.id and pr is not None and pr.match > best_match:
+            if pid != self.id and pr is not None and not pr.recovering and pr.match > best_match:
                 best, best_match = pid, pr.match
         return best
 
@@ -591,6 +664,13 @@ class RaftNode:
             # The single-server change bug fix (raft-dev, 2015): a primary must commit an
             # entry of its own term before it changes the configuration.
             raise Refused("not_ready", "the primary has not committed an entry of its term yet")
+        healthy = [v for v in new.voters if v == self.id or (v in self.progress and not self.progress[v].recovering)]
+        if len(healthy) < len(new.voters) // 2 + 1:
+            # A recovering voter counts for nothing until it has caught up, and it can
+            # only catch up from a primary elected without it: a configuration without a
+            # quorum of others could never elect one again.
+            raise Refused("unsafe", f"that would leave {len(healthy)} of {len(new.voters)} voters not recovering "
+                                    "a lost disk: fewer than a quorum")
         data = new.encode()
         self._check_can_append(len(data))
         index = self._append_local(EntryKind.CONFIG, data)
@@ -660,6 +740,13 @@ class RaftNode:
         that is malformed or impossible; the node's state is then unchanged."""
         validate(m, self.id)
         self._check_against_state(m)
+        if type(m) is Probe:
+            # Answered whatever the terms: nobody changes term for a probe.
+            self._send(ProbeResp(term=self.term, server_id=self.id, to=m.server_id, recovering=self.recovering))
+            return
+        if type(m) is ProbeResp:
+            self._probed(m)
+            return
         if m.term > self.term:
             if type(m) is RequestVote:
                 in_lease = (
@@ -697,15 +784,14 @@ class RaftNode:
             self._step_candidate(m)
         else:
             self._step_backup(m)
+        if self.recovering:
+            self._maybe_end_recovery()
 
     def _check_against_state(self, m: Message) -> None:
         """Reject what an honest peer cannot send us, before anything changes."""
         t = type(m)
         if m.term < self.term:
             return  # stale messages are ignored anyway
-        if t is Heartbeat and m.commit > self.log.last_index:  # type: ignore[attr-defined]
-            # A primary sends min(match, commit): never beyond what we hold.
-            raise MessageError(f"HEARTBEAT commit {m.commit} is beyond our last entry {self.log.last_index}")  # type: ignore[attr-defined]
         if m.term != self.term or self.role is not Role.PRIMARY:
             return
         if t is Replicate or t is Heartbeat or t is InstallSnapshot:
@@ -717,7 +803,7 @@ class RaftNode:
             raise MessageError(f"HEARTBEAT_ACK for read round {m.ctx}, but only {self.read_ctx} were sent")  # type: ignore[attr-defined]
 
     def _handle_vote_request(self, m: RequestVote) -> None:
-        can_vote = (
+        can_vote = not self.recovering and (  # (it may have promised its vote already, and lost it)
             self.vote == m.server_id
             or (self.vote == NONE and self.leader == NONE)
             or (m.pre_vote and m.term > self.term)
@@ -809,6 +895,7 @@ class RaftNode:
                     reject=True,
                     hint_index=hint_index,
                     hint_term=hint_term,
+                    recovering=self.recovering,
                 )
             )
             return
@@ -823,7 +910,7 @@ class RaftNode:
         self._ack(m.server_id, last_new)
 
     def _ack(self, to: int, index: int) -> None:
-        self._send(ReplicateAck(term=self.term, server_id=self.id, to=to, index=index))
+        self._send(ReplicateAck(term=self.term, server_id=self.id, to=to, index=index, recovering=self.recovering))
 
     def _append_from(self, entries: Sequence[Entry]) -> None:
         """Append entries, first dropping any suffix of ours that conflicts with them."""
@@ -853,8 +940,19 @@ class RaftNode:
             self.commit = index
 
     def _handle_heartbeat(self, m: Heartbeat) -> None:
+        if m.commit > self.log.last_index:
+            # The primary sends min(what we acknowledged, its commit): we acknowledged
+            # entries we no longer hold. Our disk lost what we promised (it was
+            # replaced, or damaged in a way nobody noticed): recover, and tell the
+            # primary where our log really ends.
+            self._start_recovery()
+            last = self.log.last_index
+            self._send(ReplicateAck(term=self.term, server_id=self.id, to=m.server_id, index=m.commit, reject=True,
+                                    hint_index=last, hint_term=self.log.term(last) or 0, recovering=True))
+            return
         self._commit_to(m.commit)
-        self._send(HeartbeatAck(term=self.term, server_id=self.id, to=m.server_id, ctx=m.ctx))
+        self._send(HeartbeatAck(term=self.term, server_id=self.id, to=m.server_id, ctx=m.ctx,
+                                recovering=self.recovering))
 
     def _handle_snapshot(self, m: InstallSnapshot) -> None:
         s = m.snapshot
@@ -879,6 +977,15 @@ class RaftNode:
     # ---- primary side of replication
     def _handle_replicate_ack(self, m: ReplicateAck, pr: Progress) -> None:
         pr.recent_active = True
+        pr.recovering = m.recovering
+        if m.reject and m.recovering and m.hint_index < pr.match:
+            # It lost entries it had acknowledged (a replaced disk): start again from
+            # where its log really ends. Its acknowledgements count for nothing until
+            # it has recovered, so forgetting them changes no commit.
+            pr.match = m.hint_index
+            pr.become_probe()
+            pr.next = m.hint_index + 1
+            return
         if m.reject:
             match_hint = m.hint_index
             if m.hint_term > 0:
@@ -899,6 +1006,7 @@ class RaftNode:
 
     def _handle_heartbeat_ack(self, m: HeartbeatAck, pr: Progress) -> None:
         pr.recent_active = True
+        pr.recovering = m.recovering
         pr.probe_sent = False
         if pr.match < self.log.last_index and pr.state is not ProgressState.SNAPSHOT:
             if pr.state is ProgressState.REPLICATE and pr.is_paused(
@@ -916,7 +1024,9 @@ class RaftNode:
         """Raft §5.3/§5.4.2: commit the highest index a quorum of voters holds, but
         only by counting replicas of an entry of the current term."""
         voters = self.membership.voters
-        matches = sorted(self.progress[pid].match for pid in voters if pid in self.progress)
+        progress = self.progress
+        # A recovering voter's acknowledgements count for nothing (nor does it vote).
+        matches = sorted(progress[pid].match for pid in voters if pid in progress and not progress[pid].recovering)
         q = self.quorum()
         if len(matches) < q:
             return False
@@ -1038,7 +1148,7 @@ class RaftNode:
             or self._unsaved_from <= self.log.last_index
             or self._apply_from <= self.commit
             or self._membership_changed
-            or self._prev_hard != (self.term, self.vote, self.commit)
+            or self._prev_hard != (self.term, self.vote, self.commit, self.recovering)
             or self._prev_soft != (self.role, self.leader)
         )
 
@@ -1049,7 +1159,7 @@ class RaftNode:
         last = log.last_index
         entries = tuple(log.slice(self._unsaved_from, last)) if self._unsaved_from <= last else ()
         committed = tuple(log.slice(self._apply_from, self.commit)) if self._apply_from <= self.commit else ()
-        hard = (self.term, self.vote, self.commit)
+        hard = (self.term, self.vote, self.commit, self.recovering)
         soft = (self.role, self.leader)
         rd = Ready(
             hard_state=HardState(*hard) if hard != self._prev_hard else None,
@@ -1090,3 +1200,5 @@ class RaftNode:
             if me is not None and self._persisted > me.match:
                 me.match = self._persisted
                 self._maybe_commit()
+        if self.recovering:
+            self._maybe_end_recovery()

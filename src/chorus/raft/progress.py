@@ -33,6 +33,7 @@ class Progress:
         "pending_snapshot",
         "probe_sent",
         "recent_active",
+        "recovering",
         "sent_commit",
         "snapshot_ticks",
         "state",
@@ -51,12 +52,16 @@ class Progress:
         self.is_learner = is_learner
         self.acked_ctx = 0  # highest ReadIndex context this follower confirmed
         self.sent_commit = 0  # highest commit index sent to it
+        # It may have lost what it promised: its acknowledgements do not count. Until
+        # it has said otherwise (every acknowledgement says), assume it might have.
+        self.recovering = True
 
     def __repr__(self) -> str:
         extra = f" snap={self.pending_snapshot}" if self.state is ProgressState.SNAPSHOT else ""
         return (
             f"{self.state.value} match={self.match} next={self.next}"
             f" inflight={len(self.inflight)}{extra}{' learner' if self.is_learner else ''}"
+            f"{' recovering' if self.recovering else ''}"
         )
 
     def _reset(self, state: ProgressState) -> None:

@@ -25,6 +25,7 @@ from .messages import (
     Membership,
     Message,
     MessageError,
+    ProbeResp,
     ReadIndex,
     ReadIndexResp,
     Replicate,
@@ -86,11 +87,15 @@ def validate(m: object, self_id: int) -> None:
         _flag(m, "reject", m.reject)
         _count(m, "hint_index", m.hint_index)
         _count(m, "hint_term", m.hint_term)
+        _flag(m, "recovering", m.recovering)
     elif t is Heartbeat:
         _count(m, "commit", m.commit)
         _count(m, "ctx", m.ctx)
     elif t is HeartbeatAck:
         _count(m, "ctx", m.ctx)
+        _flag(m, "recovering", m.recovering)
+    elif t is ProbeResp:
+        _flag(m, "recovering", m.recovering)
     elif t is RequestVote:
         _count(m, "last_index", m.last_index)
         if _count(m, "last_term", m.last_term) > term:

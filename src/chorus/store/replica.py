@@ -70,7 +70,8 @@ CREATE TABLE IF NOT EXISTS raft_state (
     term   INTEGER NOT NULL,
     vote   INTEGER NOT NULL,
     commit_index INTEGER NOT NULL,
-    crc    INTEGER NOT NULL
+    crc    INTEGER NOT NULL,
+    recovering INTEGER NOT NULL DEFAULT 0  -- (format 3) may have lost what it promised
 );
 CREATE TABLE IF NOT EXISTS snapshot_meta (  -- the log starts after idx
     id     INTEGER PRIMARY KEY CHECK (id = 1),
@@ -159,8 +160,9 @@ def _offset_of(first: int, blob: bytes, index: int) -> int:
     return pos
 
 
-def _state_crc(term: int, vote: int, commit: int) -> int:
-    return zlib.crc32(_HEADER.pack(term, vote, commit))
+def _state_crc(term: int, vote: int, commit: int, recovering: bool = False) -> int:
+    crc = zlib.crc32(_HEADER.pack(term, vote, commit))
+    return zlib.crc32(b"recovering", crc) if recovering else crc  # (the same as before when not)
 
 
 def connect(path: Path | str, *, readonly: bool = False) -> sqlite3.Connection:
@@ -202,13 +204,18 @@ class ReplicaStore:
                 raise StoreCorrupt(f"{self.path}: written in storage format {version}, "
                                    f"and this chorus reads format {FORMAT} (and upgrades formats 1 and 2)")
             # Created in one transaction with its format: a crash half way leaves an empty file.
-            c.executescript(f"BEGIN; {DDL} {schema.DDL} PRAGMA user_version = {FORMAT}; COMMIT;")
+            # (A file of format 1 or 2 gains the recovery state in the same transaction.)
+            add = "" if fresh or "recovering" in {r[1] for r in c.execute("PRAGMA table_info(raft_state)")} else \
+                "ALTER TABLE raft_state ADD COLUMN recovering INTEGER NOT NULL DEFAULT 0;"
+            c.executescript(f"BEGIN; {DDL} {add} {schema.DDL} PRAGMA user_version = {FORMAT}; COMMIT;")
             boot = (bootstrap or Membership()).encode()
-            c.execute("INSERT OR IGNORE INTO raft_state VALUES (1, 0, 0, 0, ?)", (_state_crc(0, 0, 0),))
+            c.execute("INSERT OR IGNORE INTO raft_state (id, term, vote, commit_index, crc) VALUES (1, 0, 0, 0, ?)",
+                      (_state_crc(0, 0, 0),))
             c.execute("INSERT OR IGNORE INTO snapshot_meta VALUES (1, 0, 0, ?)", (boot,))
             c.execute("INSERT OR IGNORE INTO applied_state VALUES (1, 0, 0, ?)", (boot,))
             self.chat = ChatMachine(c)
-            self._term_vote = c.execute("SELECT term, vote FROM raft_state").fetchone()
+            term, vote, recovering = c.execute("SELECT term, vote, recovering FROM raft_state").fetchone()
+            self._promised: tuple[int, int, bool] = (term, vote, bool(recovering))
             self._applied: int = self.applied()
         except (sqlite3.DatabaseError, msgspec.DecodeError, msgspec.ValidationError) as exc:
             raise StoreCorrupt(f"{self.path}: cannot be read: {exc}") from None
@@ -257,10 +264,10 @@ class ReplicaStore:
         """What the consensus core needs to restart, every entry checked."""
         c = self.conn
         try:
-            term, vote, commit, crc = c.execute(
-                "SELECT term, vote, commit_index, crc FROM raft_state"
+            term, vote, commit, crc, recovering = c.execute(
+                "SELECT term, vote, commit_index, crc, recovering FROM raft_state"
             ).fetchone()
-            if crc != _state_crc(term, vote, commit):
+            if crc != _state_crc(term, vote, commit, bool(recovering)):
                 raise StoreCorrupt(f"{self.path}: the hard state (term, vote) fails its checksum")
             snap = self.snapshot_meta()
             entries: list[Entry] = []
@@ -282,7 +289,7 @@ class ReplicaStore:
         except sqlite3.DatabaseError as exc:
             raise StoreCorrupt(f"{self.path}: cannot be read: {exc}") from None
         return Persisted(
-            HardState(term, vote, commit),
+            HardState(term, vote, commit, bool(recovering)),
             snap if snap.index else None,
             entries,
             applied,
@@ -306,14 +313,15 @@ class ReplicaStore:
 
     # ------------------------------------------------------------------ the replica loop
     @property
-    def durable_term_vote(self) -> tuple[int, int]:
-        return self._term_vote
+    def durable_term_vote(self) -> tuple[int, int, bool]:
+        """What of the hard state on disk is a promise: (term, vote, recovering)."""
+        return self._promised
 
     def needs_sync(self, rd: Ready) -> bool:
         """Whether persisting ``rd`` takes an fsync (``chorus.raft.needs_fsync``).
         The commit index alone need not be durable: a restart recovers it as at
         least the applied index; nor need an apply: the log it comes from is."""
-        return needs_fsync(rd, self._term_vote)
+        return needs_fsync(rd, self._promised)
 
     def save(self, rd: Ready, snapshot: SnapshotFile | None = None) -> list[tuple[int, Result]]:
         """Persist a Ready and apply its committed entries in ONE transaction with
@@ -365,8 +373,10 @@ class ReplicaStore:
                     c.executemany("INSERT INTO raft_log (first, last, data) VALUES (?,?,?)", segments(entries))
                 if hs is not None:
                     c.execute(
-                        "UPDATE raft_state SET term = ?, vote = ?, commit_index = ?, crc = ? WHERE id = 1",
-                        (hs.term, hs.vote, hs.commit, _state_crc(hs.term, hs.vote, hs.commit)),
+                        "UPDATE raft_state SET term = ?, vote = ?, commit_index = ?, crc = ?, recovering = ? "
+                        "WHERE id = 1",
+                        (hs.term, hs.vote, hs.commit, _state_crc(hs.term, hs.vote, hs.commit, hs.recovering),
+                         int(hs.recovering)),
                     )
                 if committed:
                     results = self._apply_in_transaction(committed)
@@ -380,7 +390,7 @@ class ReplicaStore:
                 raise
             self._commits += 1
             if hs is not None:
-                self._term_vote = (hs.term, hs.vote)
+                self._promised = (hs.term, hs.vote, hs.recovering)
             if snap_meta is not None:
                 self._applied = snap_meta.index
             if committed:
