@@ -97,8 +97,9 @@ class Net:
         ``recovering`` is False: a server that takes its new disk for a new member's)."""
         self.crash(i)
         self.storage[i] = SimStorage()
+        self.storage[i].hard_state = HardState(recovering=recovering)  # (as a new file of the store says)
         self.applied[i] = []
-        return self.start(i, recovering=recovering)
+        return self.start(i)
 
     def restart(self, i: int) -> RaftNode:
         # A server that joined later starts knowing nobody; its storage tells it the rest.

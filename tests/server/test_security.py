@@ -437,7 +437,9 @@ def test_connections_without_a_session_are_capped_closed_when_idle_and_small(tmp
         for _ in range(1100):
             with contextlib.suppress(ssl.SSLError, OSError):  # (closed at the door)
                 idle.append(Raw(cluster.address(1), cluster.ca, source="127.0.0.9", timeout=10))
-        assert len(idle) <= 64
+        # (On a loaded machine the first may already have been closed for idling: a
+        # place freed is taken again. What is open at any moment is the bound.)
+        assert 0 < sum(_still_open(c) for c in idle) <= 64
         # Someone else gets in and is served meanwhile.
         r = Raw(cluster.address(1), cluster.ca)
         r.send(login_frame("alice", PASSWORD))
@@ -484,6 +486,24 @@ def test_connections_without_a_session_are_capped_closed_when_idle_and_small(tmp
         assert codes.count("busy") >= 12 and "bad_credentials" in codes, codes
     finally:
         cluster.stop_all()
+
+
+def _still_open(r: Raw) -> bool:
+    """Whether the server has not closed this idle connection: a read that does
+    not wait finds nothing to read (records that are not data, such as TLS 1.3
+    session tickets, are taken in and are not data), rather than the end of the
+    stream, a close_notify or a reset."""
+    timeout = r.sock.gettimeout()
+    r.sock.setblocking(False)
+    try:
+        return r.sock.recv(1) != b""  # (a server that wrote something to an idle connection)
+    except ssl.SSLWantReadError:
+        return True
+    except OSError:  # (SSLEOFError, a reset)
+        return False
+    finally:
+        with contextlib.suppress(OSError):
+            r.sock.settimeout(timeout)
 
 
 def call(r: Raw, op: str, rid: int, **fields) -> dict:
@@ -612,11 +632,13 @@ def test_a_replica_that_catches_up_by_snapshot_logs_out_the_sessions_ended_meanw
         assert call(here, "auth", 1, token=token)["ok"]
         assert call(here, "log_off", 2, client="end", seq=1)["ok"]
         ended_at = run(cluster.statuses())[primary - 1]["commit_index"]
-        run(fill(150))
 
         async def compacted():  # the primary's log no longer holds the end of the session
-            return (await cluster.statuses())[primary - 1].get("snapshot_index", 0) > ended_at
-        run(wait_for(compacted, 30, "the primary to compact its log"))
+            if (await cluster.statuses())[primary - 1].get("snapshot_index", 0) > ended_at:
+                return True
+            await fill(25)  # a snapshot is due after enough entries *and* bytes: add more
+            return False
+        run(wait_for(compacted, 120, "the primary to compact its log"))
         cluster.resume(behind)
 
         async def installed():

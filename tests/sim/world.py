@@ -26,6 +26,7 @@ from chorus.raft import (
     MAX_NUMBER,
     Entry,
     EntryKind,
+    HardState,
     Heartbeat,
     HeartbeatAck,
     InstallSnapshot,
@@ -233,7 +234,6 @@ class World:
             config=self.p.config,
             rng=random.Random(self.rng.getrandbits(64)),
             persisted=node.storage.restore(),
-            recovering=node.lost_disk and not self.empty_disk_votes,
         )
         node.lost_disk = False
         node.seen_commit = node.raft.commit
@@ -643,6 +643,8 @@ class World:
         self.trace(f"n{victim.id}'s disk is lost")
         self.crash(victim, "its disk is lost")
         victim.storage = SimStorage()
+        # As the store makes a new file: "recovering" on disk from the first moment.
+        victim.storage.hard_state = HardState(recovering=not self.empty_disk_votes)
         victim.incoming.clear()
         victim.lost_disk = True
         for key in [k for k in self.votes if k[0] == victim.id]:

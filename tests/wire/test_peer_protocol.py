@@ -94,8 +94,19 @@ def test_the_handshake_frames_round_trip() -> None:
         env = json.loads(wire)
         assert (env["type"], env["server_id"], env["to"]) == (kind, sender, to)
         assert decode_peer(wire) == frame
-    assert json.loads(encode_peer(h))["payload"] == {"challenge": CH, "nonce": N2, "cluster": FP, "mac": h.mac}
+    assert json.loads(encode_peer(h))["payload"] == {"challenge": CH, "nonce": N2, "cluster": FP, "mac": h.mac,
+                                                     "state": "member"}
     assert h.valid(SECRET, CH, FP) and w.valid(SECRET, h)
+
+
+def test_the_disk_state_each_side_tells_is_signed() -> None:
+    """A forged "fresh" could make a server with an empty disk found a new cluster."""
+    h = Hello.sign(SECRET, 2, 1, CH, FP, state="fresh")
+    assert h.valid(SECRET, CH, FP) and decode_peer(encode_peer(h)).state == "fresh"
+    assert not msgspec.structs.replace(h, state="member").valid(SECRET, CH, FP)
+    w = h.welcome(SECRET, "recovering")
+    assert w.valid(SECRET, h) and decode_peer(encode_peer(w)).state == "recovering"
+    assert not msgspec.structs.replace(w, state="fresh").valid(SECRET, h)
 
 
 def test_snapshot_chunk_round_trips_with_binary_data() -> None:

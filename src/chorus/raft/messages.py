@@ -163,11 +163,14 @@ class Replicate(Message, frozen=True, kw_only=True, tag="REPLICATE"):
     prev_term: Number
     entries: tuple[Entry, ...] = ()
     commit: Number = 0
+    # The primary counts none of this follower's acknowledgements (it takes it for
+    # recovering a lost disk): every commit it made with them is <= ``commit``.
+    recovering: bool = False
 
     def __repr__(self) -> str:
         return (
             f"{self._head()} prev={self.prev_index}/{self.prev_term} "
-            f"entries={entries_repr(self.entries)} commit={self.commit}"
+            f"entries={entries_repr(self.entries)} commit={self.commit}{' recovering' if self.recovering else ''}"
         )
 
 

@@ -227,7 +227,9 @@ class RaftNode:
         self.recovering = p.hard_state.recovering or recovering
         self.log = RaftLog(p.snapshot or SnapshotMeta(0, 0, membership))
         self.log.append(p.entries)
-        fresh = p.hard_state == HardState() and p.snapshot is None and not p.entries
+        hs = p.hard_state
+        # (A store made empty may say "recovering" from the start: still a fresh log.)
+        fresh = (hs.term, hs.vote, hs.commit) == (0, NONE, 0) and p.snapshot is None and not p.entries
         if fresh and membership.voters:
             # Bootstrap (as etcd does): the initial membership is entry 1 of every initial
             # member's log, the same on each, committed by construction. A server that
@@ -267,6 +269,10 @@ class RaftNode:
         self._probe: dict[int, int] = {}
         self._probe_term: int | None = None
         self._probe_elapsed = 0
+        # The commit index of this term's primary, as of a REPLICATE it sent knowing it
+        # counted none of our acknowledgements: every commit it made with our lost
+        # promises is at or below it.
+        self._recover_target: tuple[int, int] | None = None  # (term, index)
         self._reads_need_commit: list[tuple[int, int]] = []  # (origin, request) until a commit in term
         self._reads_unsent: list[tuple[int, int, int]] = []  # (origin, request, index)
         self._reads_pending: deque[tuple[int, int, int, int]] = deque()  # (ctx, origin, req, index)
@@ -417,6 +423,16 @@ class RaftNode:
             if self.role is not Role.BACKUP:
                 self._become_backup(self.term, NONE)
 
+    def declare_new_cluster(self) -> None:
+        """The caller learned that no server of the configuration ever held data: a
+        cluster being created. A server that started recovering because its disk was
+        empty (it could not know yet) then takes part as a new member."""
+        if not self.recovering:
+            return
+        if self.log.last_index > 1 or self.term > 1 or self.log.snapshot.index:
+            raise Refused("not_new", "this server holds more than the bootstrap entry: it is no new member")
+        self.recovering = False
+
     def _probed(self, m: ProbeResp) -> None:
         if not self.recovering or self._probe_term is not None or m.recovering:
             return  # (a recovering server's term says nothing of what came before)
@@ -432,16 +448,20 @@ class RaftNode:
             self._maybe_end_recovery()
 
     def _maybe_end_recovery(self) -> None:
-        """Recovered once this node holds, on disk, everything committed by a
-        primary whose term is at least every term it may have taken part in
-        before its loss (``_probe_term``), as of a commit in that primary's own
-        term: by Leader Completeness, that is everything any quorum, with or
-        without its lost promises, ever committed."""
+        """Recovered once this node holds, on disk and committed, everything a
+        primary had committed when it already counted none of our
+        acknowledgements (``_recover_target``), provided that primary's term is at
+        least every term we may have taken part in before the loss
+        (``_probe_term``) and it has committed in its own term. By Leader
+        Completeness that primary's log held everything any earlier quorum
+        committed, and it made every commit of its own that used our lost
+        promises before it stopped counting us: all of it is ours again."""
         if self._probe_term is None or self.leader == NONE or self.role is not Role.BACKUP:
             return
         if self.term < self._probe_term or self.log.term(self.commit) != self.term:
             return
-        if self._persisted < self.commit:
+        target = self._recover_target
+        if target is None or target[0] != self.term or self.commit < target[1] or self._persisted < self.commit:
             return
         self.recovering = False
         if self.vote == NONE:
@@ -878,6 +898,10 @@ class RaftNode:
 
     # ---- backup side of replication
     def _handle_replicate(self, m: Replicate) -> None:
+        if self.recovering and m.recovering and m.term == self.term:
+            t = self._recover_target
+            if t is None or t[0] != m.term or t[1] < m.commit:
+                self._recover_target = (m.term, m.commit)
         if m.prev_index < self.commit:
             # Everything up to our commit index already matches the primary.
             self._ack(m.server_id, self.commit)
@@ -1073,6 +1097,7 @@ class RaftNode:
                 prev_term=prev_term,
                 entries=entries,
                 commit=self.commit,
+                recovering=pr.recovering,
             )
         )
         pr.sent_commit = self.commit

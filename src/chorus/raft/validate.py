@@ -73,6 +73,7 @@ def validate(m: object, self_id: int) -> None:
         prev_index = _count(m, "prev_index", m.prev_index)
         prev_term = _count(m, "prev_term", m.prev_term)
         _count(m, "commit", m.commit)
+        _flag(m, "recovering", m.recovering)
         if prev_term > term:
             raise MessageError(f"REPLICATE: prev_term {prev_term} is after the message's term {term}")
         if (prev_index == 0) != (prev_term == 0):

@@ -204,11 +204,13 @@ class PeerLink:
             challenge = await frame()
             if not isinstance(challenge, Challenge) or challenge.server_id != peer.id:
                 raise MessageError(f"{peer.peer_address} did not open with the CHALLENGE of server {peer.id}")
-            hello = Hello.sign(t.cfg.secret_bytes, t.replica.id, peer.id, challenge.nonce, t.cfg.fingerprint)
+            hello = Hello.sign(t.cfg.secret_bytes, t.replica.id, peer.id, challenge.nonce, t.cfg.fingerprint,
+                               state=t.replica.disk_state())
             writer.write(encode_frame(encode_peer(hello)))
             welcome = await frame()
             if not isinstance(welcome, Welcome) or not welcome.valid(t.cfg.secret_bytes, hello):
                 raise MessageError(f"{peer.peer_address} does not know the cluster secret (its WELCOME is not valid)")
+            t.replica.peer_disk(peer.id, welcome.state)
         except BaseException:
             writer.close()
             raise
@@ -384,7 +386,8 @@ class PeerTransport:
         if not hello.valid(self.cfg.secret_bytes, challenge.nonce, self.cfg.fingerprint):
             raise MessageError(f"server {hello.server_id} does not know the cluster secret, "
                                "or answered another challenge than this connection's")
-        writer.write(encode_frame(encode_peer(hello.welcome(self.cfg.secret_bytes))))
+        writer.write(encode_frame(encode_peer(hello.welcome(self.cfg.secret_bytes, self.replica.disk_state()))))
+        self.replica.peer_disk(hello.server_id, hello.state)
         return hello.server_id
 
     async def _chunk(self, sender: int, c: SnapshotChunk) -> None:

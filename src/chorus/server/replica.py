@@ -59,6 +59,7 @@ from chorus.raft import Message, RaftNode, Ready, Refused, Role, split_messages
 from chorus.store import (
     ReplicaStore,
     SnapshotFile,
+    StoreCorrupt,
     disk_full,
     latest_snapshot,
     latest_snapshot_path,
@@ -162,15 +163,24 @@ class Replica:
         self.dir = cfg.replica_dir(server_id)
         self.snap_dir = self.dir / "snapshots"
         self.in_dir = self.dir / "incoming"
-        self.store = ReplicaStore(self.dir / "chorus.db", cfg.membership, manual_checkpoints=True)
+        self.damage: str | None = None  # what was wrong with the disk at start (set aside)
+        self.store, persisted = self._open_store()
         self.reader = self.store.reader()
+        # A new file: the disk was empty. Maybe the cluster is being created, maybe this
+        # server's disk was replaced: until the others say which, it may have lost what
+        # it promised, and behaves so (it neither votes nor counts: raft/node.py).
+        self.joined = self.store.joined
         self.node = RaftNode(
             server_id,
             cfg.membership,
             config=cfg.raft_config(),
             rng=random.Random(),
-            persisted=self.store.restore(),
+            persisted=persisted,  # (a new file says "recovering" itself)
         )
+        self._mark_joined = False
+        self.peer_disks: dict[int, str] = {}  # what each peer said of its disk in its last handshake
+        if self.store.created and len(cfg.servers) == 1:
+            self.node.declare_new_cluster()  # (nobody else to ask: alone, it is the cluster)
         self.io = IOThread(f"chorus-io-{server_id}")
         self.snap_io = ThreadPoolExecutor(1, thread_name_prefix=f"chorus-snap-{server_id}")
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -205,6 +215,56 @@ class Replica:
         self._snapshot_size = last.stat().st_size if last is not None else 0
         self._log_bytes = 0  # command bytes applied since the last snapshot
         self.applied = self.node.applied
+
+    def _open_store(self) -> tuple[ReplicaStore, Any]:
+        """The store and what it holds; a damaged one is set aside (kept, renamed)
+        and replaced by an empty one that knows the cluster exists: the replica then
+        recovers from the others, by itself."""
+        path = self.dir / "chorus.db"
+        try:
+            store = ReplicaStore(path, self.cfg.membership, manual_checkpoints=True)
+            return store, store.restore()
+        except StoreCorrupt as exc:
+            with contextlib.suppress(Exception):
+                store.close()  # type: ignore[possibly-undefined]
+            if len(self.cfg.servers) == 1:
+                raise  # alone, there is nobody to recover from
+            aside = self.dir.with_name(f"{self.dir.name}.damaged-{time.strftime('%Y%m%d-%H%M%S')}")
+            self.dir.rename(aside)
+            self.damage = f"{exc} (set aside as {aside})"
+            log.error("replica %d: %s. It starts again with an empty disk and recovers from the other "
+                      "servers: until it has caught up it neither votes nor counts towards a commit. "
+                      "The damaged files are kept in %s; remove them once you no longer need them.",
+                      self.id, exc, aside)
+            store = ReplicaStore(path, self.cfg.membership, manual_checkpoints=True)
+            store.mark_joined()  # (it was a member: its disk held data)
+            return store, store.restore()
+
+    def disk_state(self) -> str:
+        """What this replica says of its disk in each peer handshake (wire/peer.py)."""
+        n = self.node
+        if not self.joined and n.log.last_index <= 1 and n.term <= 1 and not n.log.snapshot.index:
+            return "fresh"
+        return "recovering" if n.recovering else "member"
+
+    def peer_disk(self, peer: int, state: str) -> None:
+        """A peer said what its disk is: a new cluster starts once every server of the
+        configuration has said "fresh"; one that holds data makes this one a member
+        that must recover."""
+        self.peer_disks[peer] = state
+        if not self.node.recovering or self.joined:
+            return
+        if state != "fresh":
+            self.joined = self._mark_joined = True
+            log.warning("replica %d: its disk is empty, and server %d holds the cluster's data: it recovers "
+                        "from the others before it votes again", self.id, peer)
+            self._kick()
+            return
+        others = {s.id for s in self.cfg.servers} - {self.id}
+        if all(self.peer_disks.get(i) == "fresh" for i in others):
+            log.info("replica %d: no server of the configuration has ever held data: a new cluster", self.id)
+            self.node.declare_new_cluster()
+            self._kick()
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> None:
@@ -269,6 +329,9 @@ class Replica:
             return
         try:
             while not self._stopped:
+                if self._mark_joined and self._stalled is None:
+                    self._mark_joined = False
+                    self.store.mark_joined()  # (between rounds: the store is free)
                 if self._stalled is None:
                     if self._compact_to:
                         await self._compact()
@@ -457,10 +520,12 @@ class Replica:
         followers just behind."""
         loop = self.loop
         assert loop is not None
+        counted = self._log_bytes  # what is applied while the snapshot is taken counts towards the next
         try:
             snap = await loop.run_in_executor(self.snap_io, self.store.create_snapshot, self.snap_dir)
             log.info("replica %d: snapshot at %d (%d bytes)", self.id, snap.meta.index, snap.size)
-            self._snapshot_size, self._log_bytes = snap.size, 0
+            self._snapshot_size = snap.size
+            self._log_bytes -= counted
             point = snap.meta.index - self.cfg.snapshot_keep
             if point > self.node.log.snapshot.index:
                 self._compact_to = point
@@ -683,7 +748,23 @@ class Replica:
             "primary_address": self.primary_address(),
             "voters": sorted(n.membership.voters),
             "learners": sorted(n.membership.learners),
-            "health": "ok" if self.out_of_disk is None else "out of disk",
-            "health_reason": self.out_of_disk,
+            "health": self._health()[0],
+            "health_reason": self._health()[1],
+            "disk": self.disk_state(),
         }
+
+    def _health(self) -> tuple[str, str | None]:
+        if self.out_of_disk is not None:
+            return "out of disk", self.out_of_disk
+        n = self.node
+        if n.recovering:
+            if not self.joined:
+                waiting = sorted(i for i in {s.id for s in self.cfg.servers} - {self.id}
+                                 if self.peer_disks.get(i) != "fresh")
+                return "recovering", ("an empty disk: a new cluster starts once every server has said it has one "
+                                      f"too (not yet: {', '.join(map(str, waiting))})")
+            why = f"{self.damage}; " if self.damage else ""
+            return "recovering", (f"{why}it may have lost what it promised: catching up from the primary "
+                                  f"(applied {self.applied}, commit {n.commit}); not voting until then")
+        return "ok", None
 

@@ -49,6 +49,7 @@ from chorus.raft import (
     needs_fsync,
 )
 
+from . import wal
 from .snapshots import SnapshotFile, copy_chat_tables_from, write_snapshot
 
 # PRAGMA user_version: 2 has the log in segments and the client log; 3 adds the
@@ -71,7 +72,8 @@ CREATE TABLE IF NOT EXISTS raft_state (
     vote   INTEGER NOT NULL,
     commit_index INTEGER NOT NULL,
     crc    INTEGER NOT NULL,
-    recovering INTEGER NOT NULL DEFAULT 0  -- (format 3) may have lost what it promised
+    recovering INTEGER NOT NULL DEFAULT 0, -- (format 3) may have lost what it promised
+    joined INTEGER NOT NULL DEFAULT 1      -- (format 3) has known the cluster exists (0: a new file)
 );
 CREATE TABLE IF NOT EXISTS snapshot_meta (  -- the log starts after idx
     id     INTEGER PRIMARY KEY CHECK (id = 1),
@@ -185,6 +187,10 @@ class ReplicaStore:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._manual = manual_checkpoints
         self._commits = 0  # since the last checkpoint
+        if check:
+            problem = wal.damage(Path(f"{self.path}-wal"))  # (before SQLite opens it, and hides it)
+            if problem:
+                raise StoreCorrupt(problem)
         try:
             self.conn = connect(self.path)
             c = self.conn
@@ -205,12 +211,19 @@ class ReplicaStore:
                                    f"and this chorus reads format {FORMAT} (and upgrades formats 1 and 2)")
             # Created in one transaction with its format: a crash half way leaves an empty file.
             # (A file of format 1 or 2 gains the recovery state in the same transaction.)
-            add = "" if fresh or "recovering" in {r[1] for r in c.execute("PRAGMA table_info(raft_state)")} else \
-                "ALTER TABLE raft_state ADD COLUMN recovering INTEGER NOT NULL DEFAULT 0;"
+            have = set() if fresh else {r[1] for r in c.execute("PRAGMA table_info(raft_state)")}
+            add = "".join(f"ALTER TABLE raft_state ADD COLUMN {col};" for name, col in (
+                ("recovering", "recovering INTEGER NOT NULL DEFAULT 0"), ("joined", "joined INTEGER NOT NULL DEFAULT 1"),
+            ) if not fresh and name not in have)
             c.executescript(f"BEGIN; {DDL} {add} {schema.DDL} PRAGMA user_version = {FORMAT}; COMMIT;")
             boot = (bootstrap or Membership()).encode()
-            c.execute("INSERT OR IGNORE INTO raft_state (id, term, vote, commit_index, crc) VALUES (1, 0, 0, 0, ?)",
-                      (_state_crc(0, 0, 0),))
+            # A file made now is of an empty disk: until the other servers say whether
+            # the cluster is being created, it may have lost what it promised (durable
+            # from the first moment: a crash before anything else is written must not
+            # make it a member that never promised anything).
+            c.execute("INSERT OR IGNORE INTO raft_state (id, term, vote, commit_index, crc, recovering, joined) "
+                      "VALUES (1, 0, 0, 0, ?, 1, 0)", (_state_crc(0, 0, 0, True),))
+            self.created = fresh  # this file was made now (an empty data directory)
             c.execute("INSERT OR IGNORE INTO snapshot_meta VALUES (1, 0, 0, ?)", (boot,))
             c.execute("INSERT OR IGNORE INTO applied_state VALUES (1, 0, 0, ?)", (boot,))
             self.chat = ChatMachine(c)
@@ -254,6 +267,16 @@ class ReplicaStore:
 
     def close(self) -> None:
         self.conn.close()
+
+    @property
+    def joined(self) -> bool:
+        """Whether this replica has known the cluster exists (a file made empty and
+        never told so may belong to a cluster being created)."""
+        return bool(self.conn.execute("SELECT joined FROM raft_state").fetchone()[0])
+
+    def mark_joined(self) -> None:
+        """(On the thread the rounds use: it is a write of its own.)"""
+        self.conn.execute("UPDATE raft_state SET joined = 1 WHERE id = 1")
 
     def reader(self) -> sqlite3.Connection:
         """A read-only connection for queries (any thread; WAL readers never block)."""

@@ -27,7 +27,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import msgspec
 
@@ -55,8 +55,15 @@ def new_nonce() -> str:
     return secrets.token_hex(16)
 
 
-def _mac(secret: bytes, what: str, sender: int, to: int, challenge: str, nonce: str, cluster: str) -> str:
-    text = f"chorus-peer-{what}/2:{sender}->{to}:{challenge}:{nonce}:{cluster}"
+DiskState = Literal["fresh", "member", "recovering"]
+# What a server says of its disk in the handshake: "fresh" (an empty disk that has
+# never known a cluster: maybe one being created), "member" (it holds the cluster's
+# data), "recovering" (it may have lost what it promised, and is catching up).
+
+
+def _mac(secret: bytes, what: str, sender: int, to: int, challenge: str, nonce: str, cluster: str,
+         state: str) -> str:
+    text = f"chorus-peer-{what}/2:{sender}->{to}:{challenge}:{nonce}:{cluster}:{state}"
     return hmac.new(secret, text.encode(), hashlib.sha256).hexdigest()
 
 
@@ -80,22 +87,25 @@ class Hello(msgspec.Struct, frozen=True, kw_only=True):
     nonce: Nonce  # the connecting server's own, for WELCOME
     cluster: Fingerprint  # the fingerprint of the sender's server list
     mac: Mac
+    state: DiskState = "member"  # the sender's disk (signed too)
 
     @staticmethod
-    def sign(secret: bytes, server_id: int, to: int, challenge: str, cluster: str, nonce: str | None = None) -> Hello:
+    def sign(secret: bytes, server_id: int, to: int, challenge: str, cluster: str, nonce: str | None = None,
+             state: DiskState = "member") -> Hello:
         nonce = nonce or new_nonce()
-        return Hello(server_id=server_id, to=to, challenge=challenge, nonce=nonce, cluster=cluster,
-                     mac=_mac(secret, "hello", server_id, to, challenge, nonce, cluster))
+        return Hello(server_id=server_id, to=to, challenge=challenge, nonce=nonce, cluster=cluster, state=state,
+                     mac=_mac(secret, "hello", server_id, to, challenge, nonce, cluster, state))
 
     def valid(self, secret: bytes, challenge: str, cluster: str) -> bool:
         """Whether it answers ``challenge`` (the one this server sent) with the secret."""
-        expected = _mac(secret, "hello", self.server_id, self.to, challenge, self.nonce, cluster)
+        expected = _mac(secret, "hello", self.server_id, self.to, challenge, self.nonce, cluster, self.state)
         return _same(self.challenge, challenge) and _same(self.mac, expected)
 
-    def welcome(self, secret: bytes) -> Welcome:
+    def welcome(self, secret: bytes, state: DiskState = "member") -> Welcome:
         """The accepting server's proof, in answer to this HELLO (once it checked it)."""
-        return Welcome(server_id=self.to, to=self.server_id,
-                       mac=_mac(secret, "welcome", self.to, self.server_id, self.challenge, self.nonce, self.cluster))
+        return Welcome(server_id=self.to, to=self.server_id, state=state,
+                       mac=_mac(secret, "welcome", self.to, self.server_id, self.challenge, self.nonce, self.cluster,
+                                state))
 
 
 class Welcome(msgspec.Struct, frozen=True, kw_only=True):
@@ -105,9 +115,11 @@ class Welcome(msgspec.Struct, frozen=True, kw_only=True):
     server_id: ServerId
     to: ServerId
     mac: Mac
+    state: DiskState = "member"  # the accepting server's disk (signed too)
 
     def valid(self, secret: bytes, hello: Hello) -> bool:
-        return self.server_id == hello.to and self.to == hello.server_id and _same(self.mac, hello.welcome(secret).mac)
+        return (self.server_id == hello.to and self.to == hello.server_id
+                and _same(self.mac, hello.welcome(secret, self.state).mac))
 
 
 class SnapshotChunk(msgspec.Struct, frozen=True, kw_only=True):
