@@ -7,11 +7,14 @@ machine allows it (root, nftables), otherwise on loopback without network
 faults (said at the start of the run). The nemesis follows a schedule drawn
 from the seed: kill -9 (the primary, any replica, a majority), SIGSTOP/SIGCONT
 of the primary, partitions (primary isolated, majority/minority, a bridge,
-one-way), lossy links, delays (tc netem, where the kernel has it), and
-mixtures of two. When the time is up every fault is healed, the cluster must
-converge, every replica's state is read from its database, and the checker
-judges the history against it. The report folder gets the history (JSON
-lines), the faults, the summary and a timeline plot.
+one-way), lossy links, delays (tc netem, where the kernel has it), storage
+faults (a replica's data directory deleted, or its WAL damaged in the middle,
+while it is down), and mixtures of two (never with a storage fault: one disk
+lost at a time, and nothing else at once). When the time is up every fault is
+healed, the cluster must converge, every replica's state is read from its
+database (its data directory as it is now: a damaged one set aside is not
+read), and the checker judges the history against it. The report folder gets
+the history (JSON lines), the faults, the summary and a timeline plot.
 """
 
 from __future__ import annotations
@@ -20,7 +23,9 @@ import asyncio
 import contextlib
 import json
 import random
+import shutil
 import sqlite3
+import struct
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -35,6 +40,12 @@ from .workload import History, Workload
 KILLS = ["kill-primary", "kill-random", "kill-majority"]
 PAUSES = ["pause-primary"]
 PARTITIONS = ["isolate-primary", "split", "bridge", "one-way", "lossy"]
+# A replica killed -9 whose disk is then lost (its data directory deleted) or
+# damaged (a few hundred bytes flipped in the middle of its WAL, else of its
+# database), restarted at the end of the fault. At most one disk is lost at a
+# time: a disk fault starts only once every replica is up with a disk that is
+# a member's (none still recovering), and never with another fault at once.
+STORAGE = ["lose-disk", "damage-disk"]
 
 
 @dataclass
@@ -47,14 +58,24 @@ class Fault:
     paused: list[int] = field(default_factory=list)
     net: bool = False
     netem: list[int] = field(default_factory=list)
+    disk: int | None = None  # the replica whose disk is lost or damaged
+    outcome: list[str] = field(default_factory=list)  # what happened to it, for the summary
+    refused: bool = False  # the restarted server exited non-zero (the nemesis then set its data aside)
+    recovered: float | None = None  # seconds from the restart until it was a member again
+
+    def report(self) -> str:
+        after = (f"recovered {self.recovered:.1f}s after the restart" if self.recovered is not None
+                 else "NOT RECOVERED by the end of the run")
+        return f"[{self.start:7.2f}s] {self.desc}: " + "; ".join([*self.outcome, after])
 
 
 class Nemesis:
     def __init__(self, cluster: Cluster, net: Network | None, history: History, rng: random.Random,
                  netem: bool, log) -> None:
         self.cluster, self.net, self.history, self.rng, self.log = cluster, net, history, rng, log
-        self.kinds = KILLS + PAUSES + (PARTITIONS + (["slow"] if netem else []) if net else [])
+        self.kinds = KILLS + PAUSES + STORAGE + (PARTITIONS + (["slow"] if netem else []) if net else [])
         self.faults: list[Fault] = []
+        self.watchers: list[asyncio.Task] = []  # one per disk fault: until its replica has recovered
         self.primaries: list[tuple[float, int | None, int]] = []  # (time, primary, term) on change
 
     async def leader(self) -> tuple[int | None, int]:
@@ -130,6 +151,20 @@ class Nemesis:
             for i in ids:
                 self.net.netem(i, "delay 40ms 20ms")
             f.netem, f.desc = ids, "slow links 40ms +- 20ms"
+        elif kind in STORAGE:
+            i = await self._target() if self.rng.random() < 0.5 else self.rng.choice(ids)
+            row = await self._status(i)
+            self.cluster.kill(i)
+            f.disk = i
+            before = f"last index {row.get('last_index', '?')}, commit {row.get('commit_index', '?')} before the kill"
+            d = self.data_dir(i)
+            if kind == "lose-disk":
+                shutil.rmtree(d, ignore_errors=True)
+                f.desc = f"lose-disk n{i}"
+                f.outcome.append(f"{before}; data directory deleted")
+            else:
+                f.desc = f"damage-disk n{i}"
+                f.outcome.append(f"{before}; {self._damage(d)}")
         for i in f.killed:
             self.cluster.kill(i)
         for i in f.paused:
@@ -141,7 +176,153 @@ class Nemesis:
         self.log(f"[{f.start:7.2f}s] nemesis: {f.desc}")
         return f
 
-    def end(self, f: Fault) -> None:
+    def data_dir(self, i: int) -> Path:
+        """Replica i's data directory, where the server opens it ([cluster] data_dir
+        of cluster.toml is "data", relative to the cluster's root)."""
+        return self.cluster.root / "data" / f"replica{i}"
+
+    async def _status(self, i: int) -> dict:
+        return (await self.cluster.statuses())[i - 1]
+
+    def _damage(self, d: Path) -> str:
+        """Flip a few hundred bytes in the middle of the WAL's current frames (those
+        with its header's salts: after a checkpoint the WAL is written again from
+        its start, and what follows is an older one's), or, if it holds too few,
+        in the database past its first pages. Says where."""
+        span = self.rng.randint(200, 400)
+        wal, db = d / "chorus.db-wal", d / "chorus.db"
+        data = wal.read_bytes() if wal.exists() else b""
+        if len(data) >= 32:
+            page_size, salts = struct.unpack_from(">I", data, 8)[0], data[16:24]
+            frame = 24 + page_size
+            frames = 0
+            while 32 + (frames + 1) * frame <= len(data) and data[32 + frames * frame + 8: 32 + frames * frame + 16] == salts:
+                frames += 1
+            if frames >= 4:  # (the damage in the middle, with frames of the same WAL after it)
+                lo, hi = 32 + frames * frame // 4, 32 + frames * frame * 3 // 4
+                off = self.rng.randrange(lo, hi - span)
+                self._flip(wal, off, span)
+                k, at = divmod(off - 32, frame)
+                where = "header" if at < 24 else f"page byte {at - 24}"
+                return (f"flipped {span} bytes of chorus.db-wal at offset {off} (frame {k + 1} of its {frames} "
+                        f"current frames, from its {where}; file {len(data)} bytes)")
+        size = db.stat().st_size if db.exists() else 0
+        head = db.read_bytes()[:100] if size else b""
+        page = struct.unpack_from(">H", head, 16)[0] if len(head) >= 18 else 4096
+        page = 65536 if page == 1 else page
+        first = min(2 * page, max(0, size - span))
+        if size < first + span:
+            return f"nothing to damage (chorus.db {size} bytes, chorus.db-wal {len(data)} bytes)"
+        off = self.rng.randrange(first, size - span + 1)
+        self._flip(db, off, span)
+        return (f"flipped {span} bytes of chorus.db at offset {off} (page {off // page + 1} of {size // page}; "
+                f"chorus.db-wal: {len(data)} bytes, too few current frames)")
+
+    def _flip(self, path: Path, off: int, n: int) -> None:
+        with path.open("r+b") as fh:
+            fh.seek(off)
+            old = fh.read(n)
+            fh.seek(off)
+            fh.write(bytes(b ^ self.rng.randint(1, 255) for b in old))
+            fh.flush()
+
+    def _set_aside(self, i: int) -> Path:
+        d = self.data_dir(i)
+        aside = d.with_name(f"{d.name}.refused-{time.strftime('%Y%m%d-%H%M%S')}-{time.monotonic_ns() % 10**6}")
+        d.rename(aside)
+        return aside
+
+    async def _restart_disk(self, f: Fault) -> None:
+        """Start the replica of a disk fault again and wait until it either serves
+        or exits; one that exits non-zero (it refused its damaged disk) is said so,
+        its data set aside as if lost, and started again."""
+        i = f.disk
+        assert i is not None
+        data = self.data_dir(i).parent
+        aside = set(data.glob(f"replica{i}.damaged-*"))
+        offset = len(self.cluster.log(i).encode()) if (self.cluster.root / f"server{i}.log").exists() else 0
+        for attempt in range(2):
+            self.cluster.start(i)
+            code = await self._up_or_exited(i, 30)
+            if code is None or code == 0 and attempt:
+                break
+            tail = self.cluster.log(i).encode()[offset:].decode(errors="replace").strip().splitlines()
+            why = " | ".join(tail[-3:])[-400:] or "(no output)"
+            moved = self._set_aside(i)
+            f.refused = True
+            f.outcome.append(f"RESTART EXITED WITH STATUS {code}: {why}; the nemesis set its data aside as "
+                             f"{moved.name} and started it again with an empty disk")
+            self.log(f"[{self.history.now():7.2f}s] nemesis: n{i} exited with status {code} at restart: {why}")
+        new = sorted(set(data.glob(f"replica{i}.damaged-*")) - aside)
+        if new:
+            f.outcome.append(f"the server found its disk damaged and set it aside as {new[-1].name}")
+        elif f.kind == "damage-disk" and not f.refused:
+            row = await self._status(i)
+            f.outcome.append("the server started on its data, no damage found "
+                             f"(last index {row.get('last_index', '?')}, commit {row.get('commit_index', '?')} "
+                             f"after the restart; disk {row.get('disk', '?')})")
+        restarted = self.history.now()
+        self.watchers.append(asyncio.create_task(self._watch(f, restarted)))
+
+    async def _up_or_exited(self, i: int, timeout: float) -> int | None:
+        """None once server i answers its status; its exit status if it exits first."""
+        deadline = time.monotonic() + timeout
+        proc = self.cluster.procs[i]
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                return proc.returncode
+            if "error" not in await self._status(i):
+                return None
+            await asyncio.sleep(0.1)
+        return None
+
+    async def _watch(self, f: Fault, restarted: float) -> None:
+        """Until the replica of a disk fault is a member again (recovered); one that
+        later exits non-zero by itself is treated as at its restart."""
+        i = f.disk
+        assert i is not None
+        proc = self.cluster.procs[i]
+        while True:
+            if proc.poll() is not None and proc.returncode > 0 and self.cluster.procs[i] is proc:
+                code = proc.returncode
+                moved = self._set_aside(i)
+                f.refused = True
+                f.outcome.append(f"EXITED WITH STATUS {code} at {self.history.now():.2f}s, after its restart; "
+                                 f"the nemesis set its data aside as {moved.name} and started it again")
+                self.log(f"[{self.history.now():7.2f}s] nemesis: n{i} exited with status {code}")
+                self.cluster.start(i)
+                proc = self.cluster.procs[i]
+            row = await self._status(i)
+            if row.get("disk") == "member" and row.get("health") != "recovering":
+                f.recovered = self.history.now() - restarted
+                self.log(f"[{self.history.now():7.2f}s] nemesis: n{i} recovered ({f.desc}, "
+                         f"{f.recovered:.1f}s after its restart)")
+                return
+            await asyncio.sleep(0.2)
+
+    async def settle(self, timeout: float) -> None:
+        """Give the disk faults' replicas a last chance to recover, then stop watching."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.gather(*self.watchers, return_exceptions=True), timeout)
+        for w in self.watchers:
+            w.cancel()
+        await asyncio.gather(*self.watchers, return_exceptions=True)
+
+    async def _disks_whole(self, timeout: float) -> bool:
+        """Wait until every replica answers and none is recovering: only then may
+        another disk be lost."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            rows = await self.cluster.statuses()
+            if all("error" not in r and r.get("disk") == "member" and r.get("health") != "recovering"
+                   for r in rows):
+                return True
+            await asyncio.sleep(0.2)
+        return False
+
+    async def end(self, f: Fault) -> None:
+        if f.disk is not None:
+            await self._restart_disk(f)
         for i in f.killed:
             self.cluster.start(i)
         for i in f.paused:
@@ -163,17 +344,27 @@ class Nemesis:
             if not bag:
                 bag = self.rng.sample(self.kinds, len(self.kinds))
             kinds = [bag.pop()]
-            if self.rng.random() < 0.2:  # a mixture: a second fault of another family at once
-                other = [k for k in self.kinds if _family(k) != _family(kinds[0])]
+            if kinds[0] in STORAGE and not await self._disks_whole(20):
+                # (a replica still recovering, or down: losing another disk now could exceed
+                # what the cluster survives; keep this one for later)
+                self.log(f"[{self.history.now():7.2f}s] nemesis: {kinds[0]} put off: "
+                         "a replica is still recovering or down")
+                bag.insert(0, kinds[0])
+                continue
+            if kinds[0] not in STORAGE and self.rng.random() < 0.2:
+                # a mixture: a second fault of another family at once (never a storage fault)
+                other = [k for k in self.kinds if _family(k) not in (_family(kinds[0]), "storage")]
                 if other:
                     kinds.append(self.rng.choice(other))
             active = [await self.begin(k) for k in kinds]
             await asyncio.sleep(max(0.0, min(self.rng.uniform(2.0, 6.0), until - self.history.now())))
             for f in reversed(active):
-                self.end(f)
+                await self.end(f)
 
 
 def _family(kind: str) -> str:
+    if kind in STORAGE:
+        return "storage"
     return "process" if kind in KILLS or kind in PAUSES else "network"
 
 
@@ -247,11 +438,13 @@ async def run(duration: float, seed: int, report: Path, *, size: int = 3, worker
         except AssertionError as exc:
             log(f"did not converge: {exc}")
             rows = await cluster.statuses()
+        await nemesis.settle(timeout=30)
         stop_monitor.set()
         await monitor
         cluster.stop_all()
         for i, row in enumerate(rows, start=1):
-            state = read_replica(root / "data" / f"replica{i}" / "chorus.db")
+            # (the data directory the server uses now: one it set aside is named replicaN.damaged-...)
+            state = read_replica(nemesis.data_dir(i) / "chorus.db")
             replicas[i] = {**state, "applied": row.get("applied_index", -1), "digest": row.get("digest", "?")}
     finally:
         cluster.stop_all()
@@ -273,7 +466,9 @@ def write_report(report: Path, history: History, nemesis: Nemesis, result: Resul
         for op in sorted(history.ops, key=lambda o: o["start"]):
             fh.write(json.dumps(op) + "\n")
     (report / "faults.json").write_text(json.dumps(
-        [{"kind": f.kind, "desc": f.desc, "start": f.start, "end": f.end} for f in nemesis.faults], indent=1))
+        [{"kind": f.kind, "desc": f.desc, "start": f.start, "end": f.end}
+         | ({"outcome": f.outcome, "refused": f.refused, "recovered": f.recovered} if f.disk is not None else {})
+         for f in nemesis.faults], indent=1))
     (report / "primaries.json").write_text(json.dumps(nemesis.primaries))
     counts: dict[str, int] = {}
     for o in history.ops:
@@ -282,6 +477,13 @@ def write_report(report: Path, history: History, nemesis: Nemesis, result: Resul
             f"{result.ops} operations: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())) + "\n"
             f"{result.faults} faults: " + ", ".join(sorted({f.kind for f in nemesis.faults})) + "\n"
             f"{len(nemesis.primaries)} primary changes seen\n" + result.summary() + "\n")
+    disks = [f for f in nemesis.faults if f.disk is not None]
+    if disks:
+        text += "storage faults:\n" + "".join(f"  {f.report()}\n" for f in disks)
+        bad = [f for f in disks if f.refused or f.recovered is None]
+        if bad:
+            text += (f"NOTE: {len(bad)} storage fault(s) where the restarted server exited non-zero or never "
+                     "recovered: " + ", ".join(f.desc for f in bad) + "\n")
     (report / "summary.txt").write_text(text)
     from .plot import timeline
     timeline(report / "timeline.png", history.ops, nemesis.faults, nemesis.primaries, seed)

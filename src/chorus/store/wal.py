@@ -12,7 +12,10 @@ nothing happened.
 first frame that fails its checksum were written after it, in the same WAL, so
 the failure is damage, not a torn tail. (A flip in the very last frame cannot be
 told from a torn write this way; the peers notice that loss instead: a primary's
-heartbeat then names a commit index beyond the log, see raft/node.py.)
+heartbeat then names a commit index beyond the log, see raft/node.py. The other
+way round, a crash while a transaction was being written may leave one of its
+frames unwritten and its commit frame written: taken for damage, the replica
+rebuilds from its peers, which costs time and loses nothing.)
 """
 
 from __future__ import annotations
@@ -50,18 +53,22 @@ def damage(path: Path) -> str | None:
     if (s0, s1) != (c1, c2):
         return f"{path}: its header fails its checksum"
     size = _FRAME.size + page_size
-    bad = None
+    bad = None  # the first frame that is not a valid continuation: the end of the WAL for SQLite
     n = (len(data) - _HEADER.size) // size
     for k in range(n):
         off = _HEADER.size + k * size
-        _page, _commit, f1, f2, k1, k2 = _FRAME.unpack_from(data, off)
-        if (f1, f2) != (salt1, salt2):
-            if bad is None:
-                return None  # the end of this WAL's frames (what follows is an older one's)
-            continue
+        _page, commit, f1, f2, k1, k2 = _FRAME.unpack_from(data, off)
         if bad is not None:
-            return (f"{path}: frame {bad + 1} of {n} fails its checksum, and frame {k + 1} after it is of the "
-                    "same WAL: SQLite would drop every transaction from there on")
+            # A later commit of the same WAL (salts are new at every reset of the WAL,
+            # so an older WAL's frames never carry them): written after the frame
+            # that fails, so that frame was damaged, not torn.
+            if (f1, f2) == (salt1, salt2) and commit:
+                return (f"{path}: frame {bad + 1} of {n} is damaged, and a commit in frame {k + 1} after it is "
+                        "of the same WAL: SQLite would drop every transaction from there on")
+            continue
+        if (f1, f2) != (salt1, salt2):
+            bad = k  # (an older WAL's frame, or a damaged header)
+            continue
         t0, t1 = _checksum(memoryview(data)[off : off + 8], s0, s1, little)
         t0, t1 = _checksum(memoryview(data)[off + _FRAME.size : off + size], t0, t1, little)
         if (t0, t1) != (k1, k2):
