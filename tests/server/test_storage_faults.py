@@ -254,3 +254,52 @@ def test_a_damaged_wal_is_detected_set_aside_and_the_replica_rebuilds(tmp_path: 
         run(main())
     finally:
         cluster.stop_all()
+
+
+def test_a_damaged_database_file_is_found_at_the_next_snapshot_and_the_replica_rebuilds(tmp_path: Path) -> None:
+    """One letter of a stored message changed in a stopped backup's chorus.db: the
+    file is still a valid database (PRAGMA quick_check passes), only the chat
+    state's digest can tell. The backup finds it when it next takes a snapshot,
+    stops with status 1 saying what to do; started again it rebuilds."""
+    cluster = Cluster(tmp_path, 3, snapshot_every=20)
+    try:
+        cluster.start()
+
+        async def main():
+            await cluster.primary()
+            await _fill(cluster, 30, "the body of message")
+            rows = await cluster.converged()
+            b = _backups(rows)[0]
+            assert cluster.terminate(b) == 0  # (a clean stop folds the WAL into the file)
+            db = cluster.root / "data" / f"replica{b}" / "chorus.db"
+            data = bytearray(db.read_bytes())
+            at = data.find(b"the body of message 7")
+            assert at > 0 and data.count(b"the body of message 7") == 1
+            data[at + 4] ^= 0x01  # "the body" -> "the cody"
+            db.write_bytes(bytes(data))
+            with contextlib.closing(sqlite3.connect(db)) as c:
+                assert c.execute("PRAGMA quick_check").fetchall() == [("ok",)]
+            seen = len(cluster.log(b))
+            cluster.start(b)
+
+            async def stopped():
+                if cluster.procs[b].poll() is not None:
+                    return True
+                await _fill(cluster, 5, "more")  # until it takes a snapshot
+                return False
+            await wait_for(stopped, 120, f"server {b} to find the damage")
+            assert cluster.procs[b].returncode == 1
+            log = cluster.log(b)[seen:]
+            assert "the chat state is damaged" in log and "start it again" in log
+            cluster.start(b)
+            rows = await cluster.converged(60)
+            assert rows[b - 1]["health"] == "ok"
+            aside = list((cluster.root / "data").glob(f"replica{b}.damaged-*"))
+            assert len(aside) == 1 and (aside[0] / "DAMAGED").exists()
+            bodies = await _history_on(cluster, b)
+            assert bodies[:30] == [f"the body of message {k}" for k in range(30)]
+            assert bodies == await _history_on(cluster, next(i for i in _backups(rows) if i != b))
+
+        run(main())
+    finally:
+        cluster.stop_all()

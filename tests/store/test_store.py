@@ -13,7 +13,16 @@ from hypothesis import strategies as st
 from chorus.chat import commands as C
 from chorus.chat import queries, schema
 from chorus.raft import Entry, EntryKind, HardState, Membership, Ready
-from chorus.store import ReplicaStore, SnapshotInvalid, SnapshotReceiver, StoreCorrupt, chunks
+from chorus.store import (
+    ReplicaStore,
+    SnapshotFile,
+    SnapshotInvalid,
+    SnapshotReceiver,
+    StoreCorrupt,
+    chunks,
+    latest_snapshot,
+)
+from chorus.store.snapshots import file_sha256, read_snapshot_info
 
 HASH = "$argon2id$v=19$m=65536,t=3,p=4$c2FsdA$aGFzaA"
 MEMBERS = Membership(frozenset({1, 2, 3}))
@@ -245,6 +254,52 @@ def test_a_snapshot_whose_state_does_not_match_its_digest_is_not_installed(tmp_p
     with pytest.raises(StoreCorrupt, match="does not match"):
         two.persist(ready((), HardState(1, 0, 22), snapshot=snap.meta), snap)
     assert (two.digest(), two.applied(), two.restore()) == before
+
+
+def test_a_snapshot_file_damaged_after_it_was_made_is_named_before_it_is_sent(tmp_path: Path) -> None:
+    one = ReplicaStore(tmp_path / "1.db", MEMBERS)
+    fill(one, chat_log(20))
+    snap = one.create_snapshot(tmp_path / "snaps")
+    assert latest_snapshot(tmp_path / "snaps") == snap  # (read back, checked, unchanged)
+    data = bytearray(snap.path.read_bytes())
+    data[len(data) // 2] ^= 0x10
+    snap.path.write_bytes(bytes(data))
+    with pytest.raises(SnapshotInvalid, match="damaged"):
+        latest_snapshot(tmp_path / "snaps")
+
+
+def test_a_received_snapshot_whose_rows_do_not_hash_to_its_digest_is_refused_on_receipt(tmp_path: Path) -> None:
+    """A sender whose file was damaged (or forged) and announced with the SHA-256 of
+    the damaged bytes: the rows are checked before the snapshot reaches the core."""
+    one = ReplicaStore(tmp_path / "1.db", MEMBERS)
+    fill(one, chat_log(20))
+    snap = one.create_snapshot(tmp_path / "snaps")
+    with sqlite3.connect(snap.path) as c:
+        c.execute("UPDATE messages SET body = 'forged' WHERE id = 10")
+    forged = latest_snapshot_unchecked(snap.path)
+    rx = SnapshotReceiver(tmp_path / "in", snap.meta, forged.size, forged.sha256, snap.digest)
+    for offset, data in chunks(forged, 4096):
+        rx.write(offset, data)
+    with pytest.raises(SnapshotInvalid, match="hash to"):
+        rx.finish()
+    assert not list((tmp_path / "in").iterdir())  # (nothing left behind)
+
+
+def latest_snapshot_unchecked(path: Path) -> SnapshotFile:
+    meta, digest = read_snapshot_info(path)
+    return SnapshotFile(meta, path, path.stat().st_size, file_sha256(path), digest)
+
+
+def test_a_chat_state_damaged_on_disk_is_found_when_the_next_snapshot_is_made(tmp_path: Path) -> None:
+    """A flipped byte in a message's text that SQLite's own checks cannot see: every
+    snapshot hashes every row it copies against the digest kept while applying."""
+    one = ReplicaStore(tmp_path / "1.db", MEMBERS)
+    fill(one, chat_log(20))
+    with sqlite3.connect(tmp_path / "1.db") as c:  # (behind the store's back, as a disk would)
+        c.execute("UPDATE messages SET body = 'mess4ge 0007 payload' WHERE id = 8")
+    with pytest.raises(StoreCorrupt, match="the chat state is damaged"):
+        one.create_snapshot(tmp_path / "snaps")
+    assert not list((tmp_path / "snaps").glob("snapshot-*"))  # none made from it
 
 
 def test_compaction_and_membership(tmp_path: Path) -> None:

@@ -218,12 +218,12 @@ class PeerLink:
 
     async def _send_snapshot(self, m: InstallSnapshot) -> None:
         replica = self.t.replica
-        snap = replica.latest_snapshot()
+        loop = asyncio.get_running_loop()
         ok = False
         try:
+            snap = await loop.run_in_executor(None, replica.latest_snapshot)  # (reads and checks the file)
             if snap is None or snap.meta.index < m.snapshot.index:
                 return
-            loop = asyncio.get_running_loop()
             for offset, data in await loop.run_in_executor(None, lambda: list(chunks(snap))):
                 w = self.writer
                 if w is None or w.is_closing():

@@ -59,6 +59,7 @@ from chorus.raft import Message, RaftNode, Ready, Refused, Role, split_messages
 from chorus.store import (
     ReplicaStore,
     SnapshotFile,
+    SnapshotInvalid,
     StoreCorrupt,
     disk_full,
     latest_snapshot,
@@ -94,6 +95,7 @@ class Applied:
 
 # A snapshot is due once snapshot_every entries and log bytes of at least this
 # share of the last snapshot's size were applied since it.
+DAMAGED_MARK = "DAMAGED"  # in a data directory: damage was found while running (what, inside)
 SNAPSHOT_RATIO = 4  # (bytes x 4 >= snapshot size: a quarter)
 
 # Applied on the event loop when there is nothing to persist and at most this many
@@ -202,6 +204,7 @@ class Replica:
         self._leader_changed: asyncio.Event | None = None
         self._on_leader_change: set[Callable[[], None]] = set()
         self._snapshotting = False
+        self._snapshot_wanted = False  # (a damaged snapshot file was removed: a new one at once)
         self._snapshot_retry_at = 0.0  # after a failed snapshot, not before this (monotonic)
         self._compact_to = 0  # asked for by a finished snapshot; done by the replica loop
         self._stalled: _Round | None = None  # a round the disk refused, tried again
@@ -219,17 +222,29 @@ class Replica:
     def _open_store(self) -> tuple[ReplicaStore, Any]:
         """The store and what it holds; a damaged one is set aside (kept, renamed)
         and replaced by an empty one that knows the cluster exists: the replica then
-        recovers from the others, by itself."""
+        recovers from the others, by itself. (Damage found while running, by the
+        check of every snapshot, is marked in the directory and the server stops:
+        it is set aside here at the next start.)"""
         path = self.dir / "chorus.db"
+        mark = self.dir / DAMAGED_MARK
+        store = None
         try:
+            if mark.exists():
+                raise StoreCorrupt(mark.read_text(errors="replace").strip() or "marked damaged")
             store = ReplicaStore(path, self.cfg.membership, manual_checkpoints=True)
             return store, store.restore()
         except StoreCorrupt as exc:
-            with contextlib.suppress(Exception):
-                store.close()  # type: ignore[possibly-undefined]
+            if store is not None:
+                with contextlib.suppress(Exception):
+                    store.close()
             if len(self.cfg.servers) == 1:
                 raise  # alone, there is nobody to recover from
-            aside = self.dir.with_name(f"{self.dir.name}.damaged-{time.strftime('%Y%m%d-%H%M%S')}")
+            stamp = time.strftime("%Y%m%d-%H%M%S")
+            aside = self.dir.with_name(f"{self.dir.name}.damaged-{stamp}")
+            k = 1
+            while aside.exists():
+                k += 1
+                aside = self.dir.with_name(f"{self.dir.name}.damaged-{stamp}-{k}")
             self.dir.rename(aside)
             self.damage = f"{exc} (set aside as {aside})"
             log.error("replica %d: %s. It starts again with an empty disk and recovers from the other "
@@ -239,6 +254,20 @@ class Replica:
             store = ReplicaStore(path, self.cfg.membership, manual_checkpoints=True)
             store.mark_joined()  # (it was a member: its disk held data)
             return store, store.restore()
+
+    def _damaged(self, exc: StoreCorrupt) -> None:
+        """Damage found while running: marked in the data directory (durably), then
+        the server stops; started again, it sets the directory aside and rebuilds."""
+        mark = self.dir / DAMAGED_MARK
+        with contextlib.suppress(OSError), open(mark, "w") as f:
+            f.write(f"{exc}\n")
+            f.flush()
+            os.fsync(f.fileno())
+        log.error("replica %d: %s. The server stops; start it again (a supervisor does): it sets the "
+                  "data directory aside and recovers from the other servers", self.id, exc)
+        self._stopped = True
+        if self.failed is not None and not self.failed.done():
+            self.failed.set_result(exc)
 
     def disk_state(self) -> str:
         """What this replica says of its disk in each peer handshake (wire/peer.py)."""
@@ -499,11 +528,12 @@ class Replica:
                 fut.set_result(r.index)
         if (
             not self._snapshotting
-            and self.applied - self.node.log.snapshot.index >= self.cfg.snapshot_every + self.cfg.snapshot_keep
-            and self._log_bytes * SNAPSHOT_RATIO >= self._snapshot_size
+            and (self._snapshot_wanted or (
+                self.applied - self.node.log.snapshot.index >= self.cfg.snapshot_every + self.cfg.snapshot_keep
+                and self._log_bytes * SNAPSHOT_RATIO >= self._snapshot_size))
             and time.monotonic() >= self._snapshot_retry_at
         ):
-            self._snapshotting = True
+            self._snapshotting, self._snapshot_wanted = True, False
             assert self.loop is not None
             self.loop.create_task(self._snapshot())
 
@@ -531,6 +561,9 @@ class Replica:
                 self._compact_to = point
                 self._kick()
                 return
+        except StoreCorrupt as exc:
+            self._damaged(exc)
+            return
         except Exception as exc:
             if disk_full(exc):
                 log.warning("replica %d: no snapshot for now, the disk is full: %s", self.id, exc)
@@ -552,7 +585,20 @@ class Replica:
             self._snapshotting = False
 
     def latest_snapshot(self) -> SnapshotFile | None:
-        return latest_snapshot(self.snap_dir)
+        """The snapshot to send a follower (checked: call it off the event loop).
+        A damaged file is removed and a new snapshot taken soon."""
+        try:
+            return latest_snapshot(self.snap_dir)
+        except SnapshotInvalid as exc:
+            log.error("replica %d: %s; removed, a new snapshot is taken", self.id, exc)
+            path = latest_snapshot_path(self.snap_dir)
+            if path is not None:
+                path.unlink(missing_ok=True)
+                path.with_name(path.name + ".sha256").unlink(missing_ok=True)
+            self._snapshot_wanted = True
+            if self.loop is not None:
+                self.loop.call_soon_threadsafe(self._kick)
+            return None
 
     # ------------------------------------------------------------------ peers
     def step(self, message: Any) -> None:

@@ -50,7 +50,7 @@ from chorus.raft import (
 )
 
 from . import wal
-from .snapshots import SnapshotFile, copy_chat_tables_from, write_snapshot
+from .snapshots import SnapshotFile, StateDamaged, copy_chat_tables_from, write_snapshot
 
 # PRAGMA user_version: 2 has the log in segments and the client log; 3 adds the
 # ended sessions (created in a file of format 2 as it is opened: nothing to convert).
@@ -487,8 +487,12 @@ class ReplicaStore:
     def create_snapshot(self, directory: Path | str) -> SnapshotFile:
         """A consistent copy of the chat state at the applied index, in a file of
         its own (for sending to a replica that fell behind). Safe to call from
-        another thread while entries are being applied."""
-        return write_snapshot(self.path, Path(directory))
+        another thread while entries are being applied. Its rows are checked
+        against the chat state's digest: ``StoreCorrupt`` if they differ."""
+        try:
+            return write_snapshot(self.path, Path(directory))
+        except StateDamaged as exc:
+            raise StoreCorrupt(str(exc)) from None
 
     def compact(self, index: int) -> SnapshotMeta:
         """Forget the log up to ``index`` (at most the applied index)."""

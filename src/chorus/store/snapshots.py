@@ -20,6 +20,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import msgspec
+
 from chorus.chat import schema
 from chorus.raft import Membership, SnapshotMeta
 
@@ -29,6 +31,11 @@ TABLES = (*schema.CHAT_TABLES, "chat_state")
 
 class SnapshotInvalid(Exception):
     """A received snapshot is incomplete or does not match what was announced."""
+
+
+class StateDamaged(SnapshotInvalid):
+    """The chat state a snapshot was made from does not hash to its recorded digest:
+    the database it was copied from is damaged."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,16 +97,58 @@ def write_snapshot(db_path: Path, directory: Path) -> SnapshotFile:
         raise
     finally:
         conn.close()
+    # Every row copied hashes to the digest kept up to date as entries were applied:
+    # a check of the whole chat state as it is on disk, at every snapshot.
+    try:
+        check_contents(tmp, digest)
+    except SnapshotInvalid as exc:
+        tmp.unlink(missing_ok=True)
+        raise StateDamaged(f"{db_path}: the chat state is damaged: {exc}") from None
     _fsync(tmp)
     final = directory / f"snapshot-{index:012d}.db"
+    sha = file_sha256(tmp)
+    _write_sidecar(final, sha)
     os.replace(tmp, final)
     _fsync_dir(directory)
     for old in directory.glob("snapshot-*.db"):
         if old != final:
             old.unlink(missing_ok=True)
-    return SnapshotFile(
-        SnapshotMeta(index, term, Membership.decode(members)), final, final.stat().st_size, file_sha256(final), digest
-    )
+            _sidecar(old).unlink(missing_ok=True)
+    return SnapshotFile(SnapshotMeta(index, term, Membership.decode(members)), final, final.stat().st_size, sha, digest)
+
+
+def _sidecar(path: Path) -> Path:
+    """The SHA-256 of a snapshot file, written when it was made: read back before
+    the file is sent, so that a damaged file is named here, not at a receiver."""
+    return path.with_name(path.name + ".sha256")
+
+
+def _write_sidecar(path: Path, sha: str) -> None:
+    side = _sidecar(path)
+    tmp = side.with_name(side.name + ".tmp")
+    with open(tmp, "w") as f:
+        f.write(sha + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, side)
+
+
+def check_contents(path: Path, digest: int) -> None:
+    """That the chat tables of the snapshot file at ``path`` hash to ``digest``.
+    (A snapshot of a server still on format 1 or 2 lacks tables of today's
+    digest: it is checked when installed, after conversion.)"""
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        names = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        if not set(TABLES) <= names:
+            return
+        got = schema.full_digest(conn)
+    except (sqlite3.DatabaseError, ValueError, msgspec.DecodeError) as exc:
+        raise SnapshotInvalid(f"{path}: its tables cannot be read: {exc}") from None
+    finally:
+        conn.close()
+    if got != digest:
+        raise SnapshotInvalid(f"{path}: its rows hash to {got:016x}, and its digest says {digest:016x}")
 
 
 def read_snapshot_info(path: Path) -> tuple[SnapshotMeta, int]:
@@ -114,9 +163,17 @@ def read_snapshot_info(path: Path) -> tuple[SnapshotMeta, int]:
 
 
 def open_snapshot(path: Path) -> SnapshotFile:
-    """A snapshot file already on disk (the latest one made here)."""
+    """A snapshot file already on disk (the latest one made here), checked
+    against the SHA-256 written when it was made."""
+    sha = file_sha256(path)
+    side = _sidecar(path)
+    if side.exists():  # (a snapshot made by an older chorus has none)
+        want = side.read_text().strip()
+        if want != sha:
+            raise SnapshotInvalid(f"{path}: damaged (its SHA-256 is {sha[:16]}..., it was {want[:16]}... "
+                                  "when it was made)")
     meta, digest = read_snapshot_info(path)
-    return SnapshotFile(meta, path, path.stat().st_size, file_sha256(path), digest)
+    return SnapshotFile(meta, path, path.stat().st_size, sha, digest)
 
 
 def latest_snapshot_path(directory: Path) -> Path | None:
@@ -181,6 +238,11 @@ class SnapshotReceiver:
         if meta != self.meta or digest != self.digest:
             self.tmp.unlink(missing_ok=True)
             raise SnapshotInvalid(f"snapshot says {meta!r}, the sender announced {self.meta!r}")
+        try:
+            check_contents(self.tmp, digest)  # (a sender whose disk damaged it after its own check)
+        except SnapshotInvalid:
+            self.tmp.unlink(missing_ok=True)
+            raise
         final = self.directory / f"received-{meta.index:012d}.db"
         os.replace(self.tmp, final)
         return SnapshotFile(meta, final, self.size, self.sha256, digest)
