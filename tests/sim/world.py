@@ -374,6 +374,12 @@ class World:
             self.stats["disk_full_retries"] += 1
             self.schedule(min(node.disk_full_until - self.now, SEC), IO_DONE, node.id, node.gen)
             return
+        if not self.healed and self.rng.random() < self.p.crash_in_io / 2:
+            # A crash while the Ready is written, before its fsync returned: none of it
+            # is on disk (SQLite rolls a torn transaction back), what left early is out.
+            self.crash(node, "while writing, before the fsync returned: nothing of this Ready is on disk")
+            self._schedule_restart(node)
+            return
         if self.trace_fn is not None:
             self.trace(f"n{node.id} {rd!r}")
         # 1. persist (atomically), checking what gets written.

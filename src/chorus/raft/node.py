@@ -305,8 +305,17 @@ class RaftNode:
 
     @property
     def promotable(self) -> bool:
-        """Only voters campaign: learners, removed servers and recovering ones never do."""
-        return self.id in self.membership.voters and not self.recovering
+        """Only voters campaign: learners, removed servers and recovering ones never do.
+        A server whose removal is in its log but not yet committed is still a voter of
+        the configuration before it, and may hold the only log that others accept:
+        it campaigns (it does not count its own vote, and hands over once its removal
+        is committed, as a primary that removes itself does, dissertation §4.2.2)."""
+        if self.recovering:
+            return False
+        if self.id in self.membership.voters:
+            return True
+        return bool(self._configs) and self._configs[-1][0] > self.commit and \
+            self.id in self._membership_at(self.commit).voters
 
     def quorum(self) -> int:
         return len(self.membership.voters) // 2 + 1
@@ -442,6 +451,8 @@ class RaftNode:
         voters = self.membership.voters
         # Enough that any quorum of the past, less this node, has one among them:
         # then every term this node may have voted or acknowledged in is <= one of them.
+        # (Of a quorum that was still voting while these answers came, that is not
+        # shown: see docs/architecture.md, "What is not covered".)
         needed = len(voters) - self.quorum() + 1
         if len(self._probe) >= needed:
             self._probe_term = max(self._probe.values())
@@ -1047,6 +1058,7 @@ class RaftNode:
     def _maybe_commit(self) -> bool:
         """Raft §5.3/§5.4.2: commit the highest index a quorum of voters holds, but
         only by counting replicas of an entry of the current term."""
+        self._forget_removed()
         voters = self.membership.voters
         progress = self.progress
         # A recovering voter's acknowledgements count for nothing (nor does it vote).
@@ -1059,10 +1071,7 @@ class RaftNode:
             return False
         was_committed_in_term = self.log.term(self.commit) == self.term
         self.commit = index
-        if self._configs and self._configs[-1][0] <= index and len(self.progress) > len(self.membership.members):
-            # The membership change is committed: stop replicating to servers it removed.
-            for pid in [p for p in self.progress if p not in self.membership.members]:
-                del self.progress[pid]
+        self._forget_removed()
         if not was_committed_in_term and self._reads_need_commit:
             waiting, self._reads_need_commit = self._reads_need_commit, []
             for origin, req in waiting:
@@ -1074,6 +1083,24 @@ class RaftNode:
                 self._send(TimeoutNow(term=self.term, server_id=self.id, to=successor))
             self._become_backup(self.term, NONE)
         return True
+
+    def _forget_removed(self) -> None:
+        """Once a membership change is committed, stop replicating to the servers it
+        removed: each once it holds its removal, told the commit then (it knows its
+        removal is committed, and no longer campaigns: see ``promotable``), or once
+        it has not answered for an election timeout."""
+        if not self._configs or len(self.progress) <= len(self.membership.members):
+            return
+        at = self._configs[-1][0]
+        if at > self.commit:
+            return
+        for pid in [p for p in self.progress if p not in self.membership.members]:
+            pr = self.progress[pid]
+            if pid == self.id or pr.match >= at or not pr.recent_active:  # (or gone quiet)
+                del self.progress[pid]
+                if pid != self.id:
+                    self._send(Heartbeat(term=self.term, server_id=self.id, to=pid,
+                                         commit=min(pr.match, self.commit), ctx=self.read_ctx))
 
     def _send_append(self, pid: int, pr: Progress, *, allow_empty: bool) -> bool:
         """Send the next REPLICATE (or the snapshot) to ``pid``; False if nothing was sent."""
