@@ -303,3 +303,32 @@ def test_a_damaged_database_file_is_found_at_the_next_snapshot_and_the_replica_r
         run(main())
     finally:
         cluster.stop_all()
+
+
+def test_a_lone_server_with_a_damaged_store_refuses_to_start_and_says_what_to_do(tmp_path: Path) -> None:
+    cluster = Cluster(tmp_path, 1)
+    try:
+        cluster.start()
+
+        async def main():
+            await cluster.primary()
+            await _fill(cluster, 60, "alone")
+            cluster.kill(1)
+            w = cluster.root / "data" / "replica1" / "chorus.db-wal"
+            data = bytearray(w.read_bytes())
+            mid = len(data) // 2
+            data[mid : mid + 200] = bytes(x ^ 0xFF for x in data[mid : mid + 200])
+            w.write_bytes(bytes(data))
+            cluster.start(1)
+
+            async def exited():
+                return cluster.procs[1].poll() is not None
+            await wait_for(exited, 30, "server 1 to refuse")
+            assert cluster.procs[1].returncode == 1
+            log = cluster.log(1)
+            assert "only server of its configuration" in log and "Traceback" not in log
+            assert (cluster.root / "data" / "replica1" / "chorus.db-wal").exists()  # left as it was
+
+        run(main())
+    finally:
+        cluster.stop_all()

@@ -181,8 +181,11 @@ class Replica:
         )
         self._mark_joined = False
         self.peer_disks: dict[int, str] = {}  # what each peer said of its disk in its last handshake
-        if self.store.created and len(cfg.servers) == 1:
-            self.node.declare_new_cluster()  # (nobody else to ask: alone, it is the cluster)
+        if len(cfg.servers) == 1 and not self.joined and self.node.recovering:
+            # Nobody else to ask: alone, it is the cluster (also after a crash between
+            # making the file and its first write: a file that holds more refuses).
+            with contextlib.suppress(Refused):
+                self.node.declare_new_cluster()
         self.io = IOThread(f"chorus-io-{server_id}")
         self.snap_io = ThreadPoolExecutor(1, thread_name_prefix=f"chorus-snap-{server_id}")
         self.loop: asyncio.AbstractEventLoop | None = None
