@@ -37,7 +37,7 @@ else
 	$(PY) -m tests.sim --start $(or $(START),0) --count $(or $(COUNT),1000) --jobs $(JOBS) $(SIMFLAGS)
 endif
 
-# Fault injection on a real cluster (kill -9, pause, partitions) with a checker;
+# Fault injection on a real cluster (kill -9, pause, partitions, lost and damaged disks) with a checker;
 # DURATION= seconds (default 600), SEED= to repeat a schedule. Reports in chaos-report/.
 chaos: $(STAMP)
 	$(PY) -m tests.chaos --duration $(or $(DURATION),600) $(if $(SEED),--seed $(SEED))

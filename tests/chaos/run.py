@@ -31,6 +31,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from chorus.client import server_status
 from tests.server.cluster import Cluster
 
 from .checker import Check, check
@@ -71,11 +72,21 @@ class Fault:
 
 class Nemesis:
     def __init__(self, cluster: Cluster, net: Network | None, history: History, rng: random.Random,
-                 netem: bool, log) -> None:
+                 netem: bool, log, only: list[str] | None = None) -> None:
+        """``only``: these kinds of fault only (of those the machine allows)."""
         self.cluster, self.net, self.history, self.rng, self.log = cluster, net, history, rng, log
         self.kinds = KILLS + PAUSES + STORAGE + (PARTITIONS + (["slow"] if netem else []) if net else [])
+        if only:
+            unknown = set(only) - {*KILLS, *PAUSES, *STORAGE, *PARTITIONS, "slow"}
+            if unknown:
+                raise ValueError(f"no such fault: {', '.join(sorted(unknown))}")
+            self.kinds = [k for k in self.kinds if k in only]
+            if not self.kinds:
+                raise ValueError(f"none of the faults {only} can be injected here")
         self.faults: list[Fault] = []
         self.watchers: list[asyncio.Task] = []  # one per disk fault: until its replica has recovered
+        self.down: set[int] = set()  # killed by a fault that has not ended yet (started again at its end)
+        self.disk_fault: dict[int, Fault] = {}  # each replica's latest disk fault (its watcher's)
         self.primaries: list[tuple[float, int | None, int]] = []  # (time, primary, term) on change
 
     async def leader(self) -> tuple[int | None, int]:
@@ -155,7 +166,9 @@ class Nemesis:
             i = await self._target() if self.rng.random() < 0.5 else self.rng.choice(ids)
             row = await self._status(i)
             self.cluster.kill(i)
+            self.down.add(i)
             f.disk = i
+            self.disk_fault[i] = f  # (an earlier disk fault's watcher of this replica stops)
             before = f"last index {row.get('last_index', '?')}, commit {row.get('commit_index', '?')} before the kill"
             d = self.data_dir(i)
             if kind == "lose-disk":
@@ -167,13 +180,14 @@ class Nemesis:
                 f.outcome.append(f"{before}; {self._damage(d)}")
         for i in f.killed:
             self.cluster.kill(i)
+            self.down.add(i)
         for i in f.paused:
             self.cluster.pause(i)
         if f.killed:
             f.desc = f"{kind} {' '.join(f'n{i}' for i in f.killed)}"
         if f.paused:
             f.desc = f"{kind} n{f.paused[0]}"
-        self.log(f"[{f.start:7.2f}s] nemesis: {f.desc}")
+        self.log(f"[{f.start:7.2f}s] nemesis: {f.desc}" + (f" ({'; '.join(f.outcome)})" if f.outcome else ""))
         return f
 
     def data_dir(self, i: int) -> Path:
@@ -182,7 +196,7 @@ class Nemesis:
         return self.cluster.root / "data" / f"replica{i}"
 
     async def _status(self, i: int) -> dict:
-        return (await self.cluster.statuses())[i - 1]
+        return await server_status(self.cluster.address(i), timeout=1.0, tls=self.cluster.client_tls)
 
     def _damage(self, d: Path) -> str:
         """Flip a few hundred bytes in the middle of the WAL's current frames (those
@@ -233,36 +247,58 @@ class Nemesis:
         return aside
 
     async def _restart_disk(self, f: Fault) -> None:
-        """Start the replica of a disk fault again and wait until it either serves
-        or exits; one that exits non-zero (it refused its damaged disk) is said so,
-        its data set aside as if lost, and started again."""
+        """Start the replica of a disk fault again (see ``_start``), and watch it for
+        the rest of the run."""
         i = f.disk
         assert i is not None
-        data = self.data_dir(i).parent
-        aside = set(data.glob(f"replica{i}.damaged-*"))
-        offset = len(self.cluster.log(i).encode()) if (self.cluster.root / f"server{i}.log").exists() else 0
-        for attempt in range(2):
-            self.cluster.start(i)
-            code = await self._up_or_exited(i, 30)
-            if code is None or code == 0 and attempt:
-                break
-            tail = self.cluster.log(i).encode()[offset:].decode(errors="replace").strip().splitlines()
-            why = " | ".join(tail[-3:])[-400:] or "(no output)"
-            moved = self._set_aside(i)
-            f.refused = True
-            f.outcome.append(f"RESTART EXITED WITH STATUS {code}: {why}; the nemesis set its data aside as "
-                             f"{moved.name} and started it again with an empty disk")
-            self.log(f"[{self.history.now():7.2f}s] nemesis: n{i} exited with status {code} at restart: {why}")
-        new = sorted(set(data.glob(f"replica{i}.damaged-*")) - aside)
-        if new:
-            f.outcome.append(f"the server found its disk damaged and set it aside as {new[-1].name}")
-        elif f.kind == "damage-disk" and not f.refused:
+        await self._start(f, "at its restart")
+        if f.kind == "damage-disk" and not any("set it aside" in o or "set its data aside" in o for o in f.outcome):
             row = await self._status(i)
             f.outcome.append("the server started on its data, no damage found "
                              f"(last index {row.get('last_index', '?')}, commit {row.get('commit_index', '?')} "
                              f"after the restart; disk {row.get('disk', '?')})")
-        restarted = self.history.now()
-        self.watchers.append(asyncio.create_task(self._watch(f, restarted)))
+        self.watchers.append(asyncio.create_task(self._watch(f, self.history.now())))
+
+    async def _start(self, f: Fault, when: str) -> None:
+        """Start the replica of a disk fault and wait until it either serves or exits.
+        One that exits by itself with a status (it refused its damaged disk) is said
+        so, its data set aside by the nemesis as if lost, and started again."""
+        i = f.disk
+        assert i is not None
+        data = self.data_dir(i).parent
+        aside = set(data.glob(f"replica{i}.damaged-*"))
+        offset = self._log_size(i)
+        self.cluster.start(i)
+        code = await self._up_or_exited(i, 30)
+        if code is not None and code >= 0:  # (< 0: a signal, from another fault of the nemesis)
+            why = self._log_tail(i, offset)
+            moved = self._set_aside(i)
+            f.refused = True
+            f.desc += f" (exited {code} {when})"
+            f.outcome.append(f"EXITED WITH STATUS {code} {when}: {why}; the nemesis set its data aside as "
+                             f"{moved.name} and started it again with an empty disk")
+            self.log(f"[{self.history.now():7.2f}s] nemesis: n{i} exited with status {code} {when}: {why}")
+            offset = self._log_size(i)
+            self.cluster.start(i)
+            code = await self._up_or_exited(i, 30)
+            if code is not None and code >= 0:
+                f.outcome.append(f"EXITED AGAIN WITH STATUS {code} on an empty disk: {self._log_tail(i, offset)}")
+                self.log(f"[{self.history.now():7.2f}s] nemesis: n{i} exited again with status {code}")
+        for new in sorted(set(data.glob(f"replica{i}.damaged-*")) - aside):
+            f.outcome.append(f"the server found its disk damaged and set it aside as {new.name}")
+
+    def _log_size(self, i: int) -> int:
+        path = self.cluster.root / f"server{i}.log"
+        return path.stat().st_size if path.exists() else 0
+
+    def _log_tail(self, i: int, offset: int) -> str:
+        """What server i said since ``offset`` in its log, on one line: its last errors,
+        else its last lines that are not inside a traceback."""
+        with (self.cluster.root / f"server{i}.log").open("rb") as fh:
+            fh.seek(offset)
+            lines = [ln for ln in fh.read().decode(errors="replace").strip().splitlines() if ln and not ln[0].isspace()]
+        errors = [ln for ln in lines if " ERROR " in ln or " CRITICAL " in ln or ln.startswith("chorus")]
+        return " | ".join((errors or lines)[-3:])[-600:] or "(no output)"
 
     async def _up_or_exited(self, i: int, timeout: float) -> int | None:
         """None once server i answers its status; its exit status if it exits first."""
@@ -277,33 +313,40 @@ class Nemesis:
         return None
 
     async def _watch(self, f: Fault, restarted: float) -> None:
-        """Until the replica of a disk fault is a member again (recovered); one that
-        later exits non-zero by itself is treated as at its restart."""
+        """For the rest of the run (or until another disk fault of the same replica):
+        note when the replica of a disk fault is a member again (recovered). If it
+        exits by itself with a status (damage found while running: the server marks
+        its directory, and sets it aside when started again), say so and start it
+        again, as at its restart."""
         i = f.disk
         assert i is not None
-        proc = self.cluster.procs[i]
-        while True:
-            if proc.poll() is not None and proc.returncode > 0 and self.cluster.procs[i] is proc:
-                code = proc.returncode
-                moved = self._set_aside(i)
+        offset = self._log_size(i)
+        while self.disk_fault.get(i) is f:
+            proc = self.cluster.procs[i]
+            if proc.poll() is not None and proc.returncode >= 0 and i not in self.down:
+                code, why = proc.returncode, self._log_tail(i, offset)
                 f.refused = True
-                f.outcome.append(f"EXITED WITH STATUS {code} at {self.history.now():.2f}s, after its restart; "
-                                 f"the nemesis set its data aside as {moved.name} and started it again")
-                self.log(f"[{self.history.now():7.2f}s] nemesis: n{i} exited with status {code}")
-                self.cluster.start(i)
-                proc = self.cluster.procs[i]
-            row = await self._status(i)
-            if row.get("disk") == "member" and row.get("health") != "recovering":
-                f.recovered = self.history.now() - restarted
-                self.log(f"[{self.history.now():7.2f}s] nemesis: n{i} recovered ({f.desc}, "
-                         f"{f.recovered:.1f}s after its restart)")
-                return
-            await asyncio.sleep(0.2)
+                f.desc += f" (exited {code} at {self.history.now():.0f}s)"
+                f.outcome.append(f"EXITED WITH STATUS {code} at {self.history.now():.2f}s, "
+                                 f"{'after it had recovered' if f.recovered is not None else 'while recovering'}: "
+                                 f"{why}; started again")
+                self.log(f"[{self.history.now():7.2f}s] nemesis: n{i} exited with status {code}: {why}")
+                f.recovered = None
+                await self._start(f, "when started again")
+                restarted, offset = self.history.now(), self._log_size(i)
+            if f.recovered is None:
+                row = await self._status(i)
+                if row.get("disk") == "member" and row.get("health") != "recovering":
+                    f.recovered = self.history.now() - restarted
+                    self.log(f"[{self.history.now():7.2f}s] nemesis: n{i} recovered ({f.desc}, "
+                             f"{f.recovered:.1f}s after its restart)")
+            await asyncio.sleep(0.2 if f.recovered is None else 0.5)
 
     async def settle(self, timeout: float) -> None:
         """Give the disk faults' replicas a last chance to recover, then stop watching."""
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(asyncio.gather(*self.watchers, return_exceptions=True), timeout)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and any(f.recovered is None for f in self.disk_fault.values()):
+            await asyncio.sleep(0.2)
         for w in self.watchers:
             w.cancel()
         await asyncio.gather(*self.watchers, return_exceptions=True)
@@ -323,8 +366,10 @@ class Nemesis:
     async def end(self, f: Fault) -> None:
         if f.disk is not None:
             await self._restart_disk(f)
+            self.down.discard(f.disk)
         for i in f.killed:
             self.cluster.start(i)
+            self.down.discard(i)
         for i in f.paused:
             self.cluster.resume(i)
         if f.net:
@@ -333,7 +378,7 @@ class Nemesis:
             self.net.netem(i, None)
         f.end = self.history.now()
         self.faults.append(f)
-        self.log(f"[{f.end:7.2f}s] nemesis: healed {f.desc}")
+        self.log(f"[{f.end:7.2f}s] nemesis: healed {f.desc}" + (f" ({'; '.join(f.outcome[1:])})" if f.outcome[1:] else ""))
 
     async def run(self, until: float) -> None:
         bag: list[str] = []  # every kind once, in a random order, then again
@@ -398,7 +443,8 @@ class Result:
 
 
 async def run(duration: float, seed: int, report: Path, *, size: int = 3, workers: int = 12,
-              fast: bool = True, log=print) -> Result:
+              fast: bool = True, log=print, faults: list[str] | None = None) -> Result:
+    """``faults``: only these kinds of fault (default: every kind the machine allows)."""
     report.mkdir(parents=True, exist_ok=True)
     rng = random.Random(seed)
     why_not = Network.available()
@@ -417,9 +463,9 @@ async def run(duration: float, seed: int, report: Path, *, size: int = 3, worker
     cluster = Cluster(root, size, fast=fast, hosts=[net.ip(i) for i in range(1, size + 1)] if net else None,
                       launcher=net.launcher if net else None)
     history = History()
-    nemesis = Nemesis(cluster, net, history, rng, netem, log)
     replicas: dict[int, dict] = {}
     try:
+        nemesis = Nemesis(cluster, net, history, rng, netem, log, faults)
         cluster.start()
         await cluster.primary(timeout=30)
         wl = Workload(cluster.addresses, history, workers=workers, seed=seed, tls=cluster.client_tls)
