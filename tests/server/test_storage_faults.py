@@ -332,3 +332,27 @@ def test_a_lone_server_with_a_damaged_store_refuses_to_start_and_says_what_to_do
         run(main())
     finally:
         cluster.stop_all()
+
+
+def test_a_store_of_a_newer_format_is_refused_not_set_aside(cluster: Cluster) -> None:
+    """Not damage: a downgrade. The data directory stays as it is."""
+    async def main():
+        await cluster.primary()
+        await _fill(cluster, 3, "kept")
+        rows = await cluster.converged()
+        b = _backups(rows)[0]
+        assert cluster.terminate(b) == 0
+        db = cluster.root / "data" / f"replica{b}" / "chorus.db"
+        with contextlib.closing(sqlite3.connect(db)) as c:
+            c.execute("PRAGMA user_version = 99")
+            c.commit()
+        cluster.start(b)
+
+        async def exited():
+            return cluster.procs[b].poll() is not None
+        await wait_for(exited, 30, f"server {b} to refuse")
+        assert cluster.procs[b].returncode == 1
+        assert "storage format 99" in cluster.log(b) and "run the chorus that wrote it" in cluster.log(b)
+        assert not list((cluster.root / "data").glob(f"replica{b}.damaged-*")) and db.exists()
+
+    run(main())

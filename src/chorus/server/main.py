@@ -17,7 +17,7 @@ import signal
 import sys
 from pathlib import Path
 
-from chorus.store import StoreCorrupt
+from chorus.store import StoreCorrupt, StoreUnreadable
 from chorus.wire.addresses import is_loopback
 
 from .certs import CertError
@@ -125,6 +125,9 @@ def run(server_id: int, config: Path | None, log_level: str = "INFO", insecure: 
         return 2
     except LoopFailed as exc:
         print(f"chorus serve: server {server_id}: {exc}", file=sys.stderr)
+        return 1
+    except StoreUnreadable as exc:
+        print(f"chorus serve: server {server_id}: {exc}: run the chorus that wrote it", file=sys.stderr)
         return 1
     except StoreCorrupt as exc:  # (alone in its configuration: nobody to recover from)
         print(f"chorus serve: server {server_id}: {exc}. It is the only server of its configuration, so there is "

@@ -61,6 +61,7 @@ from chorus.store import (
     SnapshotFile,
     SnapshotInvalid,
     StoreCorrupt,
+    StoreUnreadable,
     disk_full,
     latest_snapshot,
     latest_snapshot_path,
@@ -240,8 +241,8 @@ class Replica:
             if store is not None:
                 with contextlib.suppress(Exception):
                     store.close()
-            if len(self.cfg.servers) == 1:
-                raise  # alone, there is nobody to recover from
+            if len(self.cfg.servers) == 1 or isinstance(exc, StoreUnreadable):
+                raise  # alone, there is nobody to recover from; a newer format is no damage
             stamp = time.strftime("%Y%m%d-%H%M%S")
             aside = self.dir.with_name(f"{self.dir.name}.damaged-{stamp}")
             k = 1

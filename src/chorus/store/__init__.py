@@ -9,7 +9,7 @@ the chat tables in one SQLite file (WAL), plus snapshot files.
   may succeed later).
 """
 
-from .replica import ReplicaStore, StoreCorrupt, disk_full, entry_crc
+from .replica import ReplicaStore, StoreCorrupt, StoreUnreadable, disk_full, entry_crc
 from .snapshots import (
     SnapshotFile,
     SnapshotInvalid,
@@ -25,6 +25,7 @@ __all__ = [
     "SnapshotInvalid",
     "SnapshotReceiver",
     "StoreCorrupt",
+    "StoreUnreadable",
     "chunks",
     "disk_full",
     "entry_crc",

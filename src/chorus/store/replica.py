@@ -94,6 +94,11 @@ class StoreCorrupt(Exception):
     """The replica's file is damaged; it must not start from it."""
 
 
+class StoreUnreadable(StoreCorrupt):
+    """The file is of a storage format this chorus does not read (a newer one):
+    not damage, and not to be set aside; the server refuses to start."""
+
+
 def disk_full(exc: BaseException) -> bool:
     """Whether ``exc`` says the file system is out of space (or of quota): a
     write that may succeed later, unlike a damaged file."""
@@ -207,7 +212,7 @@ class ReplicaStore:
             if not fresh and version == 0:
                 self._upgrade_from_format_1()
             elif not fresh and version not in (2, FORMAT):
-                raise StoreCorrupt(f"{self.path}: written in storage format {version}, "
+                raise StoreUnreadable(f"{self.path}: written in storage format {version}, "
                                    f"and this chorus reads format {FORMAT} (and upgrades formats 1 and 2)")
             # Created in one transaction with its format: a crash half way leaves an empty file.
             # (A file of format 1 or 2 gains the recovery state in the same transaction.)
