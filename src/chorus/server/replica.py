@@ -363,8 +363,14 @@ class Replica:
         try:
             while not self._stopped:
                 if self._mark_joined and self._stalled is None:
+                    try:
+                        self.store.mark_joined()  # (between rounds: the store is free)
+                    except Exception as exc:
+                        if not disk_full(exc):
+                            raise
+                        self._disk_is_full(exc)
+                        return  # (tried again in a second, like a round)
                     self._mark_joined = False
-                    self.store.mark_joined()  # (between rounds: the store is free)
                 if self._stalled is None:
                     if self._compact_to:
                         await self._compact()
