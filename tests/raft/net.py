@@ -58,6 +58,7 @@ class Net:
         self.incoming: dict[int, object] = {}  # snapshot data received, waiting for its Ready
         self.filter: Callable[[Message], Message | None] | None = None
         self.transcript: list[str] | None = None  # when a list: what happened, line by line
+        self.incarnations = 0  # the last store made by lose_disk (the first are all 0)
         for i in ids:
             st = self.storage[i] = SimStorage()
             if logs and i in logs:
@@ -96,8 +97,10 @@ class Net:
         """Node i comes back with an empty disk (knowing the cluster exists, unless
         ``recovering`` is False: a server that takes its new disk for a new member's)."""
         self.crash(i)
+        self.incarnations = max(self.incarnations, self.storage[i].hard_state.incarnation)
         self.storage[i] = SimStorage()
-        self.storage[i].hard_state = HardState(recovering=recovering)  # (as a new file of the store says)
+        self.incarnations += 1  # (a store made later is named by a higher number)
+        self.storage[i].hard_state = HardState(recovering=recovering, incarnation=self.incarnations)
         self.applied[i] = []
         return self.start(i)
 

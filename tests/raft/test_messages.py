@@ -37,7 +37,7 @@ EXAMPLES = [
     Heartbeat(term=3, server_id=1, to=2, commit=7, ctx=4),
     HeartbeatAck(term=3, server_id=2, to=1, ctx=4),
     RequestVote(term=4, server_id=3, to=1, last_index=9, last_term=3, pre_vote=True),
-    VoteResponse(term=4, server_id=1, to=3, granted=True, pre_vote=True),
+    VoteResponse(term=4, server_id=1, to=3, granted=True, pre_vote=True, incarnation=5, fenced=((2, 9), (3, 4))),
     Replicate(term=3, server_id=1, to=2, prev_index=7, prev_term=3,
               entries=(Entry(8, 3, 0, b"hello"), Entry(9, 3, 2, Membership(frozenset({1, 2})).encode())), commit=7),
     ReplicateAck(term=3, server_id=2, to=1, index=7, reject=True, hint_index=5, hint_term=2),
@@ -46,8 +46,8 @@ EXAMPLES = [
     Forward(term=3, server_id=2, to=1, commands=(b"a", b"b")),
     ReadIndex(term=3, server_id=2, to=1, request_id=17),
     ReadIndexResp(term=3, server_id=1, to=2, request_id=17, index=9),
-    Probe(term=0, server_id=3, to=1),
-    ProbeResp(term=7, server_id=1, to=3, recovering=False),
+    Probe(term=0, server_id=3, to=1, incarnation=1796400123456789),
+    ProbeResp(term=7, server_id=1, to=3, recovering=False, known=1796400123456789),
 ]
 
 
@@ -89,6 +89,11 @@ def test_long_batches_print_short() -> None:
         ({"type": "REPLICATE", "term": 1, "server_id": 1, "to": 2,
           "payload": {"prev_index": 0, "prev_term": 0, "entries": [[1, 1, 0, "not base64!"]]}}, "Invalid base64"),
         ({"type": "VOTE_RESPONSE", "term": 1, "server_id": 1, "to": 2, "payload": {"granted": 1}}, "Expected `bool`"),
+        ({"type": "VOTE_RESPONSE", "term": 1, "server_id": 1, "to": 2,
+          "payload": {"granted": True, "fenced": [[0, 5]]}}, "Expected `int` >= 1"),
+        ({"type": "VOTE_RESPONSE", "term": 1, "server_id": 1, "to": 2,
+          "payload": {"granted": True, "fenced": [[2, 2**63]]}}, "Expected `int` <= 9007199254740991"),
+        ({"type": "PROBE", "term": 1, "server_id": 1, "to": 2, "payload": {"incarnation": -1}}, "Expected `int` >= 0"),
     ],
 )
 def test_malformed_envelopes_get_a_clear_error(obj, complaint) -> None:
@@ -124,6 +129,11 @@ BAD = [
     ("snapshot voter also learner", InstallSnapshot(term=2, server_id=2, to=1,
                                                     snapshot=SnapshotMeta(5, 1, Membership(frozenset({1}), frozenset({1}))))),
     ("forward of text", Forward(term=1, server_id=2, to=1, commands=("x",))),
+    ("too many fences", VoteResponse(term=1, server_id=2, to=1, granted=False,
+                                     fenced=tuple((i, 1) for i in range(1, 258)))),
+    ("a fence of three", VoteResponse(term=1, server_id=2, to=1, granted=False, fenced=((3, 1, 1),))),
+    ("incarnation beyond bounds", ReplicateAck(term=1, server_id=2, to=1, index=0, incarnation=2**53)),
+    ("known beyond bounds", ProbeResp(term=1, server_id=2, to=1, known=-1)),
     ("not a message", "REQUEST_VOTE"),
     ("a dict", {"type": "HEARTBEAT"}),
 ]
@@ -181,11 +191,11 @@ def test_what_may_leave_before_the_fsync() -> None:
         assert first + rest == sorted(msgs, key=lambda m: m not in first) and len(first + rest) == len(msgs)
         return [m.type for m in first]
 
-    assert early(ready(None), Role.PRIMARY, (3, 1, False)) == ["REPLICATE", "HEARTBEAT", "FORWARD"]
-    assert early(ready(HardState(3, 1, 5)), Role.PRIMARY, (3, 1, False)) == ["REPLICATE", "HEARTBEAT", "FORWARD"]
+    assert early(ready(None), Role.PRIMARY, (3, 1, False, 0, ())) == ["REPLICATE", "HEARTBEAT", "FORWARD"]
+    assert early(ready(HardState(3, 1, 5)), Role.PRIMARY, (3, 1, False, 0, ())) == ["REPLICATE", "HEARTBEAT", "FORWARD"]
     # A term or vote this Ready is about to write: the primary waits for it.
-    assert early(ready(HardState(3, 1, 5)), Role.PRIMARY, (2, 2, False)) == ["FORWARD"]
+    assert early(ready(HardState(3, 1, 5)), Role.PRIMARY, (2, 2, False, 0, ())) == ["FORWARD"]
     # So does the end of a recovery (acknowledgements that count from now on).
-    assert early(ready(HardState(3, 1, 5)), Role.PRIMARY, (3, 1, True)) == ["FORWARD"]
-    assert early(ready(None), Role.BACKUP, (3, 1, False)) == ["FORWARD"]
-    assert early(ready(None), Role.CANDIDATE, (3, 1, False)) == ["FORWARD"]
+    assert early(ready(HardState(3, 1, 5)), Role.PRIMARY, (3, 1, True, 0, ())) == ["FORWARD"]
+    assert early(ready(None), Role.BACKUP, (3, 1, False, 0, ())) == ["FORWARD"]
+    assert early(ready(None), Role.CANDIDATE, (3, 1, False, 0, ())) == ["FORWARD"]

@@ -9,7 +9,8 @@ import dataclasses
 import pytest
 
 from chorus.raft import Membership, ReplicateAck, RequestVote, Role
-from chorus.raft.node import Refused
+from chorus.raft.node import HardState, Refused
+from tests.sim.storage import SimStorage
 
 from .net import CONFIG, Net
 
@@ -209,3 +210,93 @@ def test_a_new_cluster_is_not_recovering() -> None:
     assert not any(net[i].recovering for i in (1, 2, 3))
     elect(net, 2)
     assert net[2].membership == Membership(frozenset({1, 2, 3}))
+
+
+def _vote_in_flight_then_lost_disk(net: Net) -> None:
+    """Five servers, 1 primary. 2 starts an election of the next term and 3 votes
+    for it; then 3's disk is lost before 2's vote requests reach 4, 5 and 1. 3
+    (empty) asks 1, 4 and 5, who are all still in the old term, and recovers in
+    that term from 1."""
+    elect(net, 1)
+    net.propose(1, b"a")
+    old = net[1].term
+    net[2]._campaign(pre_vote=False, transfer=True)  # (a transfer: voters answer while they hear 1)
+    net.process(2)
+    held = [m for m in net.inflight if m.to != 3]
+    net.inflight = [m for m in net.inflight if m.to == 3]
+    net.settle()  # 3's vote reaches 2: two of the three it needs
+    assert net[2].votes == {2: True, 3: True} and net[2].role is Role.CANDIDATE
+    net.isolate(2)
+    net.lose_disk(3)
+    for _ in range(40):
+        net.tick(1, 3, 4, 5)
+        if not net[3].recovering:
+            break
+    assert not net[3].recovering and net[3].term == old and net.primary() == 1, net.status()
+    # 2's requests arrive now: 4 votes for it, while 5 campaigns in the same term
+    # on the other side and gets the votes of 1 and of 3 (whose first vote is gone).
+    net.heal()
+    net.partition({2, 4}, {1, 3, 5})
+    for m in held:
+        if m.to == 4:
+            net.deliver(m)
+    net[5]._campaign(pre_vote=False, transfer=True)
+    net.settle()
+    assert net[5].role is Role.PRIMARY and net[5].term == old + 1, net.status()
+
+
+def test_a_vote_given_before_the_disk_was_lost_does_not_elect_a_second_primary() -> None:
+    """The answers to 3's probe came from servers in the old term, so they bound
+    nothing of the new one; but 4 answered before it voted for 2, and its vote
+    says that 3's store is a new one: 2 does not count the vote 3 gave before its
+    loss, and the term has one primary."""
+    net = Net(5)
+    _vote_in_flight_then_lost_disk(net)
+    assert net[2].role is not Role.PRIMARY, net.status()
+    assert net[4].vote == 2 and net[2].votes.get(4) is True  # (4's vote came: not counting 3's is what stopped 2)
+
+
+def test_an_acknowledgement_from_before_the_disk_was_lost_counts_for_nothing() -> None:
+    """An acknowledgement 3 sent before its disk was lost arrives after the ones of
+    its new, empty disk: the primary does not take it for 3's log (which would
+    count 3 as holding what it no longer has, and as recovered)."""
+    net = Net(3)
+    elect(net, 1)
+    net.crash(2)
+    net[1].propose(b"x")
+    net.process(1)
+    net.deliver(next(m for m in net.inflight if m.to == 3))
+    net.inflight = []
+    net.process(3)
+    stale = next(m for m in net.inflight if m.to == 1 and isinstance(m, ReplicateAck))
+    net.inflight = []
+    index = stale.index
+    net.lose_disk(3)
+    net.tick(1, 3, times=3)  # 3 tells 1 it is recovering, and begins to catch up
+    assert net[1].progress[3].recovering and net[1].commit < index, net.status()
+    net.isolate(3)  # (nothing more from the new store for now)
+    net[1].step(stale)
+    net.settle()
+    assert net[1].progress[3].recovering, "a stale acknowledgement cleared the recovery"
+    assert net[1].commit < index, "an entry was committed on an acknowledgement of a lost disk"
+
+
+def test_a_store_named_below_the_one_it_replaces_takes_a_higher_number() -> None:
+    """A clock set back: the new store's incarnation is below the lost one's. The
+    others say so, their answers do not count, and it asks again above it."""
+    net = Net(3)
+    elect(net, 1)
+    net.propose(1, b"a")
+    net.lose_disk(3)
+    net.tick(times=30)
+    first = net[3].incarnation
+    assert not net[3].recovering and net[1].hard_state().fenced == ((3, first),), net.status()
+    net.crash(3)  # and its disk is lost, the new store named one below the first
+    net.storage[3] = SimStorage()
+    net.storage[3].hard_state = HardState(recovering=True, incarnation=first - 1)
+    net.applied[3] = []
+    assert net.start(3).incarnation == first - 1
+    net.tick(times=30)
+    assert not net[3].recovering, net.status()
+    assert net[3].incarnation == first + 1
+    assert (3, first + 1) in net[1].hard_state().fenced and (3, first + 1) in net[2].hard_state().fenced

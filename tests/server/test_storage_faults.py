@@ -221,6 +221,14 @@ def test_a_lost_disk_does_not_lose_what_it_acknowledged(tmp_path: Path) -> None:
         cluster.stop_all()
 
 
+def _flip_middle(path: Path, n: int = 200) -> None:
+    """Flip every bit of ``n`` bytes in the middle of a file."""
+    data = bytearray(path.read_bytes())
+    mid = len(data) // 2
+    data[mid : mid + n] = bytes(x ^ 0xFF for x in data[mid : mid + n])
+    path.write_bytes(bytes(data))
+
+
 def test_a_damaged_wal_is_detected_set_aside_and_the_replica_rebuilds(tmp_path: Path) -> None:
     """200 bytes flipped in the middle of a stopped backup's WAL: SQLite alone would
     start without the transactions after them, silently."""
@@ -235,11 +243,8 @@ def test_a_damaged_wal_is_detected_set_aside_and_the_replica_rebuilds(tmp_path: 
             b = _backups(rows)[0]
             cluster.kill(b)  # (kill -9 leaves the WAL as it is; a clean stop folds it in)
             w = cluster.root / "data" / f"replica{b}" / "chorus.db-wal"
-            data = bytearray(w.read_bytes())
-            assert len(data) > 100_000, "the WAL holds several transactions"
-            mid = len(data) // 2
-            data[mid : mid + 200] = bytes(x ^ 0xFF for x in data[mid : mid + 200])
-            w.write_bytes(bytes(data))
+            assert w.stat().st_size > 100_000, "the WAL holds several transactions"
+            _flip_middle(w)
             seen = len(cluster.log(b))
             cluster.start(b)
             rows = await cluster.converged(60)
@@ -315,10 +320,7 @@ def test_a_lone_server_with_a_damaged_store_refuses_to_start_and_says_what_to_do
             await _fill(cluster, 60, "alone")
             cluster.kill(1)
             w = cluster.root / "data" / "replica1" / "chorus.db-wal"
-            data = bytearray(w.read_bytes())
-            mid = len(data) // 2
-            data[mid : mid + 200] = bytes(x ^ 0xFF for x in data[mid : mid + 200])
-            w.write_bytes(bytes(data))
+            _flip_middle(w)
             cluster.start(1)
 
             async def exited():

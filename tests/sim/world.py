@@ -33,6 +33,7 @@ from chorus.raft import (
     Membership,
     Message,
     MessageError,
+    ProbeResp,
     RaftConfig,
     RaftNode,
     Ready,
@@ -200,6 +201,7 @@ class World:
         self.committed: dict[int, int] = {}  # index -> term of the entry committed there
         self.applied: dict[int, tuple[int, int, bytes]] = {}  # index -> (term, kind, data) applied there
         self.log_facts: dict[tuple[int, int], tuple[int, bytes, int]] = {}  # (index, term) -> (kind, data, prev term)
+        self.incarnations = 0  # the last store made (the first stores are all 0)
         self.votes: dict[tuple[int, int], int] = {}  # (node, term) -> vote cast, as persisted
         # (node, term) -> the candidate it granted a vote to, as sent: never forgotten,
         # not even when the node's disk is (two grants in a term elect two primaries).
@@ -520,6 +522,9 @@ class World:
             hs = st.hard_state
             if hs.term < m.term or (hs.term == m.term and hs.vote != m.to):
                 self.fail(f"n{node.id} sent a vote for n{m.to} in term {m.term} before persisting it")
+        elif type(m) is ProbeResp and dict(st.hard_state.fenced).get(m.to, 0) < m.known:
+            # What it answered fences the prober's older votes only once it is on disk.
+            self.fail(f"n{node.id} answered n{m.to}'s probe with incarnation {m.known} before persisting it")
 
     def _check_apply(self, node: SimNode, e: Entry) -> None:
         fact = (e.term, e.kind, e.data)
@@ -648,9 +653,12 @@ class World:
         victim = self.rng.choice(candidates)
         self.trace(f"n{victim.id}'s disk is lost")
         self.crash(victim, "its disk is lost")
+        self.incarnations = max(self.incarnations, victim.storage.hard_state.incarnation)  # (one it raised itself)
         victim.storage = SimStorage()
         # As the store makes a new file: "recovering" on disk from the first moment.
-        victim.storage.hard_state = HardState(recovering=not self.empty_disk_votes)
+        # Its incarnation is newer than any before (the store names it by the time).
+        self.incarnations += 1
+        victim.storage.hard_state = HardState(recovering=not self.empty_disk_votes, incarnation=self.incarnations)
         victim.incoming.clear()
         victim.lost_disk = True
         for key in [k for k in self.votes if k[0] == victim.id]:

@@ -199,6 +199,34 @@ def test_a_tampered_hard_state_stops_the_replica(tmp_path: Path) -> None:
         ReplicaStore(path).restore()
 
 
+def test_a_store_is_named_when_it_is_made_and_keeps_what_it_knows_of_the_others(tmp_path: Path) -> None:
+    path = tmp_path / "r.db"
+    s = ReplicaStore(path, MEMBERS)
+    inc = s.restore().hard_state.incarnation
+    assert inc > 0 and ReplicaStore(tmp_path / "later.db", MEMBERS).restore().hard_state.incarnation > inc
+    s.persist(ready((), HardState(5, 2, 0, False, inc, ((1, 7), (3, 9)))))
+    s.close()
+    again = ReplicaStore(path)
+    assert again.restore().hard_state == HardState(5, 2, 0, False, inc, ((1, 7), (3, 9)))
+    again.close()
+    with sqlite3.connect(path) as c:
+        c.execute("""UPDATE raft_state SET fenced = '[[1,7],[3,8]]'""")  # it forgets that 3 is a new store
+    with pytest.raises(StoreCorrupt, match="hard state"):
+        ReplicaStore(path).restore()
+
+
+def test_an_older_store_is_named_when_it_is_first_opened(tmp_path: Path) -> None:
+    path = tmp_path / "r.db"
+    s = ReplicaStore(path, MEMBERS)
+    s.persist(ready((), HardState(5, 2, 0)))
+    s.close()
+    with sqlite3.connect(path) as c:  # as an older chorus left it
+        c.execute("ALTER TABLE raft_state DROP COLUMN fenced")
+        c.execute("ALTER TABLE raft_state DROP COLUMN incarnation")
+    hs = ReplicaStore(path).restore().hard_state
+    assert (hs.term, hs.vote, hs.fenced) == (5, 2, ()) and hs.incarnation > 0
+
+
 def test_the_same_log_gives_the_same_digest_and_a_snapshot_carries_it(tmp_path: Path) -> None:
     one, two = ReplicaStore(tmp_path / "1.db", MEMBERS), ReplicaStore(tmp_path / "2.db", MEMBERS)
     log = chat_log(50)

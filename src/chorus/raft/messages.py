@@ -101,6 +101,10 @@ class SnapshotMeta(msgspec.Struct, frozen=True, gc=False):
         return f"snapshot@{self.index}/{self.term} {self.membership!r}"
 
 
+_SHOWN = object()
+_QUIET: dict[str, Any] = {"recovering": False, "incarnation": 0, "fenced": (), "known": 0}
+
+
 class Message(msgspec.Struct, frozen=True, kw_only=True, tag_field="type"):
     """Base of every peer message: the envelope fields."""
 
@@ -122,8 +126,8 @@ class Message(msgspec.Struct, frozen=True, kw_only=True, tag_field="type"):
         return f"{self.type} t{self.term} {self.server_id}->{self.to}"
 
     def __repr__(self) -> str:
-        # (The recovery flag is shown only when set: it is rare, and transcripts stay short.)
-        body = " ".join(f"{k}={v!r}" for k, v in self.payload.items() if not (k == "recovering" and v is False))
+        # (Recovery's fields are shown only when set: they are rare, and transcripts stay short.)
+        body = " ".join(f"{k}={v!r}" for k, v in self.payload.items() if _QUIET.get(k, _SHOWN) != v)
         return f"{self._head()} {body}" if body else self._head()
 
 
@@ -137,6 +141,7 @@ class Heartbeat(Message, frozen=True, kw_only=True, tag="HEARTBEAT"):
 class HeartbeatAck(Message, frozen=True, kw_only=True, tag="HEARTBEAT_ACK"):
     ctx: Number = 0
     recovering: bool = False  # the sender may have lost what it promised: not counted
+    incarnation: Number = 0  # the sender's store (see ``Probe``)
 
 
 class RequestVote(Message, frozen=True, kw_only=True, tag="REQUEST_VOTE"):
@@ -152,8 +157,15 @@ class RequestVote(Message, frozen=True, kw_only=True, tag="REQUEST_VOTE"):
 
 
 class VoteResponse(Message, frozen=True, kw_only=True, tag="VOTE_RESPONSE"):
+    """``incarnation``: the voter's store (see ``Probe``); ``fenced``: the highest
+    incarnation the voter knows of each other voter, as [server_id, incarnation]
+    pairs. The candidate does not count a vote from a store older than one that
+    any of them knows: a store that lost its disk since it voted."""
+
     granted: bool
     pre_vote: bool = False
+    incarnation: Number = 0
+    fenced: tuple[tuple[ServerId, Number], ...] = ()
 
 
 class Replicate(Message, frozen=True, kw_only=True, tag="REPLICATE"):
@@ -186,6 +198,7 @@ class ReplicateAck(Message, frozen=True, kw_only=True, tag="REPLICATE_ACK"):
     hint_index: Number = 0
     hint_term: Number = 0
     recovering: bool = False  # the sender may have lost what it promised: not counted
+    incarnation: Number = 0  # the sender's store (see ``Probe``)
 
 
 class InstallSnapshot(Message, frozen=True, kw_only=True, tag="INSTALL_SNAPSHOT"):
@@ -218,13 +231,26 @@ class Probe(Message, frozen=True, kw_only=True, tag="PROBE"):
     """A recovering server (one that may have lost what it promised: an empty or
     damaged disk) -> each voter: "what term do you know?". Nobody changes term for
     it. The answers of enough servers bound every term the recovering one may have
-    taken part in before its loss."""
+    taken part in before its loss.
+
+    ``incarnation`` names the sender's store: a number chosen when the store was
+    made (its creation time in microseconds), above any incarnation a peer knows
+    of it. A voter that answers records it on disk first, and from then on
+    passes it in its votes and ignores acknowledgements of older incarnations:
+    a vote or an acknowledgement given before the loss, still on its way,
+    counts for nothing once the answer that helped end the recovery was sent."""
+
+    incarnation: Number = 0
 
 
 class ProbeResp(Message, frozen=True, kw_only=True, tag="PROBE_RESP"):
-    """The answer to PROBE: the envelope's ``term`` is the sender's current term."""
+    """The answer to PROBE: the envelope's ``term`` is the sender's current term;
+    ``known``, the highest incarnation of the prober it knows (now on its disk).
+    When that is above the prober's own, the prober takes a higher one and asks
+    again."""
 
     recovering: bool = False  # a recovering server's term says nothing of the past
+    known: Number = 0
 
 
 class ReadIndex(Message, frozen=True, kw_only=True, tag="READ_INDEX"):

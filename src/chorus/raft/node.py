@@ -77,6 +77,12 @@ class HardState:
     # neither votes nor counts towards any quorum until it has caught up (see
     # RaftNode's docstring). Durable, like the vote: a restart does not forget it.
     recovering: bool = False
+    # This node's store (a number chosen when the store was made, see ``Probe``),
+    # and the highest incarnation it knows of each other voter, as sorted
+    # (server_id, incarnation) pairs: what it answered to probes is on disk
+    # before the answer leaves.
+    incarnation: int = 0
+    fenced: tuple[tuple[int, int], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,12 +136,12 @@ class Ready:
         return "Ready(" + "; ".join(parts) + ")"
 
 
-Durable = tuple[int, int, bool]  # (term, vote, recovering) as on disk
+Durable = tuple[int, int, bool, int, tuple[tuple[int, int], ...]]  # as on disk
 
 
 def promises(hs: HardState) -> Durable:
     """What of a hard state is a promise to peers (all but the commit index)."""
-    return (hs.term, hs.vote, hs.recovering)
+    return (hs.term, hs.vote, hs.recovering, hs.incarnation, hs.fenced)
 
 
 def changes_term_or_vote(rd: Ready, durable: Durable) -> bool:
@@ -225,11 +231,14 @@ class RaftNode:
         self.term = p.hard_state.term
         self.vote = p.hard_state.vote
         self.recovering = p.hard_state.recovering or recovering
+        self.incarnation = p.hard_state.incarnation
+        self._fence: dict[int, int] = dict(p.hard_state.fenced)
+        self._fenced = p.hard_state.fenced  # (the same, as the hard state holds it)
         self.log = RaftLog(p.snapshot or SnapshotMeta(0, 0, membership))
         self.log.append(p.entries)
         hs = p.hard_state
         # (A store made empty may say "recovering" from the start: still a fresh log.)
-        fresh = (hs.term, hs.vote, hs.commit) == (0, NONE, 0) and p.snapshot is None and not p.entries
+        fresh = (hs.term, hs.vote, hs.commit, hs.fenced) == (0, NONE, 0, ()) and p.snapshot is None and not p.entries
         if fresh and membership.voters:
             # Bootstrap (as etcd does): the initial membership is entry 1 of every initial
             # member's log, the same on each, committed by construction. A server that
@@ -257,6 +266,10 @@ class RaftNode:
         self._reset_randomized_timeout()
         self.progress: dict[int, Progress] = {}
         self.votes: dict[int, bool] = {}
+        # This election's vote responses: the incarnation of each voter, and the
+        # highest incarnation of each voter that any of them knows.
+        self._vote_incarnation: dict[int, int] = {}
+        self._vote_fence: dict[int, int] = {}
         self.pre_campaign = False  # CANDIDATE only: asking pre-votes, term not bumped yet
         self.lead_transferee = NONE
         self.pending_conf_index = 0
@@ -287,7 +300,8 @@ class RaftNode:
         self._apply_from = self.applied + 1  # first committed entry not yet handed out to apply
         self._snapshot_out: SnapshotMeta | None = None
         self._membership_changed = True
-        self._prev_hard = (self.term, self.vote, self.commit, p.hard_state.recovering)  # as last handed out
+        self._prev_hard = (self.term, self.vote, self.commit, p.hard_state.recovering, self.incarnation,
+                           self._fenced)  # as last handed out
         self._prev_soft = (self.role, self.leader)  # a BACKUP that knows no primary: not news
         self._outstanding: Ready | None = None
 
@@ -321,7 +335,7 @@ class RaftNode:
         return len(self.membership.voters) // 2 + 1
 
     def hard_state(self) -> HardState:
-        return HardState(self.term, self.vote, self.commit, self.recovering)
+        return HardState(self.term, self.vote, self.commit, self.recovering, self.incarnation, self._fenced)
 
     def soft_state(self) -> SoftState:
         return SoftState(self.role, self.leader, self.term)
@@ -337,6 +351,8 @@ class RaftNode:
         self._reset_randomized_timeout()
         self.progress = {}
         self.votes = {}
+        self._vote_incarnation = {}
+        self._vote_fence = {}
         self.pre_campaign = False
         self.lead_transferee = NONE
         self._reads_need_commit.clear()
@@ -387,6 +403,8 @@ class RaftNode:
             self.pre_campaign = True
             self.leader = NONE
             self.votes = {}
+            self._vote_incarnation = {}
+            self._vote_fence = {}
             term = self.term + 1
         else:
             self._reset(self.term + 1)
@@ -413,10 +431,29 @@ class RaftNode:
                 )
 
     def _tally(self) -> tuple[int, int]:
+        """(granted, rejected) among the voters. A vote from a store older than one
+        this node or any voter that answered knows of the same server is not
+        counted: that server lost its disk since it voted, and may vote again."""
         voters = self.membership.voters
-        granted = sum(1 for pid, ok in self.votes.items() if ok and pid in voters)
+        inc, fence, own = self._vote_incarnation, self._vote_fence, self._fence
+        granted = sum(1 for pid, ok in self.votes.items() if ok and pid in voters and (
+            pid == self.id or inc.get(pid, 0) >= max(fence.get(pid, 0), own.get(pid, 0))))
         rejected = sum(1 for pid, ok in self.votes.items() if not ok and pid in voters)
         return granted, rejected
+
+    def _voters_fenced(self) -> tuple[tuple[int, int], ...]:
+        """What a vote tells of the voters' stores (only of the voters: bounded)."""
+        voters = self.membership.voters
+        return tuple(p for p in self._fenced if p[0] in voters)
+
+    def _raise_fence(self, pid: int, incarnation: int) -> bool:
+        """Learn that ``pid``'s store is ``incarnation`` or newer; False if a newer
+        one is known already (the message is from a store that is gone)."""
+        known = self._fence.get(pid, 0)
+        if incarnation > known:
+            self._fence[pid] = incarnation
+            self._fenced = tuple(sorted(self._fence.items()))
+        return incarnation >= known
 
     def _won_election(self) -> None:
         if self.pre_campaign:
@@ -428,6 +465,7 @@ class RaftNode:
     def _start_recovery(self) -> None:
         if not self.recovering:
             self.recovering = True
+            self.incarnation += 1  # (what it promised before is fenced off by the probe's answers)
             self._probe, self._probe_term, self._probe_elapsed = {}, None, 0
             if self.role is not Role.BACKUP:
                 self._become_backup(self.term, NONE)
@@ -447,6 +485,14 @@ class RaftNode:
             return  # (a recovering server's term says nothing of what came before)
         if m.server_id not in self.membership.voters:
             return
+        if m.known > self.incarnation:
+            # It knows a newer store of ours than this one (a clock set back): take
+            # a higher incarnation, and ask everyone again under it.
+            self.incarnation = m.known + 1
+            self._probe, self._probe_elapsed = {}, 0
+            return
+        if m.known < self.incarnation:
+            return  # an answer to an earlier incarnation's probe: it fences nothing of this one's
         self._probe[m.server_id] = m.term
         voters = self.membership.voters
         # Enough that any quorum of the past, less this node, has one among them:
@@ -487,7 +533,7 @@ class RaftNode:
             if self._probe_elapsed <= 0:
                 self._probe_elapsed = self.cfg.heartbeat_ticks * 2
                 for pid in sorted(self.membership.voters - {self.id} - set(self._probe)):
-                    self._send(Probe(term=self.term, server_id=self.id, to=pid))
+                    self._send(Probe(term=self.term, server_id=self.id, to=pid, incarnation=self.incarnation))
         if self.role is Role.PRIMARY:
             self._tick_primary()
         else:
@@ -772,8 +818,13 @@ class RaftNode:
         validate(m, self.id)
         self._check_against_state(m)
         if type(m) is Probe:
-            # Answered whatever the terms: nobody changes term for a probe.
-            self._send(ProbeResp(term=self.term, server_id=self.id, to=m.server_id, recovering=self.recovering))
+            # Answered whatever the terms: nobody changes term for a probe. The
+            # prober's incarnation is in the hard state of the same Ready, so it is
+            # on disk before the answer leaves: from then on this node passes it
+            # in its votes, and any vote the prober gave before its loss is void.
+            self._raise_fence(m.server_id, m.incarnation)
+            self._send(ProbeResp(term=self.term, server_id=self.id, to=m.server_id, recovering=self.recovering,
+                                 known=self._fence[m.server_id]))
             return
         if type(m) is ProbeResp:
             self._probed(m)
@@ -800,7 +851,8 @@ class RaftNode:
             if (self.cfg.check_quorum or self.cfg.pre_vote) and type(m) in (Heartbeat, Replicate):
                 # A stale primary (maybe cut off while we moved on) learns our term and
                 # steps down; without this, pre-vote and check-quorum could leave it stuck.
-                self._send(HeartbeatAck(term=self.term, server_id=self.id, to=m.server_id))
+                self._send(HeartbeatAck(term=self.term, server_id=self.id, to=m.server_id,
+                                        incarnation=self.incarnation))
             elif type(m) is RequestVote and m.pre_vote:
                 self._send(
                     VoteResponse(term=self.term, server_id=self.id, to=m.server_id, granted=False, pre_vote=True)
@@ -842,7 +894,8 @@ class RaftNode:
         if can_vote and self.log.is_up_to_date(m.last_index, m.last_term):
             # Raft §5.4.1: only a candidate whose log is at least as up to date as ours.
             self._send(
-                VoteResponse(term=m.term, server_id=self.id, to=m.server_id, granted=True, pre_vote=m.pre_vote)
+                VoteResponse(term=m.term, server_id=self.id, to=m.server_id, granted=True, pre_vote=m.pre_vote,
+                             incarnation=self.incarnation, fenced=self._voters_fenced())
             )
             if not m.pre_vote:
                 # One vote per term; it is in the hard state of the same Ready, so it
@@ -851,7 +904,8 @@ class RaftNode:
                 self.election_elapsed = 0
         else:
             self._send(
-                VoteResponse(term=self.term, server_id=self.id, to=m.server_id, granted=False, pre_vote=m.pre_vote)
+                VoteResponse(term=self.term, server_id=self.id, to=m.server_id, granted=False, pre_vote=m.pre_vote,
+                             incarnation=self.incarnation, fenced=self._voters_fenced())
             )
 
     def _step_backup(self, m: Message) -> None:
@@ -884,7 +938,13 @@ class RaftNode:
                 return  # an answer to an earlier phase
             if m.server_id not in self.membership.voters:
                 return
-            self.votes.setdefault(m.server_id, m.granted)  # type: ignore[attr-defined]
+            if m.server_id not in self.votes:
+                self.votes[m.server_id] = m.granted  # type: ignore[attr-defined]
+                self._vote_incarnation[m.server_id] = m.incarnation  # type: ignore[attr-defined]
+                fence = self._vote_fence
+                for pid, inc in m.fenced:  # type: ignore[attr-defined]
+                    if inc > fence.get(pid, 0):
+                        fence[pid] = inc
             granted, rejected = self._tally()
             if granted >= self.quorum():
                 self._won_election()
@@ -900,6 +960,12 @@ class RaftNode:
         pr = self.progress.get(m.server_id)
         if pr is None:
             return  # not (or no longer) a member: drop
+        if (t is ReplicateAck or t is HeartbeatAck) and not self._raise_fence(m.server_id, m.incarnation) \
+                and not m.recovering:  # type: ignore[attr-defined]
+            # From a store that is gone (it lost its disk since): what it says it
+            # holds is not held any more. (That it may have lost something is
+            # believed from any store.)
+            return
         if t is ReplicateAck:
             self._handle_replicate_ack(m, pr)  # type: ignore[arg-type]
         elif t is HeartbeatAck:
@@ -931,6 +997,7 @@ class RaftNode:
                     hint_index=hint_index,
                     hint_term=hint_term,
                     recovering=self.recovering,
+                    incarnation=self.incarnation,
                 )
             )
             return
@@ -945,7 +1012,8 @@ class RaftNode:
         self._ack(m.server_id, last_new)
 
     def _ack(self, to: int, index: int) -> None:
-        self._send(ReplicateAck(term=self.term, server_id=self.id, to=to, index=index, recovering=self.recovering))
+        self._send(ReplicateAck(term=self.term, server_id=self.id, to=to, index=index, recovering=self.recovering,
+                                incarnation=self.incarnation))
 
     def _append_from(self, entries: Sequence[Entry]) -> None:
         """Append entries, first dropping any suffix of ours that conflicts with them."""
@@ -983,11 +1051,12 @@ class RaftNode:
             self._start_recovery()
             last = self.log.last_index
             self._send(ReplicateAck(term=self.term, server_id=self.id, to=m.server_id, index=m.commit, reject=True,
-                                    hint_index=last, hint_term=self.log.term(last) or 0, recovering=True))
+                                    hint_index=last, hint_term=self.log.term(last) or 0, recovering=True,
+                                    incarnation=self.incarnation))
             return
         self._commit_to(m.commit)
         self._send(HeartbeatAck(term=self.term, server_id=self.id, to=m.server_id, ctx=m.ctx,
-                                recovering=self.recovering))
+                                recovering=self.recovering, incarnation=self.incarnation))
 
     def _handle_snapshot(self, m: InstallSnapshot) -> None:
         s = m.snapshot
@@ -1200,7 +1269,7 @@ class RaftNode:
             or self._unsaved_from <= self.log.last_index
             or self._apply_from <= self.commit
             or self._membership_changed
-            or self._prev_hard != (self.term, self.vote, self.commit, self.recovering)
+            or self._prev_hard != (self.term, self.vote, self.commit, self.recovering, self.incarnation, self._fenced)
             or self._prev_soft != (self.role, self.leader)
         )
 
@@ -1211,7 +1280,7 @@ class RaftNode:
         last = log.last_index
         entries = tuple(log.slice(self._unsaved_from, last)) if self._unsaved_from <= last else ()
         committed = tuple(log.slice(self._apply_from, self.commit)) if self._apply_from <= self.commit else ()
-        hard = (self.term, self.vote, self.commit, self.recovering)
+        hard = (self.term, self.vote, self.commit, self.recovering, self.incarnation, self._fenced)
         soft = (self.role, self.leader)
         rd = Ready(
             hard_state=HardState(*hard) if hard != self._prev_hard else None,

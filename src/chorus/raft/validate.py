@@ -25,6 +25,7 @@ from .messages import (
     Membership,
     Message,
     MessageError,
+    Probe,
     ProbeResp,
     ReadIndex,
     ReadIndexResp,
@@ -53,6 +54,18 @@ def _flag(m: Message, name: str, value: object) -> None:
 def _ids(m: Message, name: str, value: object) -> None:
     if type(value) is not frozenset or any(type(i) is not int or not 0 < i <= MAX_NUMBER for i in value):
         raise MessageError(f"{m.type}: {name} must be a set of server ids")
+
+
+MAX_FENCED = 256  # pairs in a VOTE_RESPONSE: more than any membership holds
+
+
+def _fenced(m: Message, value: object) -> None:
+    if type(value) is not tuple or len(value) > MAX_FENCED or any(
+        type(p) is not tuple or len(p) != 2 or type(p[0]) is not int or not 0 < p[0] <= MAX_NUMBER
+        or type(p[1]) is not int or not 0 <= p[1] <= MAX_NUMBER
+        for p in value
+    ):
+        raise MessageError(f"{m.type}: fenced must be at most {MAX_FENCED} [server_id, incarnation] pairs")
 
 
 def validate(m: object, self_id: int) -> None:
@@ -89,14 +102,19 @@ def validate(m: object, self_id: int) -> None:
         _count(m, "hint_index", m.hint_index)
         _count(m, "hint_term", m.hint_term)
         _flag(m, "recovering", m.recovering)
+        _count(m, "incarnation", m.incarnation)
     elif t is Heartbeat:
         _count(m, "commit", m.commit)
         _count(m, "ctx", m.ctx)
     elif t is HeartbeatAck:
         _count(m, "ctx", m.ctx)
         _flag(m, "recovering", m.recovering)
+        _count(m, "incarnation", m.incarnation)
     elif t is ProbeResp:
         _flag(m, "recovering", m.recovering)
+        _count(m, "known", m.known)
+    elif t is Probe:
+        _count(m, "incarnation", m.incarnation)
     elif t is RequestVote:
         _count(m, "last_index", m.last_index)
         if _count(m, "last_term", m.last_term) > term:
@@ -106,6 +124,8 @@ def validate(m: object, self_id: int) -> None:
     elif t is VoteResponse:
         _flag(m, "granted", m.granted)
         _flag(m, "pre_vote", m.pre_vote)
+        _count(m, "incarnation", m.incarnation)
+        _fenced(m, m.fenced)
     elif t is InstallSnapshot:
         s = m.snapshot
         if type(s) is not SnapshotMeta or type(s.membership) is not Membership:

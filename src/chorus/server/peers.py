@@ -352,6 +352,10 @@ class PeerTransport:
                     raise MessageError(f"{type(frame).__name__.upper()} after the handshake")
         except (asyncio.IncompleteReadError, ConnectionError, TimeoutError, ssl.SSLError):
             pass
+        except asyncio.CancelledError:
+            # The server is stopping. Ending the handler normally: asyncio's stream
+            # callback (Python 3.11) logs a cancelled handler as an error.
+            pass
         except (MessageError, FrameError) as exc:
             log.warning("peer connection from %s closed: %s", writer.get_extra_info("peername"), exc)
             with contextlib.suppress(Exception):

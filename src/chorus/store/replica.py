@@ -30,6 +30,7 @@ from __future__ import annotations
 import errno
 import sqlite3
 import struct
+import time
 import zlib
 from collections.abc import Sequence
 from pathlib import Path
@@ -47,7 +48,9 @@ from chorus.raft import (
     Ready,
     SnapshotMeta,
     needs_fsync,
+    promises,
 )
+from chorus.raft.node import Durable
 
 from . import wal
 from .snapshots import SnapshotFile, StateDamaged, copy_chat_tables_from, write_snapshot
@@ -73,7 +76,9 @@ CREATE TABLE IF NOT EXISTS raft_state (
     commit_index INTEGER NOT NULL,
     crc    INTEGER NOT NULL,
     recovering INTEGER NOT NULL DEFAULT 0, -- (format 3) may have lost what it promised
-    joined INTEGER NOT NULL DEFAULT 1      -- (format 3) has known the cluster exists (0: a new file)
+    joined INTEGER NOT NULL DEFAULT 1,     -- (format 3) has known the cluster exists (0: a new file)
+    incarnation INTEGER NOT NULL DEFAULT 0, -- (format 3) names this store: its creation time in µs
+    fenced TEXT NOT NULL DEFAULT ''         -- (format 3) [[server_id, incarnation], ...] it knows of the others
 );
 CREATE TABLE IF NOT EXISTS snapshot_meta (  -- the log starts after idx
     id     INTEGER PRIMARY KEY CHECK (id = 1),
@@ -167,9 +172,29 @@ def _offset_of(first: int, blob: bytes, index: int) -> int:
     return pos
 
 
-def _state_crc(term: int, vote: int, commit: int, recovering: bool = False) -> int:
+def _state_crc(term: int, vote: int, commit: int, recovering: bool = False, incarnation: int = 0,
+               fenced: str = "") -> int:
+    # (The same as before for what an older format held.)
     crc = zlib.crc32(_HEADER.pack(term, vote, commit))
-    return zlib.crc32(b"recovering", crc) if recovering else crc  # (the same as before when not)
+    if recovering:
+        crc = zlib.crc32(b"recovering", crc)
+    if incarnation or fenced:
+        crc = zlib.crc32(f"{incarnation} {fenced}".encode(), crc)
+    return crc
+
+
+def _encode_fenced(fenced: tuple[tuple[int, int], ...]) -> str:
+    return msgspec.json.encode(fenced).decode() if fenced else ""
+
+
+def _decode_fenced(text: str) -> tuple[tuple[int, int], ...]:
+    return tuple(tuple(p) for p in msgspec.json.decode(text, type=list[tuple[int, int]])) if text else ()
+
+
+def new_incarnation() -> int:
+    """A new store's name: its creation time in microseconds (below 2**53 for
+    another 200 years), so that a store made later has a higher one."""
+    return max(1, time.time_ns() // 1000)
 
 
 def connect(path: Path | str, *, readonly: bool = False) -> sqlite3.Connection:
@@ -219,21 +244,35 @@ class ReplicaStore:
             have = set() if fresh else {r[1] for r in c.execute("PRAGMA table_info(raft_state)")}
             add = "".join(f"ALTER TABLE raft_state ADD COLUMN {col};" for name, col in (
                 ("recovering", "recovering INTEGER NOT NULL DEFAULT 0"), ("joined", "joined INTEGER NOT NULL DEFAULT 1"),
+                ("incarnation", "incarnation INTEGER NOT NULL DEFAULT 0"), ("fenced", "fenced TEXT NOT NULL DEFAULT ''"),
             ) if not fresh and name not in have)
+            if not fresh and "incarnation" not in have:
+                # A store of an older chorus is named when it is first opened (in the
+                # same transaction as its new columns).
+                row = c.execute("SELECT term, vote, commit_index, crc, "
+                                + ("recovering" if "recovering" in have else "0") + " FROM raft_state").fetchone()
+                if row is not None:
+                    term, vote, commit, crc, rec = row
+                    inc = new_incarnation()
+                    if crc == _state_crc(term, vote, commit, bool(rec)):  # (damage stays damage)
+                        crc = _state_crc(term, vote, commit, bool(rec), inc)
+                    add += f"UPDATE raft_state SET incarnation = {int(inc)}, crc = {int(crc)};"
             c.executescript(f"BEGIN; {DDL} {add} {schema.DDL} PRAGMA user_version = {FORMAT}; COMMIT;")
             boot = (bootstrap or Membership()).encode()
             # A file made now is of an empty disk: until the other servers say whether
             # the cluster is being created, it may have lost what it promised (durable
             # from the first moment: a crash before anything else is written must not
             # make it a member that never promised anything).
-            c.execute("INSERT OR IGNORE INTO raft_state (id, term, vote, commit_index, crc, recovering, joined) "
-                      "VALUES (1, 0, 0, 0, ?, 1, 0)", (_state_crc(0, 0, 0, True),))
+            inc = new_incarnation()
+            c.execute("INSERT OR IGNORE INTO raft_state (id, term, vote, commit_index, crc, recovering, joined, "
+                      "incarnation) VALUES (1, 0, 0, 0, ?, 1, 0, ?)", (_state_crc(0, 0, 0, True, inc), inc))
             self.created = fresh  # this file was made now (an empty data directory)
             c.execute("INSERT OR IGNORE INTO snapshot_meta VALUES (1, 0, 0, ?)", (boot,))
             c.execute("INSERT OR IGNORE INTO applied_state VALUES (1, 0, 0, ?)", (boot,))
             self.chat = ChatMachine(c)
-            term, vote, recovering = c.execute("SELECT term, vote, recovering FROM raft_state").fetchone()
-            self._promised: tuple[int, int, bool] = (term, vote, bool(recovering))
+            term, vote, recovering, inc, fenced = c.execute(
+                "SELECT term, vote, recovering, incarnation, fenced FROM raft_state").fetchone()
+            self._promised: Durable = (term, vote, bool(recovering), inc, _decode_fenced(fenced))
             self._applied: int = self.applied()
         except (sqlite3.DatabaseError, msgspec.DecodeError, msgspec.ValidationError) as exc:
             raise StoreCorrupt(f"{self.path}: cannot be read: {exc}") from None
@@ -292,11 +331,15 @@ class ReplicaStore:
         """What the consensus core needs to restart, every entry checked."""
         c = self.conn
         try:
-            term, vote, commit, crc, recovering = c.execute(
-                "SELECT term, vote, commit_index, crc, recovering FROM raft_state"
+            term, vote, commit, crc, recovering, inc, fenced = c.execute(
+                "SELECT term, vote, commit_index, crc, recovering, incarnation, fenced FROM raft_state"
             ).fetchone()
-            if crc != _state_crc(term, vote, commit, bool(recovering)):
+            if crc != _state_crc(term, vote, commit, bool(recovering), inc, fenced):
                 raise StoreCorrupt(f"{self.path}: the hard state (term, vote) fails its checksum")
+            try:
+                fenced_pairs = _decode_fenced(fenced)
+            except (msgspec.DecodeError, msgspec.ValidationError):
+                raise StoreCorrupt(f"{self.path}: the hard state's incarnations cannot be read") from None
             snap = self.snapshot_meta()
             entries: list[Entry] = []
             expect = snap.index + 1
@@ -317,7 +360,7 @@ class ReplicaStore:
         except sqlite3.DatabaseError as exc:
             raise StoreCorrupt(f"{self.path}: cannot be read: {exc}") from None
         return Persisted(
-            HardState(term, vote, commit, bool(recovering)),
+            HardState(term, vote, commit, bool(recovering), inc, fenced_pairs),
             snap if snap.index else None,
             entries,
             applied,
@@ -341,8 +384,8 @@ class ReplicaStore:
 
     # ------------------------------------------------------------------ the replica loop
     @property
-    def durable_term_vote(self) -> tuple[int, int, bool]:
-        """What of the hard state on disk is a promise: (term, vote, recovering)."""
+    def durable_term_vote(self) -> Durable:
+        """What of the hard state on disk is a promise (``chorus.raft.promises``)."""
         return self._promised
 
     def needs_sync(self, rd: Ready) -> bool:
@@ -400,11 +443,13 @@ class ReplicaStore:
                     self._cut_log(entries[0].index)
                     c.executemany("INSERT INTO raft_log (first, last, data) VALUES (?,?,?)", segments(entries))
                 if hs is not None:
+                    fenced = _encode_fenced(hs.fenced)
                     c.execute(
-                        "UPDATE raft_state SET term = ?, vote = ?, commit_index = ?, crc = ?, recovering = ? "
-                        "WHERE id = 1",
-                        (hs.term, hs.vote, hs.commit, _state_crc(hs.term, hs.vote, hs.commit, hs.recovering),
-                         int(hs.recovering)),
+                        "UPDATE raft_state SET term = ?, vote = ?, commit_index = ?, crc = ?, recovering = ?, "
+                        "incarnation = ?, fenced = ? WHERE id = 1",
+                        (hs.term, hs.vote, hs.commit,
+                         _state_crc(hs.term, hs.vote, hs.commit, hs.recovering, hs.incarnation, fenced),
+                         int(hs.recovering), hs.incarnation, fenced),
                     )
                 if committed:
                     results = self._apply_in_transaction(committed)
@@ -418,7 +463,7 @@ class ReplicaStore:
                 raise
             self._commits += 1
             if hs is not None:
-                self._promised = (hs.term, hs.vote, hs.recovering)
+                self._promised = promises(hs)
             if snap_meta is not None:
                 self._applied = snap_meta.index
             if committed:
