@@ -71,3 +71,13 @@ def test_a_server_back_with_an_empty_disk_that_votes_at_once(monkeypatch: pytest
     monkeypatch.setattr(world.World, "empty_disk_votes", True, raising=False)
     failure = first_failure(range(60))
     assert "lacks committed entry" in failure or "granted votes to" in failure, failure
+
+
+def test_a_cluster_that_needs_a_recovering_servers_vote_waits_for_it() -> None:
+    """Seed 1076974: the server that lost its disk was the last primary, its newest
+    entries are only on a learner, and another server's log ends with a promotion
+    that is not committed. No server can win without the recovering server's vote,
+    which it may not give: the run ends waiting, with every acknowledged write on a
+    disk that was not lost, and counts it."""
+    assert run_seed(1076974)["waits_for_recovering"] == 1
+    assert run_seed(1076975)["waits_for_recovering"] == 0

@@ -212,7 +212,7 @@ class World:
         self.next_node_id = self.p.nodes + 1
         self.stats = {"delivered": 0, "dropped": 0, "crashes": 0, "elections": 0, "bad_input": 0,
                       "reads": 0, "acked": 0, "snapshots_sent": 0, "changes": 0, "transfers": 0,
-                      "disk_full": 0, "disk_full_retries": 0, "lost_disks": 0}
+                      "disk_full": 0, "disk_full_retries": 0, "lost_disks": 0, "waits_for_recovering": 0}
         for node in self.nodes.values():
             self._start(node)
 
@@ -846,7 +846,17 @@ class World:
         self.final_op: ClientOp | None = None
         self.final_gen = 0
         self.schedule(0, LIVENESS_PROBE)
-        if not self._run_until(start + bound, self._converged):
+        done = self._run_until(start + bound, self._converged)
+        if not done and self._waits_for_recovering():
+            # No server can be elected without the vote of one that is recovering,
+            # which it may not give: the cluster waits for an operator (the price of
+            # the disk-loss rule: docs/architecture.md, "What it costs"). What was
+            # acknowledged must still be on a disk that was not lost.
+            self.stats["waits_for_recovering"] += 1
+            self.trace("no primary can be elected without a recovering server's vote: waiting, as it should")
+            self._check_kept()
+            return
+        if not done:
             primary = self._primary()
             members = sorted(primary.raft.membership.members) if primary else []  # type: ignore[union-attr]
             self.fail(
@@ -898,6 +908,38 @@ class World:
             if n is None or n.raft is None or n.storage.applied != target or n.outstanding is not None:
                 return False
         return True
+
+    def _waits_for_recovering(self) -> bool:
+        """Whether no server may win an election without a recovering server's
+        vote: every one that may campaign (not recovering, a voter of the latest
+        membership in its log) lacks a majority of its voters that are not
+        recovering and whose logs are not more up to date than its own (§5.4.1)."""
+        live = {n.id: n.raft for n in self.nodes.values() if n.raft is not None}
+        if not any(r.recovering for r in live.values()):
+            return False
+        for c in live.values():
+            if c.recovering or not c.promotable:
+                continue
+            voters = c.membership.voters
+            grants = sum(1 for v in voters if v in live and not live[v].recovering
+                         and live[v].log.is_up_to_date(c.log.last_index, c.log.last_term))
+            if grants >= len(voters) // 2 + 1:
+                return False
+        return True
+
+    def _check_kept(self) -> None:
+        """Every acknowledged write is on the disk of a server that is not recovering."""
+        kept = [n for n in self.nodes.values() if n.raft is not None and not n.raft.recovering]
+        for op in self.ops:
+            if op.kind != "write" or op.acked_at < 0:
+                continue
+            if not any(n.storage.applied >= op.index or self._holds(n, op.index, op.data) for n in kept):
+                self.fail(f"acknowledged write {op.data!r} at {op.index} is on no disk that was not lost")
+
+    @staticmethod
+    def _holds(n: SimNode, index: int, data: bytes) -> bool:
+        k = index - n.storage.base
+        return 0 < k <= len(n.storage.entries) and n.storage.entries[k - 1].data == data
 
     def _check_final(self) -> None:
         primary = self._primary()
