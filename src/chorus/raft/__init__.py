@@ -43,9 +43,6 @@ from .node import (
     Refused,
     Role,
     SoftState,
-    needs_fsync,
-    promises,
-    split_messages,
 )
 
 __all__ = [
@@ -81,8 +78,5 @@ __all__ = [
     "TimeoutNow",
     "VoteResponse",
     "from_envelope",
-    "needs_fsync",
-    "promises",
-    "split_messages",
     "to_envelope",
 ]

@@ -2,17 +2,9 @@
 
 The caller drives it with ``tick()``, ``step(message)``, ``propose(data)``,
 ``read_index(request_id)``, membership and transfer requests, and collects what
-it must do in a :class:`Ready`:
-
-1. persist ``snapshot`` (a received one, installed first), ``entries`` (the first
-   one replaces any stored entry at its index and after) and ``hard_state``,
-   with one fsync for the whole batch;
-2. send ``messages``;
-3. apply ``committed`` entries in order, then serve ``reads`` whose index is applied;
-4. call ``advance(ready)``.
-
-Persist-before-send is what makes a vote or an acknowledgement a promise.
-``step()``, ``tick()`` and ``propose()`` may be called between ``ready()`` and
+it must do, and in what order, in a :class:`Ready` (whose docstring is the
+contract). Persist-before-send is what makes a vote or an acknowledgement a
+promise. ``step()``, ``tick()`` and ``propose()`` may be called between ``ready()`` and
 ``advance()``; what they produce comes out in the next Ready.
 
 The structure follows etcd-io/raft: the term is handled once in ``step()``, then
@@ -104,14 +96,40 @@ class ReadState:
 
 @dataclass(frozen=True, slots=True)
 class Ready:
+    """What the caller must do, and in what order (Raft Figure 2, "respond to RPCs
+    only after updating stable storage"; dissertation §3.8 and §10.2.1):
+
+    1. send ``now``;
+    2. persist ``snapshot``, ``entries`` and ``hard_state``, in one atomic write,
+       synced to disk if ``must_sync``;
+    3. send ``after``;
+    4. apply ``committed``, serve ``reads``; then ``advance`` the node.
+
+    The node decides the plan: ``must_sync`` when the write holds a promise to
+    peers not yet on disk (entries, a snapshot, a new term, vote, recovery
+    state or incarnation; a commit index alone need not be durable). When it
+    need not sync, every message may leave at once (what it promises is on
+    disk already). Otherwise ``now`` holds FORWARDs (client commands on their
+    way to the primary: they promise nothing) and a primary's REPLICATEs and
+    HEARTBEATs of a term whose vote for itself is on disk: the primary writes
+    its log in parallel with its followers (§10.2.1), which is safe because it
+    counts itself towards a commit only once its own write is done
+    (``advance``). (A term not yet on disk would be unsafe: a primary that
+    crashed before writing it could win the same term again after a restart
+    and send other entries under it.) Votes, acknowledgements and answers to
+    probes are promises about the disk: ``after``."""
+
     hard_state: HardState | None
     soft_state: SoftState | None
     snapshot: SnapshotMeta | None
     entries: tuple[Entry, ...]
-    messages: tuple[Message, ...]
+    messages: tuple[Message, ...]  # all of them, in the order made: ``now`` and ``after``
     committed: tuple[Entry, ...]
     reads: tuple[ReadState, ...]
     membership: Membership | None  # the latest membership in the log, when it changed
+    must_sync: bool
+    now: tuple[Message, ...] = ()
+    after: tuple[Message, ...] = ()
 
     def __repr__(self) -> str:
         parts = []
@@ -134,52 +152,6 @@ class Ready:
         if self.membership:
             parts.append(repr(self.membership))
         return "Ready(" + "; ".join(parts) + ")"
-
-
-Durable = tuple[int, int, bool, int, tuple[tuple[int, int], ...]]  # as on disk
-
-
-def promises(hs: HardState) -> Durable:
-    """What of a hard state is a promise to peers (all but the commit index)."""
-    return (hs.term, hs.vote, hs.recovering, hs.incarnation, hs.fenced)
-
-
-def changes_term_or_vote(rd: Ready, durable: Durable) -> bool:
-    hs = rd.hard_state
-    return hs is not None and promises(hs) != durable
-
-
-def needs_fsync(rd: Ready, durable: Durable) -> bool:
-    """Whether ``rd`` holds promises to peers that must be on disk before anything
-    in it is acted on: entries, a snapshot, a new term, vote or recovery state
-    (``durable``: ``promises`` of the hard state already on disk). A commit
-    index alone need not be durable."""
-    return rd.snapshot is not None or bool(rd.entries) or changes_term_or_vote(rd, durable)
-
-
-def split_messages(rd: Ready, role: Role, durable: Durable) -> tuple[list[Message], list[Message]]:
-    """The messages of ``rd`` that may leave before ``rd`` is persisted, and the
-    rest, which must wait for the fsync. ``role`` is the node's role now, and
-    ``durable`` what of its hard state is already on its disk.
-
-    Early: FORWARDs (client commands on their way to the primary: they promise
-    nothing), and a primary's REPLICATEs and HEARTBEATs if ``rd`` changes
-    neither its term nor its vote: the primary writes its log in parallel with
-    its followers (Raft dissertation §10.2.1), which is safe because it counts
-    itself towards a commit only once its own write is done (``advance``). (A
-    term not yet on disk would be unsafe: a primary that crashed before writing
-    it could win the same term again after a restart and send other entries
-    under it.) Votes and acknowledgements are promises about the disk: late."""
-    primary = role is Role.PRIMARY and not changes_term_or_vote(rd, durable)
-    early: list[Message] = []
-    late: list[Message] = []
-    for m in rd.messages:
-        t = type(m)
-        if t is Forward or (primary and (t is Replicate or t is Heartbeat)):
-            early.append(m)
-        else:
-            late.append(m)
-    return early, late
 
 
 @dataclass(frozen=True, slots=True)
@@ -300,8 +272,8 @@ class RaftNode:
         self._apply_from = self.applied + 1  # first committed entry not yet handed out to apply
         self._snapshot_out: SnapshotMeta | None = None
         self._membership_changed = True
-        self._prev_hard = (self.term, self.vote, self.commit, p.hard_state.recovering, self.incarnation,
-                           self._fenced)  # as last handed out
+        hs = p.hard_state  # as last handed out: what is on disk
+        self._prev_hard = (hs.term, hs.vote, hs.commit, hs.recovering, hs.incarnation, hs.fenced)
         self._prev_soft = (self.role, self.leader)  # a BACKUP that knows no primary: not news
         self._outstanding: Ready | None = None
 
@@ -1282,15 +1254,35 @@ class RaftNode:
         committed = tuple(log.slice(self._apply_from, self.commit)) if self._apply_from <= self.commit else ()
         hard = (self.term, self.vote, self.commit, self.recovering, self.incarnation, self._fenced)
         soft = (self.role, self.leader)
+        durable = self._prev_hard  # (on disk: the previous Ready was persisted before advance)
+        messages = tuple(self._outbox)
+        must_sync = self._snapshot_out is not None or bool(entries) or (
+            hard[:2] != durable[:2] or hard[3:] != durable[3:])  # (all but the commit index)
+        if not must_sync:
+            now, after = messages, ()
+        else:
+            now_l: list[Message] = []
+            after_l: list[Message] = []
+            own_term = durable[0] if durable[1] == self.id else -1  # a term of ours, on disk with our vote
+            for m in messages:
+                t = type(m)
+                if t is Forward or ((t is Replicate or t is Heartbeat) and m.term == own_term):
+                    now_l.append(m)
+                else:
+                    after_l.append(m)
+            now, after = tuple(now_l), tuple(after_l)
         rd = Ready(
             hard_state=HardState(*hard) if hard != self._prev_hard else None,
             soft_state=SoftState(self.role, self.leader, self.term) if soft != self._prev_soft else None,
             snapshot=self._snapshot_out,
             entries=entries,
-            messages=tuple(self._outbox),
+            messages=messages,
             committed=committed,
             reads=tuple(self._reads_out),
             membership=self.membership if self._membership_changed else None,
+            must_sync=must_sync,
+            now=now,
+            after=after,
         )
         self._prev_hard, self._prev_soft = hard, soft
         self._outbox = []
