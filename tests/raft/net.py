@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterable
 from chorus.raft import (
     Entry,
     EntryKind,
+    HardState,
     InstallSnapshot,
     Membership,
     Message,
@@ -22,7 +23,6 @@ from chorus.raft import (
     Role,
     SnapshotMeta,
 )
-from chorus.raft.node import HardState
 from tests.sim.storage import SimStorage
 
 # Short timeouts keep scenarios small: elections after 10-19 ticks, heartbeats every 2.

@@ -160,7 +160,7 @@ def test_a_primary_rejects_lies_about_its_own_term() -> None:
         p.step(ReplicateAck(term=p.term, server_id=2, to=1, index=p.log.last_index + 1))
     with pytest.raises(MessageError, match="read round"):
         # It would confirm, in advance, every read of this term.
-        p.step(HeartbeatAck(term=p.term, server_id=2, to=1, ctx=p.read_ctx + 1000))
+        p.step(HeartbeatAck(term=p.term, server_id=2, to=1, ctx=p.reads.ctx + 1000))
     assert _fingerprint(p) == before
     # Answers from servers that are not members are dropped quietly.
     p.step(ReplicateAck(term=p.term, server_id=7, to=1, index=1))

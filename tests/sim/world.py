@@ -829,7 +829,7 @@ class World:
         if raft.role is Role.PRIMARY:
             lies.append(ReplicateAck(term=t, server_id=other, to=node.id, index=last + 10))
             lies.append(Heartbeat(term=t, server_id=other, to=node.id, commit=0))
-            lies.append(HeartbeatAck(term=t, server_id=other, to=node.id, ctx=raft.read_ctx + 7))
+            lies.append(HeartbeatAck(term=t, server_id=other, to=node.id, ctx=raft.reads.ctx + 7))
         lie = self.rng.choice(lies)
         before = _fingerprint(raft)
         try:

@@ -14,15 +14,15 @@ the message goes to the handler of the current role.
 from __future__ import annotations
 
 import contextlib
-import enum
 import random
-from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass
 from operator import attrgetter
 
+from . import quorum
 from .config import RaftConfig
+from .errors import Refused
 from .log import RaftLog
+from .membership import History
 from .messages import (
     MAX_NUMBER,
     Entry,
@@ -46,137 +46,11 @@ from .messages import (
     VoteResponse,
 )
 from .progress import Progress, ProgressState
+from .reads import ReadQueue
+from .ready import NONE, HardState, Persisted, ReadState, Ready, Role, SoftState, plan
 from .validate import validate
 
-NONE = 0  # "no server": node ids are positive integers
 _kind_of = attrgetter("kind")
-
-
-class Role(enum.Enum):
-    PRIMARY = "PRIMARY"
-    BACKUP = "BACKUP"
-    CANDIDATE = "CANDIDATE"
-
-
-@dataclass(frozen=True, slots=True)
-class HardState:
-    """What must be on disk before any message that depends on it is sent."""
-
-    term: int = 0
-    vote: int = NONE
-    commit: int = 0
-    # This node may have lost what it promised (its disk was lost or damaged): it
-    # neither votes nor counts towards any quorum until it has caught up (see
-    # RaftNode's docstring). Durable, like the vote: a restart does not forget it.
-    recovering: bool = False
-    # This node's store (a number chosen when the store was made, see ``Probe``),
-    # and the highest incarnation it knows of each other voter, as sorted
-    # (server_id, incarnation) pairs: what it answered to probes is on disk
-    # before the answer leaves.
-    incarnation: int = 0
-    fenced: tuple[tuple[int, int], ...] = ()
-
-
-@dataclass(frozen=True, slots=True)
-class SoftState:
-    """Volatile facts the caller may want to show or act on."""
-
-    role: Role
-    leader: int
-    term: int
-
-
-@dataclass(frozen=True, slots=True)
-class ReadState:
-    """A linearizable read may be served once the local applied index >= ``index``."""
-
-    request_id: int
-    index: int
-
-
-@dataclass(frozen=True, slots=True)
-class Ready:
-    """What the caller must do, and in what order (Raft Figure 2, "respond to RPCs
-    only after updating stable storage"; dissertation §3.8 and §10.2.1):
-
-    1. send ``now``;
-    2. persist ``snapshot``, ``entries`` and ``hard_state``, in one atomic write,
-       synced to disk if ``must_sync``;
-    3. send ``after``;
-    4. apply ``committed``, serve ``reads``; then ``advance`` the node.
-
-    The node decides the plan: ``must_sync`` when the write holds a promise to
-    peers not yet on disk (entries, a snapshot, a new term, vote, recovery
-    state or incarnation; a commit index alone need not be durable). When it
-    need not sync, every message may leave at once (what it promises is on
-    disk already). Otherwise ``now`` holds FORWARDs (client commands on their
-    way to the primary: they promise nothing) and a primary's REPLICATEs and
-    HEARTBEATs of a term whose vote for itself is on disk: the primary writes
-    its log in parallel with its followers (§10.2.1), which is safe because it
-    counts itself towards a commit only once its own write is done
-    (``advance``). (A term not yet on disk would be unsafe: a primary that
-    crashed before writing it could win the same term again after a restart
-    and send other entries under it.) Votes, acknowledgements and answers to
-    probes are promises about the disk: ``after``."""
-
-    hard_state: HardState | None
-    soft_state: SoftState | None
-    snapshot: SnapshotMeta | None
-    entries: tuple[Entry, ...]
-    messages: tuple[Message, ...]  # all of them, in the order made: ``now`` and ``after``
-    committed: tuple[Entry, ...]
-    reads: tuple[ReadState, ...]
-    membership: Membership | None  # the latest membership in the log, when it changed
-    must_sync: bool
-    now: tuple[Message, ...] = ()
-    after: tuple[Message, ...] = ()
-
-    def __repr__(self) -> str:
-        parts = []
-        if self.soft_state:
-            s = self.soft_state
-            parts.append(f"{s.role.value} t{s.term} lead={s.leader}")
-        if self.hard_state:
-            h = self.hard_state
-            parts.append(f"hs(t{h.term} vote={h.vote} commit={h.commit})")
-        if self.snapshot:
-            parts.append(f"install {self.snapshot!r}")
-        if self.entries:
-            parts.append(f"persist {self.entries[0].index}..{self.entries[-1].index}")
-        if self.committed:
-            parts.append(f"apply {self.committed[0].index}..{self.committed[-1].index}")
-        if self.messages:
-            parts.append(f"send {len(self.messages)}")
-        if self.reads:
-            parts.append("reads " + ",".join(f"{r.request_id}@{r.index}" for r in self.reads))
-        if self.membership:
-            parts.append(repr(self.membership))
-        return "Ready(" + "; ".join(parts) + ")"
-
-
-@dataclass(frozen=True, slots=True)
-class Persisted:
-    """What a restarting node gets back from its storage."""
-
-    hard_state: HardState = HardState()
-    snapshot: SnapshotMeta | None = None
-    entries: Sequence[Entry] = ()  # the entries after the snapshot, in order
-    applied: int = 0  # the state machine's applied index
-
-
-class Refused(Exception):
-    """A request the node cannot take now; ``code`` is stable, the message is for people.
-
-    ``leader`` is the primary this node knows of (0 if none), a hint for clients.
-    """
-
-    def __init__(self, code: str, message: str, leader: int = NONE) -> None:
-        super().__init__(message)
-        self.code = code
-        self.leader = leader
-
-    def __repr__(self) -> str:
-        return f"Refused({self.code}: {self}{f', primary={self.leader}' if self.leader else ''})"
 
 
 class RaftNode:
@@ -223,11 +97,8 @@ class RaftNode:
 
         # Membership: the latest configuration in the log takes effect at once,
         # committed or not (Raft dissertation §4.1). History lets a truncation revert it.
-        self._configs: list[tuple[int, Membership]] = []
-        for e in self.log.entries:
-            if e.kind == EntryKind.CONFIG:
-                self._configs.append((e.index, Membership.decode(e.data)))
-        self.membership = self._configs[-1][1] if self._configs else self.log.snapshot.membership
+        self.history = History(self.log.snapshot.membership, self.log.entries)
+        self.membership = self.history.latest
 
         # Volatile state.
         self.role = Role.BACKUP
@@ -247,7 +118,7 @@ class RaftNode:
         self.pending_conf_index = 0
 
         # ReadIndex (Raft dissertation §6.4): reads wait for a heartbeat round.
-        self.read_ctx = 0
+        self.reads = ReadQueue()
 
         # Recovery from a lost disk: the terms other voters answered to PROBE, until
         # enough did (then the highest of them, ``_probe_term``).
@@ -258,9 +129,6 @@ class RaftNode:
         # counted none of our acknowledgements: every commit it made with our lost
         # promises is at or below it.
         self._recover_target: tuple[int, int] | None = None  # (term, index)
-        self._reads_need_commit: list[tuple[int, int]] = []  # (origin, request) until a commit in term
-        self._reads_unsent: list[tuple[int, int, int]] = []  # (origin, request, index)
-        self._reads_pending: deque[tuple[int, int, int, int]] = deque()  # (ctx, origin, req, index)
 
         # Output bookkeeping.
         self.applied = max(p.applied, self.log.snapshot.index)
@@ -300,11 +168,10 @@ class RaftNode:
             return False
         if self.id in self.membership.voters:
             return True
-        return bool(self._configs) and self._configs[-1][0] > self.commit and \
-            self.id in self._membership_at(self.commit).voters
+        return self.history.latest_index > self.commit and self.id in self.history.at(self.commit).voters
 
     def quorum(self) -> int:
-        return len(self.membership.voters) // 2 + 1
+        return quorum.size(len(self.membership.voters))
 
     def hard_state(self) -> HardState:
         return HardState(self.term, self.vote, self.commit, self.recovering, self.incarnation, self._fenced)
@@ -327,9 +194,7 @@ class RaftNode:
         self._vote_fence = {}
         self.pre_campaign = False
         self.lead_transferee = NONE
-        self._reads_need_commit.clear()
-        self._reads_unsent.clear()
-        self._reads_pending.clear()
+        self.reads.clear()
 
     def _reset_randomized_timeout(self) -> None:
         lo, hi = self.cfg.election_ticks_min, self.cfg.election_ticks_max
@@ -348,9 +213,10 @@ class RaftNode:
         last = self.log.last_index
         members = self.membership
         replicate_to = set(members.members)
-        if self._configs and self._configs[-1][0] > self.commit:
+        change = self.history.latest_index
+        if change > self.commit:
             # A removal may not be committed yet: keep its server informed until it is.
-            replicate_to |= self._membership_at(self._configs[-1][0] - 1).members
+            replicate_to |= self.history.at(change - 1).members
         for pid in replicate_to:
             self.progress[pid] = Progress(last + 1, is_learner=pid not in members.voters)
         if self.id in self.progress:
@@ -611,11 +477,11 @@ class RaftNode:
         if self.log.term(self.commit) != self.term:
             # Dissertation §6.4 step 1: until an entry of its own term is committed,
             # the primary does not know the latest commit index.
-            self._reads_need_commit.append((origin, request_id))
+            self.reads.need_commit.append((origin, request_id))
         elif self.membership.voters == {self.id}:
             self._deliver_read(origin, request_id, self.commit)
         else:
-            self._reads_unsent.append((origin, request_id, self.commit))
+            self.reads.unsent.append((origin, request_id, self.commit))
 
     def _deliver_read(self, origin: int, request_id: int, index: int) -> None:
         if origin == self.id:
@@ -627,20 +493,17 @@ class RaftNode:
 
     def _release_reads(self) -> None:
         """Serve every pending read whose heartbeat round a quorum has answered."""
-        if not self._reads_pending:
+        if not self.reads.pending:
             return
-        acked = sorted(
-            (self.read_ctx if pid == self.id else self.progress[pid].acked_ctx)
-            for pid in self.membership.voters
-            if pid in self.progress and not self.progress[pid].recovering
+        voters = self.membership.voters
+        confirmed = quorum.reached(
+            ((self.reads.ctx if pid == self.id else self.progress[pid].acked_ctx)
+             for pid in voters if pid in self.progress and not self.progress[pid].recovering),
+            len(voters),
         )
-        if len(acked) < self.quorum():
-            return
-        confirmed = acked[len(acked) - self.quorum()]
-        pending = self._reads_pending
-        while pending and pending[0][0] <= confirmed:
-            _, origin, req, index = pending.popleft()
-            self._deliver_read(origin, req, index)
+        if confirmed is not None:
+            for origin, req, index in self.reads.confirmed(confirmed):
+                self._deliver_read(origin, req, index)
 
     # ---- leadership transfer (dissertation §3.10)
     def transfer_leadership(self, target: int) -> None:
@@ -727,7 +590,7 @@ class RaftNode:
         return index
 
     def _set_membership(self, index: int, membership: Membership) -> None:
-        self._configs.append((index, membership))
+        self.history.add(index, membership)
         self._membership_became(membership)
 
     def _membership_became(self, membership: Membership) -> None:
@@ -748,14 +611,6 @@ class RaftNode:
             if self.lead_transferee not in membership.voters:
                 self.lead_transferee = NONE
 
-    def _membership_at(self, index: int) -> Membership:
-        found = self.log.snapshot.membership
-        for i, m in self._configs:
-            if i > index:
-                break
-            found = m
-        return found
-
     # ---- snapshots
     def compact(self, index: int) -> None:
         """The caller took a snapshot of the applied state at ``index``: forget the
@@ -764,9 +619,9 @@ class RaftNode:
             return
         if index > self.applied:
             raise ValueError(f"snapshot at {index} is beyond the applied index {self.applied}")
-        meta = SnapshotMeta(index, self.log.term(index), self._membership_at(index))  # type: ignore[arg-type]
+        meta = SnapshotMeta(index, self.log.term(index), self.history.at(index))  # type: ignore[arg-type]
         self.log.compact(meta)
-        self._configs = [(i, m) for i, m in self._configs if i > index]
+        self.history.compact(index)
 
     def report_snapshot(self, node_id: int, ok: bool) -> None:
         """The caller finished (or failed) sending a snapshot to ``node_id``."""
@@ -853,9 +708,9 @@ class RaftNode:
             raise MessageError(f"server {m.server_id} claims to be primary of term {m.term}, which is ours")
         if t is ReplicateAck and m.index > self.log.last_index:  # type: ignore[attr-defined]
             raise MessageError(f"REPLICATE_ACK for index {m.index} beyond our last entry {self.log.last_index}")  # type: ignore[attr-defined]
-        if t is HeartbeatAck and m.ctx > self.read_ctx:  # type: ignore[attr-defined]
+        if t is HeartbeatAck and m.ctx > self.reads.ctx:  # type: ignore[attr-defined]
             # It would confirm reads we have not asked about (and all later ones).
-            raise MessageError(f"HEARTBEAT_ACK for read round {m.ctx}, but only {self.read_ctx} were sent")  # type: ignore[attr-defined]
+            raise MessageError(f"HEARTBEAT_ACK for read round {m.ctx}, but only {self.reads.ctx} were sent")  # type: ignore[attr-defined]
 
     def _handle_vote_request(self, m: RequestVote) -> None:
         can_vote = not self.recovering and (  # (it may have promised its vote already, and lost it)
@@ -917,10 +772,10 @@ class RaftNode:
                 for pid, inc in m.fenced:  # type: ignore[attr-defined]
                     if inc > fence.get(pid, 0):
                         fence[pid] = inc
-            granted, rejected = self._tally()
-            if granted >= self.quorum():
+            won = quorum.outcome(*self._tally(), len(self.membership.voters))
+            if won:
                 self._won_election()
-            elif rejected >= self.quorum():
+            elif won is False:
                 self._become_backup(self.term, NONE)
 
     def _step_primary(self, m: Message) -> None:
@@ -1000,10 +855,8 @@ class RaftNode:
             self._outbox = [
                 m for m in self._outbox if not (type(m) is ReplicateAck and not m.reject and m.index >= first)
             ]
-            if self._configs and self._configs[-1][0] >= first:
-                while self._configs and self._configs[-1][0] >= first:
-                    self._configs.pop()
-                self._membership_became(self._configs[-1][1] if self._configs else self.log.snapshot.membership)
+            if self.history.truncate_from(first):
+                self._membership_became(self.history.latest)
         self.log.append(entries)
         if EntryKind.CONFIG in set(map(_kind_of, entries)):
             for e in entries:
@@ -1041,7 +894,7 @@ class RaftNode:
             self._ack(m.server_id, self.commit)
             return
         self.log.restore(s)
-        self._configs = []
+        self.history.restore(s.membership)
         self._membership_became(s.membership)
         self.commit = s.index
         self._snapshot_out = s
@@ -1103,36 +956,38 @@ class RaftNode:
         voters = self.membership.voters
         progress = self.progress
         # A recovering voter's acknowledgements count for nothing (nor does it vote).
-        matches = sorted(progress[pid].match for pid in voters if pid in progress and not progress[pid].recovering)
-        q = self.quorum()
-        if len(matches) < q:
+        index = quorum.reached((progress[pid].match for pid in voters if pid in progress and not progress[pid].recovering),
+                               len(voters))
+        if index is None or index <= self.commit or self.log.term(index) != self.term:
             return False
-        index = matches[len(matches) - q]
-        if index <= self.commit or self.log.term(index) != self.term:
-            return False
-        was_committed_in_term = self.log.term(self.commit) == self.term
+        first_in_term = self.log.term(self.commit) != self.term
         self.commit = index
+        self._committed(first_in_term)
+        return True
+
+    def _committed(self, first_in_term: bool) -> None:
+        """What a primary's new commit index sets going: servers whose removal is
+        now committed are let go; the reads that waited for a commit in this term
+        go on (dissertation §6.4); a primary whose own removal is committed hands
+        over and steps down (§4.2.2)."""
         self._forget_removed()
-        if not was_committed_in_term and self._reads_need_commit:
-            waiting, self._reads_need_commit = self._reads_need_commit, []
-            for origin, req in waiting:
+        if first_in_term and self.reads.need_commit:
+            for origin, req in self.reads.take_need_commit():
                 self._primary_read(origin, req)
-        if self.id not in voters and self._configs and self._configs[-1][0] <= index:
-            # Our own removal is committed (dissertation §4.2.2): hand over and step down.
+        if self.id not in self.membership.voters and 0 < self.history.latest_index <= self.commit:
             successor = self.most_caught_up()
             if successor != NONE:
                 self._send(TimeoutNow(term=self.term, server_id=self.id, to=successor))
             self._become_backup(self.term, NONE)
-        return True
 
     def _forget_removed(self) -> None:
         """Once a membership change is committed, stop replicating to the servers it
         removed: each once it holds its removal, told the commit then (it knows its
         removal is committed, and no longer campaigns: see ``promotable``), or once
         it has not answered for an election timeout."""
-        if not self._configs or len(self.progress) <= len(self.membership.members):
+        at = self.history.latest_index
+        if not at or len(self.progress) <= len(self.membership.members):
             return
-        at = self._configs[-1][0]
         if at > self.commit:
             return
         for pid in [p for p in self.progress if p not in self.membership.members]:
@@ -1141,7 +996,7 @@ class RaftNode:
                 del self.progress[pid]
                 if pid != self.id:
                     self._send(Heartbeat(term=self.term, server_id=self.id, to=pid,
-                                         commit=min(pr.match, self.commit), ctx=self.read_ctx))
+                                         commit=min(pr.match, self.commit), ctx=self.reads.ctx))
 
     def _send_append(self, pid: int, pr: Progress, *, allow_empty: bool) -> bool:
         """Send the next REPLICATE (or the snapshot) to ``pid``; False if nothing was sent."""
@@ -1184,7 +1039,7 @@ class RaftNode:
                         server_id=self.id,
                         to=pid,
                         commit=min(pr.match, self.commit),
-                        ctx=self.read_ctx,
+                        ctx=self.reads.ctx,
                     )
                 )
 
@@ -1192,48 +1047,53 @@ class RaftNode:
         self._outbox.append(m)
 
     # ------------------------------------------------------------------ output
-    def _flush(self) -> None:
-        """Turn what accumulated since the last Ready into messages: batches of
-        entries for every follower (pipelined up to the in-flight limits), commit
-        updates, one heartbeat round for new reads, one FORWARD per batch."""
+    def _emit(self) -> None:
+        """Turn what accumulated since the last Ready into messages: on a primary,
+        one heartbeat round for new reads, then entries and commit updates for
+        every follower; on a backup, the client commands to forward."""
         if self.role is Role.PRIMARY:
             if self._forward_buf:
                 # Accepted for forwarding while a backup; we are primary now.
                 with contextlib.suppress(Refused):
                     self.propose_batch(self._forward_buf)
                 self._forward_buf.clear()
-            if self._reads_unsent:
-                self.read_ctx += 1
-                for origin, req, index in self._reads_unsent:
-                    self._reads_pending.append((self.read_ctx, origin, req, index))
-                self._reads_unsent.clear()
+            if self.reads.start_round():
                 self._broadcast_heartbeat()
-            max_msgs, max_bytes = self.cfg.max_inflight_msgs, self.cfg.max_inflight_bytes
-            last, commit = self.log.last_index, self.commit
-            for pid, pr in self.progress.items():
-                if pid == self.id or (pr.next > last and pr.sent_commit >= commit):
-                    continue  # nothing new for it
-                sent = False
-                while not pr.is_paused(max_msgs, max_bytes) and self._send_append(pid, pr, allow_empty=False):
-                    sent = True
-                if not sent and pr.sent_commit < self.commit and not pr.is_paused(max_msgs, max_bytes):
-                    self._send_append(pid, pr, allow_empty=True)  # tell it the new commit index
+            self._replicate()
         elif self._forward_buf:
             if self.leader != NONE:
-                # In pieces of at most max_msg_bytes (at least one command each).
-                batch: list[bytes] = []
-                size = 0
-                for data in self._forward_buf:
-                    if batch and size + len(data) > self.cfg.max_msg_bytes:
-                        self._send(Forward(term=self.term, server_id=self.id, to=self.leader, commands=tuple(batch)))
-                        batch, size = [], 0
-                    batch.append(data)
-                    size += len(data)
-                self._send(Forward(term=self.term, server_id=self.id, to=self.leader, commands=tuple(batch)))
+                self._forward(self._forward_buf)
             self._forward_buf.clear()
 
+    def _replicate(self) -> None:
+        """Send every follower the entries it lacks, pipelined up to the in-flight
+        limits, or at least the new commit index (Raft §5.3)."""
+        max_msgs, max_bytes = self.cfg.max_inflight_msgs, self.cfg.max_inflight_bytes
+        last, commit = self.log.last_index, self.commit
+        for pid, pr in self.progress.items():
+            if pid == self.id or (pr.next > last and pr.sent_commit >= commit):
+                continue  # nothing new for it
+            sent = False
+            while not pr.is_paused(max_msgs, max_bytes) and self._send_append(pid, pr, allow_empty=False):
+                sent = True
+            if not sent and pr.sent_commit < commit and not pr.is_paused(max_msgs, max_bytes):
+                self._send_append(pid, pr, allow_empty=True)  # tell it the new commit index
+
+    def _forward(self, commands: list[bytes]) -> None:
+        """FORWARD client commands to the primary, in pieces of at most
+        max_msg_bytes (at least one command each)."""
+        batch: list[bytes] = []
+        size = 0
+        for data in commands:
+            if batch and size + len(data) > self.cfg.max_msg_bytes:
+                self._send(Forward(term=self.term, server_id=self.id, to=self.leader, commands=tuple(batch)))
+                batch, size = [], 0
+            batch.append(data)
+            size += len(data)
+        self._send(Forward(term=self.term, server_id=self.id, to=self.leader, commands=tuple(batch)))
+
     def has_ready(self) -> bool:
-        self._flush()
+        self._emit()
         return bool(
             self._outbox
             or self._reads_out
@@ -1247,30 +1107,17 @@ class RaftNode:
 
     def ready(self) -> Ready:
         assert self._outstanding is None, "advance() the previous Ready first"
-        self._flush()
+        self._emit()
         log = self.log
         last = log.last_index
         entries = tuple(log.slice(self._unsaved_from, last)) if self._unsaved_from <= last else ()
         committed = tuple(log.slice(self._apply_from, self.commit)) if self._apply_from <= self.commit else ()
         hard = (self.term, self.vote, self.commit, self.recovering, self.incarnation, self._fenced)
         soft = (self.role, self.leader)
-        durable = self._prev_hard  # (on disk: the previous Ready was persisted before advance)
         messages = tuple(self._outbox)
-        must_sync = self._snapshot_out is not None or bool(entries) or (
-            hard[:2] != durable[:2] or hard[3:] != durable[3:])  # (all but the commit index)
-        if not must_sync:
-            now, after = messages, ()
-        else:
-            now_l: list[Message] = []
-            after_l: list[Message] = []
-            own_term = durable[0] if durable[1] == self.id else -1  # a term of ours, on disk with our vote
-            for m in messages:
-                t = type(m)
-                if t is Forward or ((t is Replicate or t is Heartbeat) and m.term == own_term):
-                    now_l.append(m)
-                else:
-                    after_l.append(m)
-            now, after = tuple(now_l), tuple(after_l)
+        # (self._prev_hard is on disk: the previous Ready was persisted before advance.)
+        must_sync, now, after = plan(self.id, messages, hard, self._prev_hard,
+                                     bool(entries) or self._snapshot_out is not None)
         rd = Ready(
             hard_state=HardState(*hard) if hard != self._prev_hard else None,
             soft_state=SoftState(self.role, self.leader, self.term) if soft != self._prev_soft else None,
