@@ -15,6 +15,7 @@ NONE = 0  # "no server": node ids are positive integers
 class Role(enum.Enum):
     PRIMARY = "PRIMARY"
     BACKUP = "BACKUP"
+    PRE_CANDIDATE = "PRE_CANDIDATE"  # asking pre-votes (dissertation §9.6): term and vote unchanged
     CANDIDATE = "CANDIDATE"
 
 
