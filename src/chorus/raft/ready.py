@@ -99,15 +99,20 @@ class Ready:
             parts.append(f"{s.role.value} t{s.term} lead={s.leader}")
         if self.hard_state:
             h = self.hard_state
-            parts.append(f"hs(t{h.term} vote={h.vote} commit={h.commit})")
+            extra = (" recovering" if h.recovering else "") + (f" inc={h.incarnation}" if h.incarnation else "")
+            parts.append(f"hs(t{h.term} vote={h.vote} commit={h.commit}{extra})")
         if self.snapshot:
             parts.append(f"install {self.snapshot!r}")
         if self.entries:
             parts.append(f"persist {self.entries[0].index}..{self.entries[-1].index}")
         if self.committed:
             parts.append(f"apply {self.committed[0].index}..{self.committed[-1].index}")
-        if self.messages:
-            parts.append(f"send {len(self.messages)}")
+        if self.must_sync:
+            parts.append("sync")
+        if self.now:
+            parts.append(f"send {len(self.now)} now")
+        if self.after:
+            parts.append(f"send {len(self.after)} after")
         if self.reads:
             parts.append("reads " + ",".join(f"{r.request_id}@{r.index}" for r in self.reads))
         if self.membership:
