@@ -406,6 +406,29 @@ class RaftNode(Elections, Replication, Recovery, Reconfig, Output):
         if type(m) is ProbeResp:
             self._probed(m)
             return
+        if not self._term_rule(m):
+            return
+        if type(m) is RequestVote:
+            self._handle_vote_request(m)
+        elif self.role is Role.PRIMARY:
+            self._step_primary(m)
+        elif self.role is Role.CANDIDATE or self.role is Role.PRE_CANDIDATE:
+            self._step_candidate(m)
+        else:
+            self._step_backup(m)
+        if self.recovering:
+            self._maybe_end_recovery()
+
+    def _term_rule(self, m: Message) -> bool:
+        """Raft §5.1: a message of a later term makes this node adopt it, as a
+        BACKUP (following the sender if it is that term's primary); one of an
+        earlier term is stale and dropped. Whether to go on with ``m``.
+
+        The exceptions: a vote request while we hear from a primary is ignored
+        (dissertation §4.2.3), unless a leadership transfer sent it; a pre-vote,
+        and a granted pre-vote, change nobody's term (§9.6); a stale primary
+        gets our term back, so that it steps down (without this, pre-vote and
+        check-quorum could leave it stuck), and a stale pre-vote an answer."""
         if m.term > self.term:
             if type(m) is RequestVote:
                 in_lease = (
@@ -416,7 +439,7 @@ class RaftNode(Elections, Replication, Recovery, Reconfig, Output):
                 if in_lease and not m.transfer:
                     # Dissertation §4.2.3: while we hear from a primary, a vote request
                     # is from a disruptive server; ignore it (and keep our term).
-                    return
+                    return False
             if type(m) is RequestVote and m.pre_vote:
                 pass  # a pre-vote never changes anybody's term
             elif type(m) is VoteResponse and m.pre_vote and m.granted:
@@ -434,18 +457,8 @@ class RaftNode(Elections, Replication, Recovery, Reconfig, Output):
                 self._send(
                     VoteResponse(term=self.term, server_id=self.id, to=m.server_id, granted=False, pre_vote=True)
                 )
-            return  # anything else from an older term is ignored
-
-        if type(m) is RequestVote:
-            self._handle_vote_request(m)
-        elif self.role is Role.PRIMARY:
-            self._step_primary(m)
-        elif self.role is Role.CANDIDATE or self.role is Role.PRE_CANDIDATE:
-            self._step_candidate(m)
-        else:
-            self._step_backup(m)
-        if self.recovering:
-            self._maybe_end_recovery()
+            return False  # anything else from an older term is ignored
+        return True
 
     def _check_against_state(self, m: Message) -> None:
         """Reject what an honest peer cannot send us, before anything changes."""

@@ -32,6 +32,12 @@ class Replication:
     """Part of :class:`chorus.raft.node.RaftNode`: replication."""
 
     def _handle_replicate(self, m: Replicate) -> None:
+        """AppendEntries, the receiver's rules (Raft Figure 2; the term, rule 1,
+        was ``_term_rule``): 2. refuse if the log has no entry at prev_index of
+        prev_term (with a hint, §5.3's "fast backup"); 3. delete a conflicting
+        entry and all that follow; 4. append the new entries; 5. commit up to
+        min(leaderCommit, index of the last new entry). The acknowledgement
+        leaves once the entries are on disk (the Ready's ``after``)."""
         if self.recovering and m.recovering and m.term == self.term:
             t = self._recover_target
             if t is None or t[0] != m.term or t[1] < m.commit:
