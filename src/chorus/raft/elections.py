@@ -97,25 +97,25 @@ class Elections:
             )
 
     def _step_candidate(self, m: Message) -> None:
-        t = type(m)
-        if t is Replicate or t is Heartbeat or t is InstallSnapshot:
-            # Somebody won this term (Raft §5.2).
-            self._become_backup(m.term, m.server_id)
-            self._step_backup(m)
-        elif t is VoteResponse:
-            if m.pre_vote != (self.role is Role.PRE_CANDIDATE):  # type: ignore[attr-defined]
-                return  # an answer to an earlier phase
-            if m.server_id not in self.membership.voters:
-                return
-            if m.server_id not in self.votes:
-                self.votes[m.server_id] = m.granted  # type: ignore[attr-defined]
-                self._vote_incarnation[m.server_id] = m.incarnation  # type: ignore[attr-defined]
-                fence = self._vote_fence
-                for pid, inc in m.fenced:  # type: ignore[attr-defined]
-                    if inc > fence.get(pid, 0):
-                        fence[pid] = inc
-            won = quorum.outcome(*self._tally(), len(self.membership.voters))
-            if won:
-                self._won_election()
-            elif won is False:
-                self._become_backup(self.term, NONE)
+        match m:
+            case Replicate() | Heartbeat() | InstallSnapshot():
+                # Somebody won this term (Raft §5.2).
+                self._become_backup(m.term, m.server_id)
+                self._step_backup(m)
+            case VoteResponse():
+                if m.pre_vote != (self.role is Role.PRE_CANDIDATE):
+                    return  # an answer to an earlier phase
+                if m.server_id not in self.membership.voters:
+                    return
+                if m.server_id not in self.votes:
+                    self.votes[m.server_id] = m.granted
+                    self._vote_incarnation[m.server_id] = m.incarnation
+                    fence = self._vote_fence
+                    for pid, inc in m.fenced:
+                        if inc > fence.get(pid, 0):
+                            fence[pid] = inc
+                won = quorum.outcome(*self._tally(), len(self.membership.voters))
+                if won:
+                    self._won_election()
+                elif won is False:
+                    self._become_backup(self.term, NONE)

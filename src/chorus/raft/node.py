@@ -359,8 +359,8 @@ class RaftNode(Elections, Replication, Recovery, Reconfig, Output):
             return
         voters = self.membership.voters
         confirmed = quorum.reached(
-            ((self.reads.ctx if pid == self.id else self.progress[pid].acked_ctx)
-             for pid in voters if pid in self.progress and not self.progress[pid].recovering),
+            [(self.reads.ctx if pid == self.id else self.progress[pid].acked_ctx)
+             for pid in voters if pid in self.progress and not self.progress[pid].recovering],
             len(voters),
         )
         if confirmed is not None:
@@ -375,7 +375,9 @@ class RaftNode(Elections, Replication, Recovery, Reconfig, Output):
             return
         if index > self.applied:
             raise ValueError(f"snapshot at {index} is beyond the applied index {self.applied}")
-        meta = SnapshotMeta(index, self.log.term(index), self.history.at(index))  # type: ignore[arg-type]
+        term = self.log.term(index)
+        assert term is not None  # (index is applied, so it is in the log)
+        meta = SnapshotMeta(index, term, self.history.at(index))
         self.log.compact(meta)
         self.history.compact(index)
 
@@ -462,56 +464,55 @@ class RaftNode(Elections, Replication, Recovery, Reconfig, Output):
 
     def _check_against_state(self, m: Message) -> None:
         """Reject what an honest peer cannot send us, before anything changes."""
-        t = type(m)
-        if m.term < self.term:
-            return  # stale messages are ignored anyway
         if m.term != self.term or self.role is not Role.PRIMARY:
-            return
-        if t is Replicate or t is Heartbeat or t is InstallSnapshot:
-            raise MessageError(f"server {m.server_id} claims to be primary of term {m.term}, which is ours")
-        if t is ReplicateAck and m.index > self.log.last_index:  # type: ignore[attr-defined]
-            raise MessageError(f"REPLICATE_ACK for index {m.index} beyond our last entry {self.log.last_index}")  # type: ignore[attr-defined]
-        if t is HeartbeatAck and m.ctx > self.reads.ctx:  # type: ignore[attr-defined]
-            # It would confirm reads we have not asked about (and all later ones).
-            raise MessageError(f"HEARTBEAT_ACK for read round {m.ctx}, but only {self.reads.ctx} were sent")  # type: ignore[attr-defined]
+            return  # (stale messages are ignored anyway)
+        match m:
+            case Replicate() | Heartbeat() | InstallSnapshot():
+                raise MessageError(f"server {m.server_id} claims to be primary of term {m.term}, which is ours")
+            case ReplicateAck() if m.index > self.log.last_index:
+                raise MessageError(f"REPLICATE_ACK for index {m.index} beyond our last entry {self.log.last_index}")
+            case HeartbeatAck() if m.ctx > self.reads.ctx:
+                # It would confirm reads we have not asked about (and all later ones).
+                raise MessageError(f"HEARTBEAT_ACK for read round {m.ctx}, but only {self.reads.ctx} were sent")
 
     def _step_backup(self, m: Message) -> None:
-        t = type(m)
-        if t is Replicate or t is Heartbeat or t is InstallSnapshot:
-            self.election_elapsed = 0
-            self.leader = m.server_id
-            if t is Replicate:
-                self._handle_replicate(m)  # type: ignore[arg-type]
-            elif t is Heartbeat:
-                self._handle_heartbeat(m)  # type: ignore[arg-type]
-            else:
-                self._handle_snapshot(m)  # type: ignore[arg-type]
-        elif t is TimeoutNow:
-            if self.promotable:
-                self._campaign(pre_vote=False, transfer=True)
-        elif t is ReadIndexResp:
-            self._reads_out.append(ReadState(m.request_id, m.index))  # type: ignore[attr-defined]
+        match m:
+            case Replicate() | Heartbeat() | InstallSnapshot():
+                self.election_elapsed = 0
+                self.leader = m.server_id
+                match m:
+                    case Replicate():
+                        self._handle_replicate(m)
+                    case Heartbeat():
+                        self._handle_heartbeat(m)
+                    case InstallSnapshot():
+                        self._handle_snapshot(m)
+            case TimeoutNow():
+                if self.promotable:
+                    self._campaign(pre_vote=False, transfer=True)
+            case ReadIndexResp():
+                self._reads_out.append(ReadState(m.request_id, m.index))
         # FORWARD, READ_INDEX (we are not primary) and answers meant for a primary or a
         # candidate are dropped: the sender times out and retries.
 
     def _step_primary(self, m: Message) -> None:
-        t = type(m)
-        if t is Forward:
+        if type(m) is Forward:
             with contextlib.suppress(Refused):  # dropped: the backup times out and retries
-                self.propose_batch(m.commands)  # type: ignore[attr-defined]
+                self.propose_batch(m.commands)
             return
         pr = self.progress.get(m.server_id)
         if pr is None:
             return  # not (or no longer) a member: drop
-        if (t is ReplicateAck or t is HeartbeatAck) and not self._raise_fence(m.server_id, m.incarnation) \
-                and not m.recovering:  # type: ignore[attr-defined]
-            # From a store that is gone (it lost its disk since): what it says it
-            # holds is not held any more. (That it may have lost something is
-            # believed from any store.)
-            return
-        if t is ReplicateAck:
-            self._handle_replicate_ack(m, pr)  # type: ignore[arg-type]
-        elif t is HeartbeatAck:
-            self._handle_heartbeat_ack(m, pr)  # type: ignore[arg-type]
-        elif t is ReadIndex:
-            self._primary_read(m.server_id, m.request_id)  # type: ignore[attr-defined]
+        match m:
+            case ReplicateAck() | HeartbeatAck() if not self._raise_fence(m.server_id, m.incarnation) \
+                    and not m.recovering:
+                # From a store that is gone (it lost its disk since): what it says it
+                # holds is not held any more. (That it may have lost something is
+                # believed from any store.)
+                return
+            case ReplicateAck():
+                self._handle_replicate_ack(m, pr)
+            case HeartbeatAck():
+                self._handle_heartbeat_ack(m, pr)
+            case ReadIndex():
+                self._primary_read(m.server_id, m.request_id)

@@ -9,7 +9,7 @@ from .errors import Refused
 from .messages import (
     Message,
 )
-from .ready import NONE, HardState, Ready, Role, SoftState, plan
+from .ready import NONE, HardState, Ready, Role, SoftState, split
 
 
 class Output:
@@ -28,7 +28,7 @@ class Output:
                 with contextlib.suppress(Refused):
                     self.propose_batch(self._forward_buf)
                 self._forward_buf.clear()
-            if self.reads.start_round():
+            if self.reads.unsent and self.reads.start_round():
                 self._broadcast_heartbeat()
             self._replicate()
         elif self._forward_buf:
@@ -59,11 +59,18 @@ class Output:
         hard = (self.term, self.vote, self.commit, self.recovering, self.incarnation, self._fenced)
         soft = (self.role, self.leader)
         messages = tuple(self._outbox)
-        # (self._prev_hard is on disk: the previous Ready was persisted before advance.)
-        must_sync, now, after = plan(self.id, messages, hard, self._prev_hard,
-                                     bool(entries) or self._snapshot_out is not None)
+        # The plan (see Ready). self._prev_hard is on disk: the previous Ready was
+        # persisted before advance. Anything but the commit index is a promise.
+        prev = self._prev_hard
+        changed = hard != prev
+        if entries or self._snapshot_out is not None or (changed and (
+                hard[0] != prev[0] or hard[1] != prev[1] or hard[3:] != prev[3:])):
+            must_sync = True
+            now, after = split(self.id, messages, prev) if messages else ((), ())
+        else:
+            must_sync, now, after = False, messages, ()
         rd = Ready(
-            hard_state=HardState(*hard) if hard != self._prev_hard else None,
+            hard_state=HardState(*hard) if changed else None,
             soft_state=SoftState(self.role, self.leader, self.term) if soft != self._prev_soft else None,
             snapshot=self._snapshot_out,
             entries=entries,

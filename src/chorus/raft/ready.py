@@ -133,14 +133,10 @@ class Persisted:
 Hard = tuple[int, int, int, bool, int, tuple[tuple[int, int], ...]]  # HardState's fields, in order
 
 
-def plan(node_id: int, messages: tuple[Message, ...], hard: Hard, durable: Hard, writes_log: bool
-         ) -> tuple[bool, tuple[Message, ...], tuple[Message, ...]]:
-    """(must_sync, now, after) of a Ready (see its docstring): ``hard`` is the
-    hard state it carries, ``durable`` the one on disk, ``writes_log`` whether
-    it holds entries or a snapshot."""
-    must_sync = writes_log or hard[:2] != durable[:2] or hard[3:] != durable[3:]  # (all but the commit index)
-    if not must_sync:
-        return False, messages, ()
+def split(node_id: int, messages: tuple[Message, ...], durable: Hard
+          ) -> tuple[tuple[Message, ...], tuple[Message, ...]]:
+    """(now, after) of a Ready that must be synced (see its docstring):
+    ``durable`` is the hard state on disk."""
     now: list[Message] = []
     after: list[Message] = []
     own_term = durable[0] if durable[1] == node_id else -1  # a term of ours, on disk with our vote
@@ -150,4 +146,4 @@ def plan(node_id: int, messages: tuple[Message, ...], hard: Hard, durable: Hard,
             now.append(m)
         else:
             after.append(m)
-    return True, tuple(now), tuple(after)
+    return tuple(now), tuple(after)

@@ -191,7 +191,7 @@ class Replication:
         voters = self.membership.voters
         progress = self.progress
         # A recovering voter's acknowledgements count for nothing (nor does it vote).
-        index = quorum.reached((progress[pid].match for pid in voters if pid in progress and not progress[pid].recovering),
+        index = quorum.reached([progress[pid].match for pid in voters if pid in progress and not progress[pid].recovering],
                                len(voters))
         if index is None or index <= self.commit or self.log.term(index) != self.term:
             return False
@@ -220,10 +220,10 @@ class Replication:
         removed: each once it holds its removal, told the commit then (it knows its
         removal is committed, and no longer campaigns: see ``promotable``), or once
         it has not answered for an election timeout."""
-        at = self.history.latest_index
-        if not at or len(self.progress) <= len(self.membership.members):
+        if len(self.progress) <= len(self.membership.members):
             return
-        if at > self.commit:
+        at = self.history.latest_index
+        if not at or at > self.commit:
             return
         for pid in [p for p in self.progress if p not in self.membership.members]:
             pr = self.progress[pid]
