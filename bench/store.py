@@ -72,7 +72,7 @@ def ready(entries: list[Entry], *, committed: bool = False) -> Ready:
     on a replica whose log runs just ahead of its commit index)."""
     return Ready(hard_state=HardState(1, 1, entries[-1].index), soft_state=None, snapshot=None,
                  entries=tuple(entries), messages=(), committed=tuple(entries) if committed else (), reads=(),
-                 membership=None)
+                 membership=None, must_sync=True)
 
 
 def cycle(store: ReplicaStore, entries: list[Entry]) -> tuple[float, float]:

@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterable
 from chorus.raft import (
     Entry,
     EntryKind,
+    HardState,
     InstallSnapshot,
     Membership,
     Message,
@@ -22,7 +23,6 @@ from chorus.raft import (
     Role,
     SnapshotMeta,
 )
-from chorus.raft.node import HardState
 from tests.sim.storage import SimStorage
 
 # Short timeouts keep scenarios small: elections after 10-19 ticks, heartbeats every 2.
@@ -58,6 +58,7 @@ class Net:
         self.incoming: dict[int, object] = {}  # snapshot data received, waiting for its Ready
         self.filter: Callable[[Message], Message | None] | None = None
         self.transcript: list[str] | None = None  # when a list: what happened, line by line
+        self.show_readies = False  # and, in it, every Ready handled
         self.incarnations = 0  # the last store made by lose_disk (the first are all 0)
         for i in ids:
             st = self.storage[i] = SimStorage()
@@ -134,6 +135,8 @@ class Net:
         if i in self.down or not node.has_ready():
             return False
         rd = node.ready()
+        if self.transcript is not None and self.show_readies:
+            self.transcript.append(f"n{i} {rd!r}")
         if self.transcript is not None and rd.soft_state is not None:
             ss = rd.soft_state
             lead = f", primary n{ss.leader}" if ss.leader and ss.leader != i else ""

@@ -160,7 +160,7 @@ def test_a_primary_rejects_lies_about_its_own_term() -> None:
         p.step(ReplicateAck(term=p.term, server_id=2, to=1, index=p.log.last_index + 1))
     with pytest.raises(MessageError, match="read round"):
         # It would confirm, in advance, every read of this term.
-        p.step(HeartbeatAck(term=p.term, server_id=2, to=1, ctx=p.read_ctx + 1000))
+        p.step(HeartbeatAck(term=p.term, server_id=2, to=1, ctx=p.reads.ctx + 1000))
     assert _fingerprint(p) == before
     # Answers from servers that are not members are dropped quietly.
     p.step(ReplicateAck(term=p.term, server_id=7, to=1, index=1))
@@ -168,34 +168,37 @@ def test_a_primary_rejects_lies_about_its_own_term() -> None:
 
 
 def test_what_may_leave_before_the_fsync() -> None:
-    """split_messages: a primary's REPLICATE/HEARTBEAT and every FORWARD go early;
-    votes and acknowledgements never do; nothing of a primary goes early while
-    its term or vote is not yet on disk."""
-    from chorus.raft import HardState, Ready, Role, split_messages
-
-    msgs = (
-        Replicate(term=3, server_id=1, to=2, prev_index=4, prev_term=3, commit=4),
-        Heartbeat(term=3, server_id=1, to=3, commit=4),
-        Forward(term=3, server_id=1, to=2, commands=(b"x",)),
-        ReplicateAck(term=3, server_id=1, to=2, index=5),
-        VoteResponse(term=3, server_id=1, to=2, granted=True),
-        RequestVote(term=3, server_id=1, to=2, last_index=5, last_term=3),
-    )
-
-    def ready(hs: HardState | None) -> Ready:
-        return Ready(hard_state=hs, soft_state=None, snapshot=None, entries=(), messages=msgs, committed=(),
-                     reads=(), membership=None)
-
-    def early(rd: Ready, role: Role, durable: tuple[int, int, bool]) -> list[str]:
-        first, rest = split_messages(rd, role, durable)
-        assert first + rest == sorted(msgs, key=lambda m: m not in first) and len(first + rest) == len(msgs)
-        return [m.type for m in first]
-
-    assert early(ready(None), Role.PRIMARY, (3, 1, False, 0, ())) == ["REPLICATE", "HEARTBEAT", "FORWARD"]
-    assert early(ready(HardState(3, 1, 5)), Role.PRIMARY, (3, 1, False, 0, ())) == ["REPLICATE", "HEARTBEAT", "FORWARD"]
-    # A term or vote this Ready is about to write: the primary waits for it.
-    assert early(ready(HardState(3, 1, 5)), Role.PRIMARY, (2, 2, False, 0, ())) == ["FORWARD"]
-    # So does the end of a recovery (acknowledgements that count from now on).
-    assert early(ready(HardState(3, 1, 5)), Role.PRIMARY, (3, 1, True, 0, ())) == ["FORWARD"]
-    assert early(ready(None), Role.BACKUP, (3, 1, False, 0, ())) == ["FORWARD"]
-    assert early(ready(None), Role.CANDIDATE, (3, 1, False, 0, ())) == ["FORWARD"]
+    """The Ready's plan: a primary's REPLICATE/HEARTBEAT and every FORWARD go
+    before the write; votes and acknowledgements wait for it; nothing of a
+    primary goes early while its term or vote is not yet on disk; and a Ready
+    with nothing to sync lets everything go."""
+    net = Net(3)
+    node = net[1]
+    rd = node.ready()  # the bootstrap entry of a new store
+    assert rd.must_sync and rd.entries
+    node.advance(rd)
+    node.campaign()  # (a pre-vote: term and vote unchanged)
+    rd = node.ready()
+    assert not rd.must_sync and {m.type for m in rd.now} == {"REQUEST_VOTE"}
+    node.advance(rd)
+    # The real election: its term and vote must be on disk before the requests leave.
+    node.step(VoteResponse(term=2, server_id=2, to=1, granted=True, pre_vote=True))
+    rd = node.ready()
+    assert rd.must_sync and rd.hard_state is not None and rd.hard_state.term == 2
+    assert rd.now == () and {m.type for m in rd.after} == {"REQUEST_VOTE"}
+    node.advance(rd)
+    node.step(VoteResponse(term=2, server_id=2, to=1, granted=True))
+    rd = node.ready()  # primary of term 2, its vote on disk: its entries leave before its own write
+    assert rd.must_sync and rd.entries and {m.type for m in rd.now} == {"REPLICATE"} and rd.after == ()
+    node.advance(rd)
+    node.step(ReplicateAck(term=2, server_id=2, to=1, index=rd.entries[-1].index))
+    rd = node.ready()  # a commit index alone: nothing to sync, everything leaves at once
+    assert not rd.must_sync and rd.after == () and rd.now == rd.messages
+    node.advance(rd)
+    # A backup: its acknowledgement waits for the entries it acknowledges; a FORWARD does not.
+    b = net[3]
+    b.advance(b.ready())
+    b.step(Replicate(term=2, server_id=1, to=3, prev_index=1, prev_term=1, entries=(Entry(2, 2, 1, b""),), commit=1))
+    b.propose(b"x")
+    rd = b.ready()
+    assert rd.must_sync and [m.type for m in rd.now] == ["FORWARD"] and [m.type for m in rd.after] == ["REPLICATE_ACK"]

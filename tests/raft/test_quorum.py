@@ -9,8 +9,7 @@ import random
 from hypothesis import given
 from hypothesis import strategies as st
 
-from chorus.raft import HardState, Membership, Persisted, RaftNode
-from chorus.raft.node import Role
+from chorus.raft import HardState, Membership, Persisted, RaftNode, Role
 from chorus.raft.progress import Progress
 
 from .net import entries_for_terms

@@ -8,8 +8,7 @@ import dataclasses
 
 import pytest
 
-from chorus.raft import Membership, ReplicateAck, RequestVote, Role
-from chorus.raft.node import HardState, Refused
+from chorus.raft import HardState, Membership, Refused, ReplicateAck, RequestVote, Role
 from tests.sim.storage import SimStorage
 
 from .net import CONFIG, Net

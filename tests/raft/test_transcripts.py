@@ -5,9 +5,13 @@ happened: every message delivered, in order, and every role change. Run with
 CHORUS_REWRITE=1 to regenerate the expected output after a deliberate change,
 then read the diff.
 
-Commands: ``net N [pre_vote=false] [check_quorum=false]``, ``campaign I``,
-``propose I DATA``, ``tick [I ...] [times=N]``, ``isolate I``, ``heal``,
-``crash I``, ``restart I``, ``read I REQUEST_ID``, ``transfer I TARGET``,
+Commands: ``net N [pre_vote=false] [check_quorum=false] [readies=true]``
+(with readies, every Ready handled is printed too: ``sync`` when it must be
+on disk before its ``after`` messages leave), ``campaign I``, ``propose I
+DATA``, ``tick [I ...] [times=N]``, ``isolate I``, ``heal``, ``crash I``,
+``restart I``, ``read I REQUEST_ID``, ``transfer I TARGET``, ``add_learner I
+ID`` (and start server ID, empty), ``promote I ID``, ``remove I ID``,
+``snapshot I`` (I snapshots its applied state and compacts its log),
 ``status``.
 """
 
@@ -19,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from chorus.raft import Refused
+from chorus.raft import Membership, Refused
 
 from .net import CONFIG, Net
 
@@ -39,6 +43,7 @@ def run_command(state: dict, line: str) -> list[str]:
         )
         state["net"] = Net(int(args[0]), config=config)
         state["net"].transcript = []
+        state["net"].show_readies = opts.get("readies", "false") == "true"
         return ["ok"]
     net: Net = state["net"]
     out: list[str] = []
@@ -69,6 +74,18 @@ def run_command(state: dict, line: str) -> list[str]:
         elif cmd == "transfer":
             net[int(args[0])].transfer_leadership(int(args[1]))
             net.settle()
+        elif cmd == "add_learner":
+            primary, new = int(args[0]), int(args[1])
+            index = net[primary].add_learner(new)
+            net.start(new, Membership())
+            out.insert(0, f"index {index}")
+            net.settle()
+        elif cmd in ("promote", "remove"):
+            index = getattr(net[int(args[0])], cmd)(int(args[1]))
+            out.insert(0, f"index {index}")
+            net.settle()
+        elif cmd == "snapshot":
+            out.append(repr(net.snapshot(int(args[0]))))
         elif cmd == "status":
             out.append(net.status())
         else:

@@ -58,7 +58,7 @@ def test_appending_without_the_consistency_check(monkeypatch: pytest.MonkeyPatch
 
 def test_acknowledging_before_the_fsync(monkeypatch: pytest.MonkeyPatch) -> None:
     """Early sends that let acknowledgements and votes leave before the disk has them."""
-    monkeypatch.setattr(world, "split_messages", lambda rd, role, durable: (list(rd.messages), []))
+    monkeypatch.setattr(world.World, "plan", staticmethod(lambda rd: (rd.messages, ())))
     failure = first_failure(range(20), early_send=True)
     assert "on disk" in failure or "before persisting it" in failure, failure
 

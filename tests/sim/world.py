@@ -44,9 +44,6 @@ from chorus.raft import (
     Role,
     SnapshotMeta,
     VoteResponse,
-    needs_fsync,
-    promises,
-    split_messages,
 )
 
 from .storage import AppState, SimStorage
@@ -177,9 +174,11 @@ class World:
     empty_disk_votes = False  # a mutant (test_checker.py): a server back with an empty disk votes at once
 
     def __init__(self, seed: int, *, trace: Callable[[str], None] | None = None, early_send: bool = False) -> None:
-        """``early_send``: drive the nodes as the real replica does, sending what
-        ``split_messages`` allows before the Ready is persisted (the crash
-        windows then fall after those messages left)."""
+        """``early_send``: drive the nodes as the real replica does, sending a
+        Ready's ``now`` before it is persisted and its ``after`` once it is (the
+        crash windows then fall after the first ones left). Without it, every
+        message waits for the write (the core's rules alone, without the
+        overlap)."""
         self.early_send = early_send
         self.seed = seed
         self.p = Params.from_seed(seed)
@@ -354,15 +353,11 @@ class World:
         self._check_node(node)  # may retire (stop) the node
         if node.raft is raft and node.outstanding is None and raft.has_ready():
             rd = node.outstanding = raft.ready()
+            self._check_plan(node, rd)
             if self.early_send:
-                # As the replica loop does: if nothing must be on disk first, every
-                # message leaves now; otherwise what split_messages allows.
-                durable = promises(node.storage.hard_state)
-                if not needs_fsync(rd, durable):
-                    early, node.late = list(rd.messages), []
-                else:
-                    early, node.late = split_messages(rd, raft.role, durable)
-                for m in early:
+                # As the replica loop does: the Ready's plan, ``now`` before the write.
+                node.late = list(self.plan(rd)[1])
+                for m in self.plan(rd)[0]:
                     self._send_from(node, m)
             lo, hi = self.p.disk_us
             self.schedule(self.rng.randint(lo, hi), IO_DONE, node.id, node.gen)
@@ -505,6 +500,26 @@ class World:
             cast = self.votes.setdefault((node.id, hs.term), hs.vote)
             if cast != hs.vote:
                 self.fail(f"n{node.id} voted for n{cast} and n{hs.vote} in term {hs.term}")
+
+    @staticmethod
+    def plan(rd: Ready) -> tuple[tuple[Message, ...], tuple[Message, ...]]:
+        """What leaves before the write and what after it (a mutant replaces it)."""
+        return rd.now, rd.after
+
+    def _check_plan(self, node: SimNode, rd: Ready) -> None:
+        """The core says whether the write must be synced: it must not say no to
+        a promise the disk does not hold yet."""
+        if sorted(map(id, rd.now + rd.after)) != sorted(map(id, rd.messages)):
+            self.fail(f"n{node.id} Ready's plan does not hold its messages once each: {rd!r}")
+        if rd.must_sync:
+            return
+        hs, st = rd.hard_state, node.storage.hard_state
+        if rd.entries or rd.snapshot is not None or (hs is not None and (
+                (hs.term, hs.vote, hs.recovering, hs.incarnation, hs.fenced)
+                != (st.term, st.vote, st.recovering, st.incarnation, st.fenced))):
+            self.fail(f"n{node.id} Ready not marked must_sync holds what its disk does not: {rd!r}")
+        if rd.after:
+            self.fail(f"n{node.id} Ready with nothing to sync keeps messages for after the write")
 
     def _check_promise(self, node: SimNode, m: Message) -> None:
         st = node.storage
@@ -814,7 +829,7 @@ class World:
         if raft.role is Role.PRIMARY:
             lies.append(ReplicateAck(term=t, server_id=other, to=node.id, index=last + 10))
             lies.append(Heartbeat(term=t, server_id=other, to=node.id, commit=0))
-            lies.append(HeartbeatAck(term=t, server_id=other, to=node.id, ctx=raft.read_ctx + 7))
+            lies.append(HeartbeatAck(term=t, server_id=other, to=node.id, ctx=raft.reads.ctx + 7))
         lie = self.rng.choice(lies)
         before = _fingerprint(raft)
         try:

@@ -74,7 +74,7 @@ def main(path: str) -> None:
         k += 1
         entries, hs = batch(k)
         store.persist(Ready(hard_state=hs, soft_state=None, snapshot=None, entries=entries,
-                            messages=(), committed=(), reads=(), membership=None))
+                            messages=(), committed=(), reads=(), membership=None, must_sync=True))
         print(f"durable {k}", flush=True)
         applied = store.applied()
         if stable(k) > applied:

@@ -28,9 +28,9 @@ HASH = "$argon2id$v=19$m=65536,t=3,p=4$c2FsdA$aGFzaA"
 MEMBERS = Membership(frozenset({1, 2, 3}))
 
 
-def ready(entries=(), hs: HardState | None = None, snapshot=None) -> Ready:
+def ready(entries=(), hs: HardState | None = None, snapshot=None, *, must_sync: bool = True) -> Ready:
     return Ready(hard_state=hs, soft_state=None, snapshot=snapshot, entries=tuple(entries),
-                 messages=(), committed=(), reads=(), membership=None)
+                 messages=(), committed=(), reads=(), membership=None, must_sync=must_sync)
 
 
 def chat_log(n_messages: int, term: int = 1, start: int = 1) -> list[Entry]:
@@ -145,12 +145,12 @@ def test_save_persists_and_applies_in_one_transaction(tmp_path: Path, monkeypatc
     s = ReplicaStore(tmp_path / "r.db", MEMBERS)
     log = chat_log(8)
     rd = Ready(hard_state=HardState(1, 1, 6), soft_state=None, snapshot=None, entries=tuple(log),
-               messages=(), committed=tuple(log[:6]), reads=(), membership=None)
+               messages=(), committed=tuple(log[:6]), reads=(), membership=None, must_sync=True)
     results = s.save(rd)
     assert [i for i, _ in results] == [1, 2, 3, 4, 5, 6] and s.applied() == 6
     more = sends(2, start=11)
     rd2 = Ready(hard_state=HardState(1, 1, 12), soft_state=None, snapshot=None, entries=tuple(more),
-                messages=(), committed=tuple(log[6:]) + tuple(more), reads=(), membership=None)
+                messages=(), committed=tuple(log[6:]) + tuple(more), reads=(), membership=None, must_sync=True)
     before = (s.restore(), s.digest())
     monkeypatch.setattr(s.chat, "apply_batch", lambda commands: 1 / 0)
     with pytest.raises(ZeroDivisionError):
@@ -352,7 +352,7 @@ def test_compaction_and_membership(tmp_path: Path) -> None:
 def test_a_commit_index_alone_is_stored_too(tmp_path: Path) -> None:
     s = ReplicaStore(tmp_path / "r.db", MEMBERS)
     s.persist(ready(chat_log(1), HardState(1, 1, 0)))
-    s.persist(ready((), HardState(1, 1, 3)))  # written without an fsync: recoverable if lost
+    s.persist(ready((), HardState(1, 1, 3), must_sync=False))  # no fsync: recoverable if lost
     assert s.restore().hard_state == HardState(1, 1, 3)
 
 

@@ -65,7 +65,7 @@ def test_a_snapshot_from_a_format_1_server_installs(tmp_path: Path) -> None:
     assert snap.meta.index == EXPECT["snapshot_index"] and f"{snap.digest:016x}" == EXPECT["snapshot_digest"]
     s = ReplicaStore(tmp_path / "new.db", Membership())
     s.persist(Ready(hard_state=HardState(2, 0, snap.meta.index), soft_state=None, snapshot=snap.meta, entries=(),
-                    messages=(), committed=(), reads=(), membership=None), snap)
+                    messages=(), committed=(), reads=(), membership=None, must_sync=True), snap)
     assert s.digest() == snap.digest == schema.full_digest(s.conn)
     assert s.chat.clients["client4"].results == ReplicaStore(copy("format1.db", tmp_path)).chat.clients[
         "client4"].results

@@ -115,7 +115,7 @@ def render(cluster: LocalCluster, rows: list[dict]) -> Group:
             t.add_row(str(i), r["address"], Text(state, style="red"), "", "", "", "", "")
             continue
         role = r["role"] if r.get("health", "ok") == "ok" else f"{r['role']} ({r['health']})"
-        style = {"PRIMARY": "bold green", "CANDIDATE": "yellow"}.get(r["role"], "")
+        style = {"PRIMARY": "bold green", "CANDIDATE": "yellow", "PRE_CANDIDATE": "yellow"}.get(r["role"], "")
         if r.get("health", "ok") != "ok":
             style = "bold red"
         t.add_row(str(r["id"]), r["address"], Text(role, style=style), str(r["term"]), str(r["commit_index"]),

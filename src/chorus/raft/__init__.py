@@ -9,6 +9,7 @@ What it offers:
 """
 
 from .config import FAST, RaftConfig
+from .errors import Refused
 from .messages import (
     MAX_NUMBER,
     MESSAGE_TYPES,
@@ -34,19 +35,8 @@ from .messages import (
     from_envelope,
     to_envelope,
 )
-from .node import (
-    HardState,
-    Persisted,
-    RaftNode,
-    ReadState,
-    Ready,
-    Refused,
-    Role,
-    SoftState,
-    needs_fsync,
-    promises,
-    split_messages,
-)
+from .node import RaftNode
+from .ready import HardState, Persisted, ReadState, Ready, Role, SoftState
 
 __all__ = [
     "FAST",
@@ -81,8 +71,5 @@ __all__ = [
     "TimeoutNow",
     "VoteResponse",
     "from_envelope",
-    "needs_fsync",
-    "promises",
-    "split_messages",
     "to_envelope",
 ]

@@ -16,7 +16,7 @@ a lost disk PROBE and PROBE_RESP.
 from __future__ import annotations
 
 import enum
-from typing import Annotated, Any, ClassVar
+from typing import Annotated, Any, ClassVar, cast
 
 import msgspec
 
@@ -116,7 +116,7 @@ class Message(msgspec.Struct, frozen=True, kw_only=True, tag_field="type"):
 
     @property
     def type(self) -> str:
-        return self.__struct_config__.tag  # type: ignore[return-value]
+        return cast(str, self.__struct_config__.tag)
 
     @property
     def payload(self) -> dict[str, Any]:
@@ -281,7 +281,7 @@ PeerMessage = (
 )
 
 MESSAGE_TYPES: dict[str, type[Message]] = {
-    cls.__struct_config__.tag: cls  # type: ignore[misc]
+    str(cls.__struct_config__.tag): cls
     for cls in (
         Heartbeat,
         HeartbeatAck,

@@ -2,17 +2,9 @@
 
 The caller drives it with ``tick()``, ``step(message)``, ``propose(data)``,
 ``read_index(request_id)``, membership and transfer requests, and collects what
-it must do in a :class:`Ready`:
-
-1. persist ``snapshot`` (a received one, installed first), ``entries`` (the first
-   one replaces any stored entry at its index and after) and ``hard_state``,
-   with one fsync for the whole batch;
-2. send ``messages``;
-3. apply ``committed`` entries in order, then serve ``reads`` whose index is applied;
-4. call ``advance(ready)``.
-
-Persist-before-send is what makes a vote or an acknowledgement a promise.
-``step()``, ``tick()`` and ``propose()`` may be called between ``ready()`` and
+it must do, and in what order, in a :class:`Ready` (whose docstring is the
+contract). Persist-before-send is what makes a vote or an acknowledgement a
+promise. ``step()``, ``tick()`` and ``propose()`` may be called between ``ready()`` and
 ``advance()``; what they produce comes out in the next Ready.
 
 The structure follows etcd-io/raft: the term is handled once in ``step()``, then
@@ -22,17 +14,16 @@ the message goes to the handler of the current role.
 from __future__ import annotations
 
 import contextlib
-import enum
 import random
-from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass
-from operator import attrgetter
 
+from . import quorum
 from .config import RaftConfig
+from .elections import Elections
+from .errors import Refused
 from .log import RaftLog
+from .membership import History
 from .messages import (
-    MAX_NUMBER,
     Entry,
     EntryKind,
     Forward,
@@ -53,161 +44,17 @@ from .messages import (
     TimeoutNow,
     VoteResponse,
 )
+from .output import Output
 from .progress import Progress, ProgressState
+from .reads import ReadQueue
+from .ready import NONE, HardState, Persisted, ReadState, Ready, Role, SoftState
+from .reconfig import Reconfig
+from .recovery import Recovery
+from .replication import Replication
 from .validate import validate
 
-NONE = 0  # "no server": node ids are positive integers
-_kind_of = attrgetter("kind")
 
-
-class Role(enum.Enum):
-    PRIMARY = "PRIMARY"
-    BACKUP = "BACKUP"
-    CANDIDATE = "CANDIDATE"
-
-
-@dataclass(frozen=True, slots=True)
-class HardState:
-    """What must be on disk before any message that depends on it is sent."""
-
-    term: int = 0
-    vote: int = NONE
-    commit: int = 0
-    # This node may have lost what it promised (its disk was lost or damaged): it
-    # neither votes nor counts towards any quorum until it has caught up (see
-    # RaftNode's docstring). Durable, like the vote: a restart does not forget it.
-    recovering: bool = False
-    # This node's store (a number chosen when the store was made, see ``Probe``),
-    # and the highest incarnation it knows of each other voter, as sorted
-    # (server_id, incarnation) pairs: what it answered to probes is on disk
-    # before the answer leaves.
-    incarnation: int = 0
-    fenced: tuple[tuple[int, int], ...] = ()
-
-
-@dataclass(frozen=True, slots=True)
-class SoftState:
-    """Volatile facts the caller may want to show or act on."""
-
-    role: Role
-    leader: int
-    term: int
-
-
-@dataclass(frozen=True, slots=True)
-class ReadState:
-    """A linearizable read may be served once the local applied index >= ``index``."""
-
-    request_id: int
-    index: int
-
-
-@dataclass(frozen=True, slots=True)
-class Ready:
-    hard_state: HardState | None
-    soft_state: SoftState | None
-    snapshot: SnapshotMeta | None
-    entries: tuple[Entry, ...]
-    messages: tuple[Message, ...]
-    committed: tuple[Entry, ...]
-    reads: tuple[ReadState, ...]
-    membership: Membership | None  # the latest membership in the log, when it changed
-
-    def __repr__(self) -> str:
-        parts = []
-        if self.soft_state:
-            s = self.soft_state
-            parts.append(f"{s.role.value} t{s.term} lead={s.leader}")
-        if self.hard_state:
-            h = self.hard_state
-            parts.append(f"hs(t{h.term} vote={h.vote} commit={h.commit})")
-        if self.snapshot:
-            parts.append(f"install {self.snapshot!r}")
-        if self.entries:
-            parts.append(f"persist {self.entries[0].index}..{self.entries[-1].index}")
-        if self.committed:
-            parts.append(f"apply {self.committed[0].index}..{self.committed[-1].index}")
-        if self.messages:
-            parts.append(f"send {len(self.messages)}")
-        if self.reads:
-            parts.append("reads " + ",".join(f"{r.request_id}@{r.index}" for r in self.reads))
-        if self.membership:
-            parts.append(repr(self.membership))
-        return "Ready(" + "; ".join(parts) + ")"
-
-
-Durable = tuple[int, int, bool, int, tuple[tuple[int, int], ...]]  # as on disk
-
-
-def promises(hs: HardState) -> Durable:
-    """What of a hard state is a promise to peers (all but the commit index)."""
-    return (hs.term, hs.vote, hs.recovering, hs.incarnation, hs.fenced)
-
-
-def changes_term_or_vote(rd: Ready, durable: Durable) -> bool:
-    hs = rd.hard_state
-    return hs is not None and promises(hs) != durable
-
-
-def needs_fsync(rd: Ready, durable: Durable) -> bool:
-    """Whether ``rd`` holds promises to peers that must be on disk before anything
-    in it is acted on: entries, a snapshot, a new term, vote or recovery state
-    (``durable``: ``promises`` of the hard state already on disk). A commit
-    index alone need not be durable."""
-    return rd.snapshot is not None or bool(rd.entries) or changes_term_or_vote(rd, durable)
-
-
-def split_messages(rd: Ready, role: Role, durable: Durable) -> tuple[list[Message], list[Message]]:
-    """The messages of ``rd`` that may leave before ``rd`` is persisted, and the
-    rest, which must wait for the fsync. ``role`` is the node's role now, and
-    ``durable`` what of its hard state is already on its disk.
-
-    Early: FORWARDs (client commands on their way to the primary: they promise
-    nothing), and a primary's REPLICATEs and HEARTBEATs if ``rd`` changes
-    neither its term nor its vote: the primary writes its log in parallel with
-    its followers (Raft dissertation §10.2.1), which is safe because it counts
-    itself towards a commit only once its own write is done (``advance``). (A
-    term not yet on disk would be unsafe: a primary that crashed before writing
-    it could win the same term again after a restart and send other entries
-    under it.) Votes and acknowledgements are promises about the disk: late."""
-    primary = role is Role.PRIMARY and not changes_term_or_vote(rd, durable)
-    early: list[Message] = []
-    late: list[Message] = []
-    for m in rd.messages:
-        t = type(m)
-        if t is Forward or (primary and (t is Replicate or t is Heartbeat)):
-            early.append(m)
-        else:
-            late.append(m)
-    return early, late
-
-
-@dataclass(frozen=True, slots=True)
-class Persisted:
-    """What a restarting node gets back from its storage."""
-
-    hard_state: HardState = HardState()
-    snapshot: SnapshotMeta | None = None
-    entries: Sequence[Entry] = ()  # the entries after the snapshot, in order
-    applied: int = 0  # the state machine's applied index
-
-
-class Refused(Exception):
-    """A request the node cannot take now; ``code`` is stable, the message is for people.
-
-    ``leader`` is the primary this node knows of (0 if none), a hint for clients.
-    """
-
-    def __init__(self, code: str, message: str, leader: int = NONE) -> None:
-        super().__init__(message)
-        self.code = code
-        self.leader = leader
-
-    def __repr__(self) -> str:
-        return f"Refused({self.code}: {self}{f', primary={self.leader}' if self.leader else ''})"
-
-
-class RaftNode:
+class RaftNode(Elections, Replication, Recovery, Reconfig, Output):
     def __init__(
         self,
         node_id: int,
@@ -251,11 +98,8 @@ class RaftNode:
 
         # Membership: the latest configuration in the log takes effect at once,
         # committed or not (Raft dissertation §4.1). History lets a truncation revert it.
-        self._configs: list[tuple[int, Membership]] = []
-        for e in self.log.entries:
-            if e.kind == EntryKind.CONFIG:
-                self._configs.append((e.index, Membership.decode(e.data)))
-        self.membership = self._configs[-1][1] if self._configs else self.log.snapshot.membership
+        self.history = History(self.log.snapshot.membership, self.log.entries)
+        self.membership = self.history.latest
 
         # Volatile state.
         self.role = Role.BACKUP
@@ -270,12 +114,11 @@ class RaftNode:
         # highest incarnation of each voter that any of them knows.
         self._vote_incarnation: dict[int, int] = {}
         self._vote_fence: dict[int, int] = {}
-        self.pre_campaign = False  # CANDIDATE only: asking pre-votes, term not bumped yet
         self.lead_transferee = NONE
         self.pending_conf_index = 0
 
         # ReadIndex (Raft dissertation §6.4): reads wait for a heartbeat round.
-        self.read_ctx = 0
+        self.reads = ReadQueue()
 
         # Recovery from a lost disk: the terms other voters answered to PROBE, until
         # enough did (then the highest of them, ``_probe_term``).
@@ -286,9 +129,6 @@ class RaftNode:
         # counted none of our acknowledgements: every commit it made with our lost
         # promises is at or below it.
         self._recover_target: tuple[int, int] | None = None  # (term, index)
-        self._reads_need_commit: list[tuple[int, int]] = []  # (origin, request) until a commit in term
-        self._reads_unsent: list[tuple[int, int, int]] = []  # (origin, request, index)
-        self._reads_pending: deque[tuple[int, int, int, int]] = deque()  # (ctx, origin, req, index)
 
         # Output bookkeeping.
         self.applied = max(p.applied, self.log.snapshot.index)
@@ -300,15 +140,15 @@ class RaftNode:
         self._apply_from = self.applied + 1  # first committed entry not yet handed out to apply
         self._snapshot_out: SnapshotMeta | None = None
         self._membership_changed = True
-        self._prev_hard = (self.term, self.vote, self.commit, p.hard_state.recovering, self.incarnation,
-                           self._fenced)  # as last handed out
+        hs = p.hard_state  # as last handed out: what is on disk
+        self._prev_hard = (hs.term, hs.vote, hs.commit, hs.recovering, hs.incarnation, hs.fenced)
         self._prev_soft = (self.role, self.leader)  # a BACKUP that knows no primary: not news
         self._outstanding: Ready | None = None
 
     def __repr__(self) -> str:
         lead = f" lead={self.leader}" if self.leader else ""
         return (
-            f"n{self.id} {self.role.value}{'(pre)' if self.pre_campaign else ''} t{self.term}"
+            f"n{self.id} {self.role.value} t{self.term}"
             f"{lead} vote={self.vote} commit={self.commit} applied={self.applied} {self.log!r}"
         )
 
@@ -328,11 +168,10 @@ class RaftNode:
             return False
         if self.id in self.membership.voters:
             return True
-        return bool(self._configs) and self._configs[-1][0] > self.commit and \
-            self.id in self._membership_at(self.commit).voters
+        return self.history.latest_index > self.commit and self.id in self.history.at(self.commit).voters
 
     def quorum(self) -> int:
-        return len(self.membership.voters) // 2 + 1
+        return quorum.size(len(self.membership.voters))
 
     def hard_state(self) -> HardState:
         return HardState(self.term, self.vote, self.commit, self.recovering, self.incarnation, self._fenced)
@@ -353,11 +192,8 @@ class RaftNode:
         self.votes = {}
         self._vote_incarnation = {}
         self._vote_fence = {}
-        self.pre_campaign = False
         self.lead_transferee = NONE
-        self._reads_need_commit.clear()
-        self._reads_unsent.clear()
-        self._reads_pending.clear()
+        self.reads.clear()
 
     def _reset_randomized_timeout(self) -> None:
         lo, hi = self.cfg.election_ticks_min, self.cfg.election_ticks_max
@@ -369,16 +205,17 @@ class RaftNode:
         self.leader = leader
 
     def _become_primary(self) -> None:
-        assert self.role is Role.CANDIDATE and not self.pre_campaign
+        assert self.role is Role.CANDIDATE
         self._reset(self.term)
         self.role = Role.PRIMARY
         self.leader = self.id
         last = self.log.last_index
         members = self.membership
         replicate_to = set(members.members)
-        if self._configs and self._configs[-1][0] > self.commit:
+        change = self.history.latest_index
+        if change > self.commit:
             # A removal may not be committed yet: keep its server informed until it is.
-            replicate_to |= self._membership_at(self._configs[-1][0] - 1).members
+            replicate_to |= self.history.at(change - 1).members
         for pid in replicate_to:
             self.progress[pid] = Progress(last + 1, is_learner=pid not in members.voters)
         if self.id in self.progress:
@@ -392,148 +229,11 @@ class RaftNode:
         # which commits everything before it and makes ReadIndex safe.
         self._append_local(EntryKind.NOOP, b"")
 
-    def _campaign(self, *, pre_vote: bool, transfer: bool = False) -> None:
-        self._reset_randomized_timeout()
-        self.election_elapsed = 0
-        if self.term >= MAX_NUMBER:
-            return  # no term beyond what the wire carries (only a hostile member gets here)
-        if pre_vote:
-            # Pre-candidates keep their term and vote (dissertation §9.6).
-            self.role = Role.CANDIDATE
-            self.pre_campaign = True
-            self.leader = NONE
-            self.votes = {}
-            self._vote_incarnation = {}
-            self._vote_fence = {}
-            term = self.term + 1
-        else:
-            self._reset(self.term + 1)
-            self.role = Role.CANDIDATE
-            self.vote = self.id
-            term = self.term
-        self.votes[self.id] = True
-        if self._tally()[0] >= self.quorum():
-            # A single voter wins at once.
-            self._won_election()
-            return
-        for pid in sorted(self.membership.voters):
-            if pid != self.id:
-                self._send(
-                    RequestVote(
-                        term=term,
-                        server_id=self.id,
-                        to=pid,
-                        last_index=self.log.last_index,
-                        last_term=self.log.last_term,
-                        pre_vote=pre_vote,
-                        transfer=transfer,
-                    )
-                )
-
-    def _tally(self) -> tuple[int, int]:
-        """(granted, rejected) among the voters. A vote from a store older than one
-        this node or any voter that answered knows of the same server is not
-        counted: that server lost its disk since it voted, and may vote again."""
-        voters = self.membership.voters
-        inc, fence, own = self._vote_incarnation, self._vote_fence, self._fence
-        granted = sum(1 for pid, ok in self.votes.items() if ok and pid in voters and (
-            pid == self.id or inc.get(pid, 0) >= max(fence.get(pid, 0), own.get(pid, 0))))
-        rejected = sum(1 for pid, ok in self.votes.items() if not ok and pid in voters)
-        return granted, rejected
-
-    def _voters_fenced(self) -> tuple[tuple[int, int], ...]:
-        """What a vote tells of the voters' stores (only of the voters: bounded)."""
-        voters = self.membership.voters
-        return tuple(p for p in self._fenced if p[0] in voters)
-
-    def _raise_fence(self, pid: int, incarnation: int) -> bool:
-        """Learn that ``pid``'s store is ``incarnation`` or newer; False if a newer
-        one is known already (the message is from a store that is gone)."""
-        known = self._fence.get(pid, 0)
-        if incarnation > known:
-            self._fence[pid] = incarnation
-            self._fenced = tuple(sorted(self._fence.items()))
-        return incarnation >= known
-
-    def _won_election(self) -> None:
-        if self.pre_campaign:
-            self._campaign(pre_vote=False)
-        else:
-            self._become_primary()
-
-    # ------------------------------------------------------------------ recovery from a lost disk
-    def _start_recovery(self) -> None:
-        if not self.recovering:
-            self.recovering = True
-            self.incarnation += 1  # (what it promised before is fenced off by the probe's answers)
-            self._probe, self._probe_term, self._probe_elapsed = {}, None, 0
-            if self.role is not Role.BACKUP:
-                self._become_backup(self.term, NONE)
-
-    def declare_new_cluster(self) -> None:
-        """The caller learned that no server of the configuration ever held data: a
-        cluster being created. A server that started recovering because its disk was
-        empty (it could not know yet) then takes part as a new member."""
-        if not self.recovering:
-            return
-        if self.log.last_index > 1 or self.term > 1 or self.log.snapshot.index:
-            raise Refused("not_new", "this server holds more than the bootstrap entry: it is no new member")
-        self.recovering = False
-
-    def _probed(self, m: ProbeResp) -> None:
-        if not self.recovering or self._probe_term is not None or m.recovering:
-            return  # (a recovering server's term says nothing of what came before)
-        if m.server_id not in self.membership.voters:
-            return
-        if m.known > self.incarnation:
-            # It knows a newer store of ours than this one (a clock set back): take
-            # a higher incarnation, and ask everyone again under it.
-            self.incarnation = m.known + 1
-            self._probe, self._probe_elapsed = {}, 0
-            return
-        if m.known < self.incarnation:
-            return  # an answer to an earlier incarnation's probe: it fences nothing of this one's
-        self._probe[m.server_id] = m.term
-        voters = self.membership.voters
-        # Enough that any quorum of the past, less this node, has one among them:
-        # then every term this node may have voted or acknowledged in is <= one of them.
-        # (Of a quorum that was still voting while these answers came, that is not
-        # shown: see docs/architecture.md, "What is not covered".)
-        needed = len(voters) - self.quorum() + 1
-        if len(self._probe) >= needed:
-            self._probe_term = max(self._probe.values())
-            self._maybe_end_recovery()
-
-    def _maybe_end_recovery(self) -> None:
-        """Recovered once this node holds, on disk and committed, everything a
-        primary had committed when it already counted none of our
-        acknowledgements (``_recover_target``), provided that primary's term is at
-        least every term we may have taken part in before the loss
-        (``_probe_term``) and it has committed in its own term. By Leader
-        Completeness that primary's log held everything any earlier quorum
-        committed, and it made every commit of its own that used our lost
-        promises before it stopped counting us: all of it is ours again."""
-        if self._probe_term is None or self.leader == NONE or self.role is not Role.BACKUP:
-            return
-        if self.term < self._probe_term or self.log.term(self.commit) != self.term:
-            return
-        target = self._recover_target
-        if target is None or target[0] != self.term or self.commit < target[1] or self._persisted < self.commit:
-            return
-        self.recovering = False
-        if self.vote == NONE:
-            # Its vote in this term may have been lost: it is the primary's, which won it.
-            self.vote = self.leader
-
     # ------------------------------------------------------------------ inputs
     def tick(self) -> None:
         """One unit of time passed (``config.tick_ms``)."""
         if self.recovering and self._probe_term is None:
-            self._probe_elapsed -= 1
-            if self._probe_elapsed <= 0:
-                self._probe_elapsed = self.cfg.heartbeat_ticks * 2
-                for pid in sorted(self.membership.voters - {self.id} - set(self._probe)):
-                    self._send(Probe(term=self.term, server_id=self.id, to=pid, incarnation=self.incarnation))
+            self._tick_probe()
         if self.role is Role.PRIMARY:
             self._tick_primary()
         else:
@@ -639,11 +339,11 @@ class RaftNode:
         if self.log.term(self.commit) != self.term:
             # Dissertation §6.4 step 1: until an entry of its own term is committed,
             # the primary does not know the latest commit index.
-            self._reads_need_commit.append((origin, request_id))
+            self.reads.need_commit.append((origin, request_id))
         elif self.membership.voters == {self.id}:
             self._deliver_read(origin, request_id, self.commit)
         else:
-            self._reads_unsent.append((origin, request_id, self.commit))
+            self.reads.unsent.append((origin, request_id, self.commit))
 
     def _deliver_read(self, origin: int, request_id: int, index: int) -> None:
         if origin == self.id:
@@ -655,134 +355,17 @@ class RaftNode:
 
     def _release_reads(self) -> None:
         """Serve every pending read whose heartbeat round a quorum has answered."""
-        if not self._reads_pending:
+        if not self.reads.pending:
             return
-        acked = sorted(
-            (self.read_ctx if pid == self.id else self.progress[pid].acked_ctx)
-            for pid in self.membership.voters
-            if pid in self.progress and not self.progress[pid].recovering
+        voters = self.membership.voters
+        confirmed = quorum.reached(
+            [(self.reads.ctx if pid == self.id else self.progress[pid].acked_ctx)
+             for pid in voters if pid in self.progress and not self.progress[pid].recovering],
+            len(voters),
         )
-        if len(acked) < self.quorum():
-            return
-        confirmed = acked[len(acked) - self.quorum()]
-        pending = self._reads_pending
-        while pending and pending[0][0] <= confirmed:
-            _, origin, req, index = pending.popleft()
-            self._deliver_read(origin, req, index)
-
-    # ---- leadership transfer (dissertation §3.10)
-    def transfer_leadership(self, target: int) -> None:
-        if self.role is not Role.PRIMARY:
-            raise Refused("not_primary", "only the primary can hand over leadership", self.leader)
-        if target == self.id:
-            return
-        if target not in self.membership.voters:
-            raise Refused("invalid", f"server {target} is not a voting member")
-        if self.progress[target].recovering:
-            raise Refused("invalid", f"server {target} is recovering a lost disk: it cannot lead yet")
-        if self.lead_transferee == target:
-            return
-        self.lead_transferee = target
-        self.election_elapsed = 0  # the transfer must finish within an election timeout
-        if self.progress[target].match == self.log.last_index:
-            self._send(TimeoutNow(term=self.term, server_id=self.id, to=target))
-
-    def most_caught_up(self) -> int:
-        """The voter (not this node) with the longest matching log, or 0."""
-        best, best_match = NONE, -1
-        for pid in sorted(self.membership.voters):
-            pr = self.progress.get(pid)
-            if pid != self.id and pr is not None and not pr.recovering and pr.match > best_match:
-                best, best_match = pid, pr.match
-        return best
-
-    # ---- membership changes, one server at a time (dissertation §4.1)
-    def add_learner(self, node_id: int) -> int:
-        self._require_primary()
-        if type(node_id) is not int or node_id <= 0:
-            raise Refused("invalid", "server ids are positive integers")
-        m = self.membership
-        if node_id in m.members:
-            raise Refused("invalid", f"server {node_id} is already a member")
-        if node_id in m.removed:
-            raise Refused("invalid", f"server {node_id} was removed before: a returning server needs a new id")
-        return self._change_membership(Membership(m.voters, m.learners | {node_id}, m.removed))
-
-    def promote(self, node_id: int) -> int:
-        self._require_primary()
-        m = self.membership
-        if node_id not in m.learners:
-            raise Refused("invalid", f"server {node_id} is not a learner")
-        pr = self.progress[node_id]
-        lag = self.log.last_index - pr.match
-        if pr.match == 0 or lag > self.cfg.promote_max_lag:
-            raise Refused("not_caught_up", f"server {node_id} is {lag} entries behind; try later")
-        return self._change_membership(Membership(m.voters | {node_id}, m.learners - {node_id}, m.removed))
-
-    def remove(self, node_id: int) -> int:
-        self._require_primary()
-        m = self.membership
-        if node_id not in m.members:
-            raise Refused("invalid", f"server {node_id} is not a member")
-        voters = m.voters - {node_id}
-        if not voters:
-            raise Refused("invalid", "cannot remove the last voting member")
-        return self._change_membership(Membership(voters, m.learners - {node_id}, m.removed | {node_id}))
-
-    def _require_primary(self) -> None:
-        if self.role is not Role.PRIMARY:
-            raise Refused("not_primary", "membership changes go to the primary", self.leader)
-
-    def _change_membership(self, new: Membership) -> int:
-        self._require_primary()
-        if self.pending_conf_index > self.commit:
-            raise Refused("change_pending", "a membership change is already in progress")
-        if self.log.term(self.commit) != self.term:
-            # The single-server change bug fix (raft-dev, 2015): a primary must commit an
-            # entry of its own term before it changes the configuration.
-            raise Refused("not_ready", "the primary has not committed an entry of its term yet")
-        healthy = [v for v in new.voters if v == self.id or (v in self.progress and not self.progress[v].recovering)]
-        if len(healthy) < len(new.voters) // 2 + 1:
-            # A recovering voter counts for nothing until it has caught up, and it can
-            # only catch up from a primary elected without it: a configuration without a
-            # quorum of others could never elect one again.
-            raise Refused("unsafe", f"that would leave {len(healthy)} of {len(new.voters)} voters not recovering "
-                                    "a lost disk: fewer than a quorum")
-        data = new.encode()
-        self._check_can_append(len(data))
-        index = self._append_local(EntryKind.CONFIG, data)
-        self.pending_conf_index = index
-        return index
-
-    def _set_membership(self, index: int, membership: Membership) -> None:
-        self._configs.append((index, membership))
-        self._membership_became(membership)
-
-    def _membership_became(self, membership: Membership) -> None:
-        self.membership = membership
-        self._membership_changed = True
-        if self.role is Role.PRIMARY:
-            # A server being removed keeps getting entries (as a non-voter) until the
-            # removal commits, so that it learns of it and stops campaigning.
-            for pid, pr in self.progress.items():
-                pr.is_learner = pid not in membership.voters
-            for pid in membership.members:
-                pr = self.progress.get(pid)
-                if pr is None:
-                    pr = self.progress[pid] = Progress(self.log.last_index + 1)
-                    if pid == self.id:
-                        pr.match = self._persisted
-                pr.is_learner = pid not in membership.voters
-            if self.lead_transferee not in membership.voters:
-                self.lead_transferee = NONE
-
-    def _membership_at(self, index: int) -> Membership:
-        found = self.log.snapshot.membership
-        for i, m in self._configs:
-            if i > index:
-                break
-            found = m
-        return found
+        if confirmed is not None:
+            for origin, req, index in self.reads.confirmed(confirmed):
+                self._deliver_read(origin, req, index)
 
     # ---- snapshots
     def compact(self, index: int) -> None:
@@ -792,9 +375,11 @@ class RaftNode:
             return
         if index > self.applied:
             raise ValueError(f"snapshot at {index} is beyond the applied index {self.applied}")
-        meta = SnapshotMeta(index, self.log.term(index), self._membership_at(index))  # type: ignore[arg-type]
+        term = self.log.term(index)
+        assert term is not None  # (index is applied, so it is in the log)
+        meta = SnapshotMeta(index, term, self.history.at(index))
         self.log.compact(meta)
-        self._configs = [(i, m) for i, m in self._configs if i > index]
+        self.history.compact(index)
 
     def report_snapshot(self, node_id: int, ok: bool) -> None:
         """The caller finished (or failed) sending a snapshot to ``node_id``."""
@@ -818,17 +403,34 @@ class RaftNode:
         validate(m, self.id)
         self._check_against_state(m)
         if type(m) is Probe:
-            # Answered whatever the terms: nobody changes term for a probe. The
-            # prober's incarnation is in the hard state of the same Ready, so it is
-            # on disk before the answer leaves: from then on this node passes it
-            # in its votes, and any vote the prober gave before its loss is void.
-            self._raise_fence(m.server_id, m.incarnation)
-            self._send(ProbeResp(term=self.term, server_id=self.id, to=m.server_id, recovering=self.recovering,
-                                 known=self._fence[m.server_id]))
+            self._answer_probe(m)
             return
         if type(m) is ProbeResp:
             self._probed(m)
             return
+        if not self._term_rule(m):
+            return
+        if type(m) is RequestVote:
+            self._handle_vote_request(m)
+        elif self.role is Role.PRIMARY:
+            self._step_primary(m)
+        elif self.role is Role.CANDIDATE or self.role is Role.PRE_CANDIDATE:
+            self._step_candidate(m)
+        else:
+            self._step_backup(m)
+        if self.recovering:
+            self._maybe_end_recovery()
+
+    def _term_rule(self, m: Message) -> bool:
+        """Raft §5.1: a message of a later term makes this node adopt it, as a
+        BACKUP (following the sender if it is that term's primary); one of an
+        earlier term is stale and dropped. Whether to go on with ``m``.
+
+        The exceptions: a vote request while we hear from a primary is ignored
+        (dissertation §4.2.3), unless a leadership transfer sent it; a pre-vote,
+        and a granted pre-vote, change nobody's term (§9.6); a stale primary
+        gets our term back, so that it steps down (without this, pre-vote and
+        check-quorum could leave it stuck), and a stale pre-vote an answer."""
         if m.term > self.term:
             if type(m) is RequestVote:
                 in_lease = (
@@ -839,7 +441,7 @@ class RaftNode:
                 if in_lease and not m.transfer:
                     # Dissertation §4.2.3: while we hear from a primary, a vote request
                     # is from a disruptive server; ignore it (and keep our term).
-                    return
+                    return False
             if type(m) is RequestVote and m.pre_vote:
                 pass  # a pre-vote never changes anybody's term
             elif type(m) is VoteResponse and m.pre_vote and m.granted:
@@ -857,469 +459,60 @@ class RaftNode:
                 self._send(
                     VoteResponse(term=self.term, server_id=self.id, to=m.server_id, granted=False, pre_vote=True)
                 )
-            return  # anything else from an older term is ignored
-
-        if type(m) is RequestVote:
-            self._handle_vote_request(m)
-        elif self.role is Role.PRIMARY:
-            self._step_primary(m)
-        elif self.role is Role.CANDIDATE:
-            self._step_candidate(m)
-        else:
-            self._step_backup(m)
-        if self.recovering:
-            self._maybe_end_recovery()
+            return False  # anything else from an older term is ignored
+        return True
 
     def _check_against_state(self, m: Message) -> None:
         """Reject what an honest peer cannot send us, before anything changes."""
-        t = type(m)
-        if m.term < self.term:
-            return  # stale messages are ignored anyway
         if m.term != self.term or self.role is not Role.PRIMARY:
-            return
-        if t is Replicate or t is Heartbeat or t is InstallSnapshot:
-            raise MessageError(f"server {m.server_id} claims to be primary of term {m.term}, which is ours")
-        if t is ReplicateAck and m.index > self.log.last_index:  # type: ignore[attr-defined]
-            raise MessageError(f"REPLICATE_ACK for index {m.index} beyond our last entry {self.log.last_index}")  # type: ignore[attr-defined]
-        if t is HeartbeatAck and m.ctx > self.read_ctx:  # type: ignore[attr-defined]
-            # It would confirm reads we have not asked about (and all later ones).
-            raise MessageError(f"HEARTBEAT_ACK for read round {m.ctx}, but only {self.read_ctx} were sent")  # type: ignore[attr-defined]
-
-    def _handle_vote_request(self, m: RequestVote) -> None:
-        can_vote = not self.recovering and (  # (it may have promised its vote already, and lost it)
-            self.vote == m.server_id
-            or (self.vote == NONE and self.leader == NONE)
-            or (m.pre_vote and m.term > self.term)
-        )
-        if can_vote and self.log.is_up_to_date(m.last_index, m.last_term):
-            # Raft §5.4.1: only a candidate whose log is at least as up to date as ours.
-            self._send(
-                VoteResponse(term=m.term, server_id=self.id, to=m.server_id, granted=True, pre_vote=m.pre_vote,
-                             incarnation=self.incarnation, fenced=self._voters_fenced())
-            )
-            if not m.pre_vote:
-                # One vote per term; it is in the hard state of the same Ready, so it
-                # is on disk before this response leaves.
-                self.vote = m.server_id
-                self.election_elapsed = 0
-        else:
-            self._send(
-                VoteResponse(term=self.term, server_id=self.id, to=m.server_id, granted=False, pre_vote=m.pre_vote,
-                             incarnation=self.incarnation, fenced=self._voters_fenced())
-            )
+            return  # (stale messages are ignored anyway)
+        match m:
+            case Replicate() | Heartbeat() | InstallSnapshot():
+                raise MessageError(f"server {m.server_id} claims to be primary of term {m.term}, which is ours")
+            case ReplicateAck() if m.index > self.log.last_index:
+                raise MessageError(f"REPLICATE_ACK for index {m.index} beyond our last entry {self.log.last_index}")
+            case HeartbeatAck() if m.ctx > self.reads.ctx:
+                # It would confirm reads we have not asked about (and all later ones).
+                raise MessageError(f"HEARTBEAT_ACK for read round {m.ctx}, but only {self.reads.ctx} were sent")
 
     def _step_backup(self, m: Message) -> None:
-        t = type(m)
-        if t is Replicate or t is Heartbeat or t is InstallSnapshot:
-            self.election_elapsed = 0
-            self.leader = m.server_id
-            if t is Replicate:
-                self._handle_replicate(m)  # type: ignore[arg-type]
-            elif t is Heartbeat:
-                self._handle_heartbeat(m)  # type: ignore[arg-type]
-            else:
-                self._handle_snapshot(m)  # type: ignore[arg-type]
-        elif t is TimeoutNow:
-            if self.promotable:
-                self._campaign(pre_vote=False, transfer=True)
-        elif t is ReadIndexResp:
-            self._reads_out.append(ReadState(m.request_id, m.index))  # type: ignore[attr-defined]
+        match m:
+            case Replicate() | Heartbeat() | InstallSnapshot():
+                self.election_elapsed = 0
+                self.leader = m.server_id
+                match m:
+                    case Replicate():
+                        self._handle_replicate(m)
+                    case Heartbeat():
+                        self._handle_heartbeat(m)
+                    case InstallSnapshot():
+                        self._handle_snapshot(m)
+            case TimeoutNow():
+                if self.promotable:
+                    self._campaign(pre_vote=False, transfer=True)
+            case ReadIndexResp():
+                self._reads_out.append(ReadState(m.request_id, m.index))
         # FORWARD, READ_INDEX (we are not primary) and answers meant for a primary or a
         # candidate are dropped: the sender times out and retries.
 
-    def _step_candidate(self, m: Message) -> None:
-        t = type(m)
-        if t is Replicate or t is Heartbeat or t is InstallSnapshot:
-            # Somebody won this term (Raft §5.2).
-            self._become_backup(m.term, m.server_id)
-            self._step_backup(m)
-        elif t is VoteResponse:
-            if m.pre_vote != self.pre_campaign:  # type: ignore[attr-defined]
-                return  # an answer to an earlier phase
-            if m.server_id not in self.membership.voters:
-                return
-            if m.server_id not in self.votes:
-                self.votes[m.server_id] = m.granted  # type: ignore[attr-defined]
-                self._vote_incarnation[m.server_id] = m.incarnation  # type: ignore[attr-defined]
-                fence = self._vote_fence
-                for pid, inc in m.fenced:  # type: ignore[attr-defined]
-                    if inc > fence.get(pid, 0):
-                        fence[pid] = inc
-            granted, rejected = self._tally()
-            if granted >= self.quorum():
-                self._won_election()
-            elif rejected >= self.quorum():
-                self._become_backup(self.term, NONE)
-
     def _step_primary(self, m: Message) -> None:
-        t = type(m)
-        if t is Forward:
+        if type(m) is Forward:
             with contextlib.suppress(Refused):  # dropped: the backup times out and retries
-                self.propose_batch(m.commands)  # type: ignore[attr-defined]
+                self.propose_batch(m.commands)
             return
         pr = self.progress.get(m.server_id)
         if pr is None:
             return  # not (or no longer) a member: drop
-        if (t is ReplicateAck or t is HeartbeatAck) and not self._raise_fence(m.server_id, m.incarnation) \
-                and not m.recovering:  # type: ignore[attr-defined]
-            # From a store that is gone (it lost its disk since): what it says it
-            # holds is not held any more. (That it may have lost something is
-            # believed from any store.)
-            return
-        if t is ReplicateAck:
-            self._handle_replicate_ack(m, pr)  # type: ignore[arg-type]
-        elif t is HeartbeatAck:
-            self._handle_heartbeat_ack(m, pr)  # type: ignore[arg-type]
-        elif t is ReadIndex:
-            self._primary_read(m.server_id, m.request_id)  # type: ignore[attr-defined]
-
-    # ---- backup side of replication
-    def _handle_replicate(self, m: Replicate) -> None:
-        if self.recovering and m.recovering and m.term == self.term:
-            t = self._recover_target
-            if t is None or t[0] != m.term or t[1] < m.commit:
-                self._recover_target = (m.term, m.commit)
-        if m.prev_index < self.commit:
-            # Everything up to our commit index already matches the primary.
-            self._ack(m.server_id, self.commit)
-            return
-        if not self.log.match_term(m.prev_index, m.prev_term):
-            # Raft §5.3 consistency check failed. Hint where our log may match, a
-            # whole term at a time (the "fast backup" of the Raft paper, §5.3 end).
-            hint_index, hint_term = self.log.find_conflict_by_term(m.prev_index, m.prev_term)
-            self._send(
-                ReplicateAck(
-                    term=self.term,
-                    server_id=self.id,
-                    to=m.server_id,
-                    index=m.prev_index,
-                    reject=True,
-                    hint_index=hint_index,
-                    hint_term=hint_term,
-                    recovering=self.recovering,
-                    incarnation=self.incarnation,
-                )
-            )
-            return
-        entries = m.entries
-        last_new = m.prev_index + len(entries)
-        if entries:
-            # The conflict is after prev_index >= commit: a committed entry is never replaced.
-            conflict = self.log.find_conflict(entries)
-            if conflict:
-                self._append_from(entries[conflict - entries[0].index :])
-        self._commit_to(min(m.commit, last_new))
-        self._ack(m.server_id, last_new)
-
-    def _ack(self, to: int, index: int) -> None:
-        self._send(ReplicateAck(term=self.term, server_id=self.id, to=to, index=index, recovering=self.recovering,
-                                incarnation=self.incarnation))
-
-    def _append_from(self, entries: Sequence[Entry]) -> None:
-        """Append entries, first dropping any suffix of ours that conflicts with them."""
-        first = entries[0].index
-        if first <= self.log.last_index:
-            self.log.truncate_after(first - 1)
-            self._unsaved_from = min(self._unsaved_from, first)
-            self._persisted = min(self._persisted, first - 1)
-            # An acknowledgement not yet handed out in a Ready may name entries just
-            # dropped (acked to the previous primary before this one's entries came):
-            # sent with this Ready it would claim what the disk no longer holds.
-            self._outbox = [
-                m for m in self._outbox if not (type(m) is ReplicateAck and not m.reject and m.index >= first)
-            ]
-            if self._configs and self._configs[-1][0] >= first:
-                while self._configs and self._configs[-1][0] >= first:
-                    self._configs.pop()
-                self._membership_became(self._configs[-1][1] if self._configs else self.log.snapshot.membership)
-        self.log.append(entries)
-        if EntryKind.CONFIG in set(map(_kind_of, entries)):
-            for e in entries:
-                if e.kind == EntryKind.CONFIG:
-                    self._set_membership(e.index, Membership.decode(e.data))
-
-    def _commit_to(self, index: int) -> None:
-        if index > self.commit:
-            self.commit = index
-
-    def _handle_heartbeat(self, m: Heartbeat) -> None:
-        if m.commit > self.log.last_index:
-            # The primary sends min(what we acknowledged, its commit): we acknowledged
-            # entries we no longer hold. Our disk lost what we promised (it was
-            # replaced, or damaged in a way nobody noticed): recover, and tell the
-            # primary where our log really ends.
-            self._start_recovery()
-            last = self.log.last_index
-            self._send(ReplicateAck(term=self.term, server_id=self.id, to=m.server_id, index=m.commit, reject=True,
-                                    hint_index=last, hint_term=self.log.term(last) or 0, recovering=True,
-                                    incarnation=self.incarnation))
-            return
-        self._commit_to(m.commit)
-        self._send(HeartbeatAck(term=self.term, server_id=self.id, to=m.server_id, ctx=m.ctx,
-                                recovering=self.recovering, incarnation=self.incarnation))
-
-    def _handle_snapshot(self, m: InstallSnapshot) -> None:
-        s = m.snapshot
-        if s.index <= self.commit:
-            self._ack(m.server_id, self.commit)
-            return
-        if self.log.match_term(s.index, s.term):
-            # We already hold the snapshot's last entry: just learn that it is committed.
-            self._commit_to(s.index)
-            self._ack(m.server_id, self.commit)
-            return
-        self.log.restore(s)
-        self._configs = []
-        self._membership_became(s.membership)
-        self.commit = s.index
-        self._snapshot_out = s
-        self._unsaved_from = s.index + 1
-        self._persisted = 0  # nothing of the new log is durable until the snapshot is
-        self._apply_from = s.index + 1
-        self._ack(m.server_id, s.index)
-
-    # ---- primary side of replication
-    def _handle_replicate_ack(self, m: ReplicateAck, pr: Progress) -> None:
-        pr.recent_active = True
-        pr.recovering = m.recovering
-        if m.reject and m.recovering and m.hint_index < pr.match:
-            # It lost entries it had acknowledged (a replaced disk): start again from
-            # where its log really ends. Its acknowledgements count for nothing until
-            # it has recovered, so forgetting them changes no commit.
-            pr.match = m.hint_index
-            pr.become_probe()
-            pr.next = m.hint_index + 1
-            return
-        if m.reject:
-            match_hint = m.hint_index
-            if m.hint_term > 0:
-                match_hint = self.log.find_conflict_by_term(m.hint_index, m.hint_term)[0]
-            if pr.maybe_decrease_to(m.index, match_hint) and pr.state is ProgressState.REPLICATE:
-                pr.become_probe()
-            return
-        if not pr.maybe_update(m.index):
-            return
-        if pr.state is ProgressState.PROBE:
-            pr.become_replicate()
-        elif pr.state is ProgressState.SNAPSHOT and pr.match + 1 >= self.log.first_index:
-            pr.become_probe()
-            pr.become_replicate()
-        self._maybe_commit()
-        if m.server_id == self.lead_transferee and pr.match == self.log.last_index:
-            self._send(TimeoutNow(term=self.term, server_id=self.id, to=m.server_id))
-
-    def _handle_heartbeat_ack(self, m: HeartbeatAck, pr: Progress) -> None:
-        pr.recent_active = True
-        pr.recovering = m.recovering
-        pr.probe_sent = False
-        if pr.match < self.log.last_index and pr.state is not ProgressState.SNAPSHOT:
-            if pr.state is ProgressState.REPLICATE and pr.is_paused(
-                self.cfg.max_inflight_msgs, self.cfg.max_inflight_bytes
-            ):
-                # Something we sent may be lost: free a slot so a probe gets through.
-                pr.inflight_bytes -= pr.inflight.popleft()[1]
-            if not pr.is_paused(self.cfg.max_inflight_msgs, self.cfg.max_inflight_bytes):
-                self._send_append(m.server_id, pr, allow_empty=True)
-        if m.ctx > pr.acked_ctx:
-            pr.acked_ctx = m.ctx
-            self._release_reads()
-
-    def _maybe_commit(self) -> bool:
-        """Raft §5.3/§5.4.2: commit the highest index a quorum of voters holds, but
-        only by counting replicas of an entry of the current term."""
-        self._forget_removed()
-        voters = self.membership.voters
-        progress = self.progress
-        # A recovering voter's acknowledgements count for nothing (nor does it vote).
-        matches = sorted(progress[pid].match for pid in voters if pid in progress and not progress[pid].recovering)
-        q = self.quorum()
-        if len(matches) < q:
-            return False
-        index = matches[len(matches) - q]
-        if index <= self.commit or self.log.term(index) != self.term:
-            return False
-        was_committed_in_term = self.log.term(self.commit) == self.term
-        self.commit = index
-        self._forget_removed()
-        if not was_committed_in_term and self._reads_need_commit:
-            waiting, self._reads_need_commit = self._reads_need_commit, []
-            for origin, req in waiting:
-                self._primary_read(origin, req)
-        if self.id not in voters and self._configs and self._configs[-1][0] <= index:
-            # Our own removal is committed (dissertation §4.2.2): hand over and step down.
-            successor = self.most_caught_up()
-            if successor != NONE:
-                self._send(TimeoutNow(term=self.term, server_id=self.id, to=successor))
-            self._become_backup(self.term, NONE)
-        return True
-
-    def _forget_removed(self) -> None:
-        """Once a membership change is committed, stop replicating to the servers it
-        removed: each once it holds its removal, told the commit then (it knows its
-        removal is committed, and no longer campaigns: see ``promotable``), or once
-        it has not answered for an election timeout."""
-        if not self._configs or len(self.progress) <= len(self.membership.members):
-            return
-        at = self._configs[-1][0]
-        if at > self.commit:
-            return
-        for pid in [p for p in self.progress if p not in self.membership.members]:
-            pr = self.progress[pid]
-            if pid == self.id or pr.match >= at or not pr.recent_active:  # (or gone quiet)
-                del self.progress[pid]
-                if pid != self.id:
-                    self._send(Heartbeat(term=self.term, server_id=self.id, to=pid,
-                                         commit=min(pr.match, self.commit), ctx=self.read_ctx))
-
-    def _send_append(self, pid: int, pr: Progress, *, allow_empty: bool) -> bool:
-        """Send the next REPLICATE (or the snapshot) to ``pid``; False if nothing was sent."""
-        log = self.log
-        prev = pr.next - 1
-        prev_term = log.term(prev)
-        if prev_term is None:
-            # The entries it needs were compacted: it needs the snapshot (Raft §7).
-            pr.become_snapshot(log.snapshot.index)
-            self._send(InstallSnapshot(term=self.term, server_id=self.id, to=pid, snapshot=log.snapshot))
-            return True
-        entries = log.slice_bytes(pr.next, self.cfg.max_msg_bytes) if pr.next <= log.last_index else ()
-        if not entries and not allow_empty:
-            return False
-        self._send(
-            Replicate(
-                term=self.term,
-                server_id=self.id,
-                to=pid,
-                prev_index=prev,
-                prev_term=prev_term,
-                entries=entries,
-                commit=self.commit,
-                recovering=pr.recovering,
-            )
-        )
-        pr.sent_commit = self.commit
-        if entries:
-            pr.sent(entries[-1].index, log.bytes_between(entries[0].index, entries[-1].index))
-        elif pr.state is ProgressState.PROBE:
-            pr.probe_sent = True
-        return True
-
-    def _broadcast_heartbeat(self) -> None:
-        for pid, pr in self.progress.items():
-            if pid != self.id:
-                self._send(
-                    Heartbeat(
-                        term=self.term,
-                        server_id=self.id,
-                        to=pid,
-                        commit=min(pr.match, self.commit),
-                        ctx=self.read_ctx,
-                    )
-                )
-
-    def _send(self, m: Message) -> None:
-        self._outbox.append(m)
-
-    # ------------------------------------------------------------------ output
-    def _flush(self) -> None:
-        """Turn what accumulated since the last Ready into messages: batches of
-        entries for every follower (pipelined up to the in-flight limits), commit
-        updates, one heartbeat round for new reads, one FORWARD per batch."""
-        if self.role is Role.PRIMARY:
-            if self._forward_buf:
-                # Accepted for forwarding while a backup; we are primary now.
-                with contextlib.suppress(Refused):
-                    self.propose_batch(self._forward_buf)
-                self._forward_buf.clear()
-            if self._reads_unsent:
-                self.read_ctx += 1
-                for origin, req, index in self._reads_unsent:
-                    self._reads_pending.append((self.read_ctx, origin, req, index))
-                self._reads_unsent.clear()
-                self._broadcast_heartbeat()
-            max_msgs, max_bytes = self.cfg.max_inflight_msgs, self.cfg.max_inflight_bytes
-            last, commit = self.log.last_index, self.commit
-            for pid, pr in self.progress.items():
-                if pid == self.id or (pr.next > last and pr.sent_commit >= commit):
-                    continue  # nothing new for it
-                sent = False
-                while not pr.is_paused(max_msgs, max_bytes) and self._send_append(pid, pr, allow_empty=False):
-                    sent = True
-                if not sent and pr.sent_commit < self.commit and not pr.is_paused(max_msgs, max_bytes):
-                    self._send_append(pid, pr, allow_empty=True)  # tell it the new commit index
-        elif self._forward_buf:
-            if self.leader != NONE:
-                # In pieces of at most max_msg_bytes (at least one command each).
-                batch: list[bytes] = []
-                size = 0
-                for data in self._forward_buf:
-                    if batch and size + len(data) > self.cfg.max_msg_bytes:
-                        self._send(Forward(term=self.term, server_id=self.id, to=self.leader, commands=tuple(batch)))
-                        batch, size = [], 0
-                    batch.append(data)
-                    size += len(data)
-                self._send(Forward(term=self.term, server_id=self.id, to=self.leader, commands=tuple(batch)))
-            self._forward_buf.clear()
-
-    def has_ready(self) -> bool:
-        self._flush()
-        return bool(
-            self._outbox
-            or self._reads_out
-            or self._snapshot_out is not None
-            or self._unsaved_from <= self.log.last_index
-            or self._apply_from <= self.commit
-            or self._membership_changed
-            or self._prev_hard != (self.term, self.vote, self.commit, self.recovering, self.incarnation, self._fenced)
-            or self._prev_soft != (self.role, self.leader)
-        )
-
-    def ready(self) -> Ready:
-        assert self._outstanding is None, "advance() the previous Ready first"
-        self._flush()
-        log = self.log
-        last = log.last_index
-        entries = tuple(log.slice(self._unsaved_from, last)) if self._unsaved_from <= last else ()
-        committed = tuple(log.slice(self._apply_from, self.commit)) if self._apply_from <= self.commit else ()
-        hard = (self.term, self.vote, self.commit, self.recovering, self.incarnation, self._fenced)
-        soft = (self.role, self.leader)
-        rd = Ready(
-            hard_state=HardState(*hard) if hard != self._prev_hard else None,
-            soft_state=SoftState(self.role, self.leader, self.term) if soft != self._prev_soft else None,
-            snapshot=self._snapshot_out,
-            entries=entries,
-            messages=tuple(self._outbox),
-            committed=committed,
-            reads=tuple(self._reads_out),
-            membership=self.membership if self._membership_changed else None,
-        )
-        self._prev_hard, self._prev_soft = hard, soft
-        self._outbox = []
-        self._reads_out = []
-        self._snapshot_out = None
-        self._membership_changed = False
-        self._unsaved_from = last + 1
-        self._apply_from = max(self._apply_from, self.commit + 1)
-        self._outstanding = rd
-        return rd
-
-    def advance(self, rd: Ready) -> None:
-        """The caller persisted, sent and applied everything in ``rd``."""
-        assert rd is self._outstanding, "advance() takes the Ready that ready() returned"
-        self._outstanding = None
-        if rd.snapshot is not None:
-            self.applied = max(self.applied, rd.snapshot.index)
-            if self.log.snapshot is rd.snapshot:
-                self._persisted = max(self._persisted, rd.snapshot.index)
-        if rd.entries:
-            last = rd.entries[-1]
-            if self.log.term(last.index) == last.term:
-                self._persisted = max(self._persisted, last.index)
-        if rd.committed:
-            self.applied = max(self.applied, rd.committed[-1].index)
-        if self.role is Role.PRIMARY:
-            me = self.progress.get(self.id)
-            if me is not None and self._persisted > me.match:
-                me.match = self._persisted
-                self._maybe_commit()
-        if self.recovering:
-            self._maybe_end_recovery()
+        match m:
+            case ReplicateAck() | HeartbeatAck() if not self._raise_fence(m.server_id, m.incarnation) \
+                    and not m.recovering:
+                # From a store that is gone (it lost its disk since): what it says it
+                # holds is not held any more. (That it may have lost something is
+                # believed from any store.)
+                return
+            case ReplicateAck():
+                self._handle_replicate_ack(m, pr)
+            case HeartbeatAck():
+                self._handle_heartbeat_ack(m, pr)
+            case ReadIndex():
+                self._primary_read(m.server_id, m.request_id)

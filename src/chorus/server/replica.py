@@ -3,19 +3,16 @@ peers. The only place, with peers.py and sessions.py, that knows asyncio.
 
 The replica loop, for each Ready of the core:
 
-- If it holds anything that must be on disk before it is acted on (entries, a
-  snapshot, a new term or vote):
-  1. send at once what ``split_messages`` allows: FORWARDs, and a primary's
-     REPLICATEs and HEARTBEATs (Raft dissertation §10.2.1: the primary writes
-     its log in parallel with its followers, and counts itself towards a commit
-     only once its own write is done, in ``advance``);
-  2. on the I/O thread: persist (one transaction, one fsync), hand the other
-     messages (votes, acknowledgements: promises about the disk) back to the
-     event loop, apply the committed entries.
+- Send the Ready's ``now`` (its plan is the core's: ``chorus.raft.Ready``).
+- If it must be synced, or its apply is heavy: on the I/O thread, persist (one
+  transaction, one fsync if ``must_sync``), hand ``after`` (votes,
+  acknowledgements: promises about the disk) back to the event loop, apply the
+  committed entries.
 - Otherwise (a new commit index and a few committed entries: what a primary
-  that just learned of a commit, or a backup, mostly gets): send everything,
-  and write the commit index and apply in one transaction without an fsync,
-  right here on the event loop (a trip to the thread and back costs more).
+  that just learned of a commit, or a backup, mostly gets; every message has
+  left already): write the commit index and apply in one transaction without
+  an fsync, right here on the event loop (a trip to the thread and back costs
+  more).
 
 Then answer the clients waiting for the applied entries, push new messages to
 the users connected here, and advance the core.
@@ -55,7 +52,7 @@ from typing import Any
 
 from chorus.chat import commands as C
 from chorus.chat import queries
-from chorus.raft import Message, RaftNode, Ready, Refused, Role, split_messages
+from chorus.raft import RaftNode, Ready, Refused, Role
 from chorus.store import (
     ReplicaStore,
     SnapshotFile,
@@ -112,8 +109,7 @@ class _Round:
 
     rd: Ready
     snap: SnapshotFile | None
-    heavy: bool  # persisted (and its late messages sent) on the I/O thread, then applied
-    late: list[Message]
+    heavy: bool  # persisted (then its ``after`` sent) on the I/O thread, then applied
     persisted: bool = False
 
 
@@ -381,18 +377,14 @@ class Replica:
                         break
                     rd = node.ready()
                     snap = self.received_snapshots.pop(rd.snapshot.index, None) if rd.snapshot else None
-                    heavy = self.store.needs_sync(rd) or not self._light(rd.committed)
-                    if heavy:
-                        early, late = split_messages(rd, node.role, self.store.durable_term_vote)
-                        if early:
-                            self.transport.send(early)
-                    else:
-                        # Nothing that must be on disk first: send everything, then write
-                        # the commit index and apply here, in one transaction, no fsync.
-                        late = []
-                        if rd.messages:
-                            self.transport.send(rd.messages)
-                    self._stalled = _Round(rd, snap, heavy, late)
+                    # The Ready's plan (see chorus.raft.Ready): what leaves now, what
+                    # after the write. Nothing to sync and a light apply: the commit
+                    # index is written and the entries applied here, in one
+                    # transaction without an fsync (a trip to the thread costs more).
+                    heavy = rd.must_sync or not self._light(rd.committed)
+                    if rd.now:
+                        self.transport.send(rd.now)
+                    self._stalled = _Round(rd, snap, heavy)
                 r = self._stalled
                 try:
                     if r.heavy:
@@ -462,9 +454,9 @@ class Replica:
         if not r.persisted:
             self.store.persist(rd, r.snap)
             r.persisted = True
-            if r.late:
+            if rd.after:
                 assert self.loop is not None
-                self.loop.call_soon_threadsafe(self.transport.send, r.late)
+                self.loop.call_soon_threadsafe(self.transport.send, rd.after)
             if r.snap is not None:
                 r.snap.path.unlink(missing_ok=True)  # installed: its tables are in the database now
         return self._applied_output(self.store.apply(rd.committed))

@@ -3,17 +3,20 @@ the hard state, the snapshot metadata, what has been applied, and the chat table
 
 The replica loop calls, for each Ready of the consensus core, either:
 
-- ``save(ready)``: ONE transaction and one fsync (group commit, however many
-  entries): install a received snapshot, replace a conflicting suffix of the log,
-  store the hard state, apply the committed entries to the chat tables and record
-  "applied up to i". Messages are sent after it; or
-- ``persist(ready)`` then ``apply(ready.committed)`` with the messages sent in
-  between, so that peers start on their copies while this replica applies. The
-  persist commits with synchronous=FULL (one fsync); the apply commits without
-  one (synchronous=NORMAL). If a power cut loses an apply, its entries are still
-  in the durable log and are applied again on restart, exactly once, since the
-  applied index travels with the state. The next fsync makes it durable anyway,
-  because WAL frames reach the disk in order.
+- ``save(ready)``: ONE transaction (group commit, however many entries):
+  install a received snapshot, replace a conflicting suffix of the log, store
+  the hard state, apply the committed entries to the chat tables and record
+  "applied up to i"; or
+- ``persist(ready)`` then ``apply(ready.committed)``, with the Ready's ``after``
+  sent in between, so that peers start on their copies while this replica
+  applies.
+
+A write commits with synchronous=FULL (one fsync) when the Ready is
+``must_sync`` (the core decides: see ``chorus.raft.Ready``), without one
+(synchronous=NORMAL) otherwise; an apply alone never syncs. If a power cut
+loses an apply, its entries are still in the durable log and are applied again
+on restart, exactly once, since the applied index travels with the state. The
+next fsync makes it durable anyway, because WAL frames reach the disk in order.
 
 The log is stored in segments: each write of entries appends one row holding
 them all (up to ``SEGMENT_BYTES``), so a batch of a hundred entries costs one
@@ -47,10 +50,7 @@ from chorus.raft import (
     Persisted,
     Ready,
     SnapshotMeta,
-    needs_fsync,
-    promises,
 )
-from chorus.raft.node import Durable
 
 from . import wal
 from .snapshots import SnapshotFile, StateDamaged, copy_chat_tables_from, write_snapshot
@@ -270,9 +270,6 @@ class ReplicaStore:
             c.execute("INSERT OR IGNORE INTO snapshot_meta VALUES (1, 0, 0, ?)", (boot,))
             c.execute("INSERT OR IGNORE INTO applied_state VALUES (1, 0, 0, ?)", (boot,))
             self.chat = ChatMachine(c)
-            term, vote, recovering, inc, fenced = c.execute(
-                "SELECT term, vote, recovering, incarnation, fenced FROM raft_state").fetchone()
-            self._promised: Durable = (term, vote, bool(recovering), inc, _decode_fenced(fenced))
             self._applied: int = self.applied()
         except (sqlite3.DatabaseError, msgspec.DecodeError, msgspec.ValidationError) as exc:
             raise StoreCorrupt(f"{self.path}: cannot be read: {exc}") from None
@@ -383,26 +380,15 @@ class ReplicaStore:
         return row[0] if row is not None else self.snapshot_meta().index
 
     # ------------------------------------------------------------------ the replica loop
-    @property
-    def durable_term_vote(self) -> Durable:
-        """What of the hard state on disk is a promise (``chorus.raft.promises``)."""
-        return self._promised
-
-    def needs_sync(self, rd: Ready) -> bool:
-        """Whether persisting ``rd`` takes an fsync (``chorus.raft.needs_fsync``).
-        The commit index alone need not be durable: a restart recovers it as at
-        least the applied index; nor need an apply: the log it comes from is."""
-        return needs_fsync(rd, self._promised)
-
     def save(self, rd: Ready, snapshot: SnapshotFile | None = None) -> list[tuple[int, Result]]:
         """Persist a Ready and apply its committed entries in ONE transaction with
         one fsync (group commit, as the replica loop's steps 1 and 3 together).
         Returns (index, result) for each chat command applied."""
-        return self._write(rd.snapshot, snapshot, rd.entries, rd.hard_state, rd.committed, self.needs_sync(rd))
+        return self._write(rd.snapshot, snapshot, rd.entries, rd.hard_state, rd.committed, rd.must_sync)
 
     def persist(self, rd: Ready, snapshot: SnapshotFile | None = None) -> None:
         """Step 1 of the replica loop alone: snapshot, entries, hard state; one fsync."""
-        self._write(rd.snapshot, snapshot, rd.entries, rd.hard_state, (), self.needs_sync(rd))
+        self._write(rd.snapshot, snapshot, rd.entries, rd.hard_state, (), rd.must_sync)
 
     def apply(self, entries: Sequence[Entry]) -> list[tuple[int, Result]]:
         """Step 3 alone: apply committed entries and record the applied index, in
@@ -418,7 +404,9 @@ class ReplicaStore:
         committed: Sequence[Entry],
         promise: bool,
     ) -> list[tuple[int, Result]]:
-        """``promise``: ``needs_sync`` of the Ready: commit with an fsync."""
+        """``promise``: the Ready's ``must_sync``: commit with an fsync. (The commit
+        index alone need not be durable: a restart recovers it as at least the
+        applied index; nor need an apply: the log it comes from is.)"""
         c = self.conn
         if not (promise or hs is not None or committed):
             return []
@@ -462,8 +450,6 @@ class ReplicaStore:
                 self._applied = self.applied()
                 raise
             self._commits += 1
-            if hs is not None:
-                self._promised = promises(hs)
             if snap_meta is not None:
                 self._applied = snap_meta.index
             if committed:

@@ -1,0 +1,122 @@
+"""Membership changes one server at a time (Raft dissertation §4.1), learners
+and their promotion (§4.2.1), removal of the primary itself (§4.2.2), and
+leadership transfer (§3.10)."""
+
+from __future__ import annotations
+
+from .errors import Refused
+from .messages import (
+    EntryKind,
+    Membership,
+    TimeoutNow,
+)
+from .progress import Progress
+from .ready import NONE, Role
+
+
+class Reconfig:
+    """Part of :class:`chorus.raft.node.RaftNode`: membership and leadership transfer."""
+
+    def transfer_leadership(self, target: int) -> None:
+        if self.role is not Role.PRIMARY:
+            raise Refused("not_primary", "only the primary can hand over leadership", self.leader)
+        if target == self.id:
+            return
+        if target not in self.membership.voters:
+            raise Refused("invalid", f"server {target} is not a voting member")
+        if self.progress[target].recovering:
+            raise Refused("invalid", f"server {target} is recovering a lost disk: it cannot lead yet")
+        if self.lead_transferee == target:
+            return
+        self.lead_transferee = target
+        self.election_elapsed = 0  # the transfer must finish within an election timeout
+        if self.progress[target].match == self.log.last_index:
+            self._send(TimeoutNow(term=self.term, server_id=self.id, to=target))
+
+    def most_caught_up(self) -> int:
+        """The voter (not this node) with the longest matching log, or 0."""
+        best, best_match = NONE, -1
+        for pid in sorted(self.membership.voters):
+            pr = self.progress.get(pid)
+            if pid != self.id and pr is not None and not pr.recovering and pr.match > best_match:
+                best, best_match = pid, pr.match
+        return best
+
+    def add_learner(self, node_id: int) -> int:
+        self._require_primary()
+        if type(node_id) is not int or node_id <= 0:
+            raise Refused("invalid", "server ids are positive integers")
+        m = self.membership
+        if node_id in m.members:
+            raise Refused("invalid", f"server {node_id} is already a member")
+        if node_id in m.removed:
+            raise Refused("invalid", f"server {node_id} was removed before: a returning server needs a new id")
+        return self._change_membership(Membership(m.voters, m.learners | {node_id}, m.removed))
+
+    def promote(self, node_id: int) -> int:
+        self._require_primary()
+        m = self.membership
+        if node_id not in m.learners:
+            raise Refused("invalid", f"server {node_id} is not a learner")
+        pr = self.progress[node_id]
+        lag = self.log.last_index - pr.match
+        if pr.match == 0 or lag > self.cfg.promote_max_lag:
+            raise Refused("not_caught_up", f"server {node_id} is {lag} entries behind; try later")
+        return self._change_membership(Membership(m.voters | {node_id}, m.learners - {node_id}, m.removed))
+
+    def remove(self, node_id: int) -> int:
+        self._require_primary()
+        m = self.membership
+        if node_id not in m.members:
+            raise Refused("invalid", f"server {node_id} is not a member")
+        voters = m.voters - {node_id}
+        if not voters:
+            raise Refused("invalid", "cannot remove the last voting member")
+        return self._change_membership(Membership(voters, m.learners - {node_id}, m.removed | {node_id}))
+
+    def _require_primary(self) -> None:
+        if self.role is not Role.PRIMARY:
+            raise Refused("not_primary", "membership changes go to the primary", self.leader)
+
+    def _change_membership(self, new: Membership) -> int:
+        self._require_primary()
+        if self.pending_conf_index > self.commit:
+            raise Refused("change_pending", "a membership change is already in progress")
+        if self.log.term(self.commit) != self.term:
+            # The single-server change bug fix (raft-dev, 2015): a primary must commit an
+            # entry of its own term before it changes the configuration.
+            raise Refused("not_ready", "the primary has not committed an entry of its term yet")
+        healthy = [v for v in new.voters if v == self.id or (v in self.progress and not self.progress[v].recovering)]
+        if len(healthy) < len(new.voters) // 2 + 1:
+            # A recovering voter counts for nothing until it has caught up, and it can
+            # only catch up from a primary elected without it: a configuration without a
+            # quorum of others could never elect one again.
+            raise Refused("unsafe", f"that would leave {len(healthy)} of {len(new.voters)} voters not recovering "
+                                    "a lost disk: fewer than a quorum")
+        data = new.encode()
+        self._check_can_append(len(data))
+        index = self._append_local(EntryKind.CONFIG, data)
+        self.pending_conf_index = index
+        return index
+
+    def _set_membership(self, index: int, membership: Membership) -> None:
+        self.history.add(index, membership)
+        self._membership_became(membership)
+
+    def _membership_became(self, membership: Membership) -> None:
+        self.membership = membership
+        self._membership_changed = True
+        if self.role is Role.PRIMARY:
+            # A server being removed keeps getting entries (as a non-voter) until the
+            # removal commits, so that it learns of it and stops campaigning.
+            for pid, pr in self.progress.items():
+                pr.is_learner = pid not in membership.voters
+            for pid in membership.members:
+                pr = self.progress.get(pid)
+                if pr is None:
+                    pr = self.progress[pid] = Progress(self.log.last_index + 1)
+                    if pid == self.id:
+                        pr.match = self._persisted
+                pr.is_learner = pid not in membership.voters
+            if self.lead_transferee not in membership.voters:
+                self.lead_transferee = NONE
