@@ -94,14 +94,17 @@ class Net:
         self.down.add(i)
         self.inflight = [m for m in self.inflight if m.to != i]
 
-    def lose_disk(self, i: int, *, recovering: bool = True) -> RaftNode:
+    def lose_disk(self, i: int, *, recovering: bool = True, incarnation: int | None = None) -> RaftNode:
         """Node i comes back with an empty disk (knowing the cluster exists, unless
-        ``recovering`` is False: a server that takes its new disk for a new member's)."""
+        ``recovering`` is False: a server that takes its new disk for a new member's).
+        The new store is named above every one before it, unless ``incarnation``
+        says otherwise (a clock set back)."""
         self.crash(i)
-        self.incarnations = max(self.incarnations, self.storage[i].hard_state.incarnation)
+        if incarnation is None:
+            self.incarnations = max(self.incarnations, self.storage[i].hard_state.incarnation) + 1
+            incarnation = self.incarnations
         self.storage[i] = SimStorage()
-        self.incarnations += 1  # (a store made later is named by a higher number)
-        self.storage[i].hard_state = HardState(recovering=recovering, incarnation=self.incarnations)
+        self.storage[i].hard_state = HardState(recovering=recovering, incarnation=incarnation)
         self.applied[i] = []
         return self.start(i)
 

@@ -8,8 +8,7 @@ import dataclasses
 
 import pytest
 
-from chorus.raft import HardState, Membership, Refused, ReplicateAck, RequestVote, Role
-from tests.sim.storage import SimStorage
+from chorus.raft import Membership, Refused, ReplicateAck, RequestVote, Role
 
 from .net import CONFIG, Net
 
@@ -290,11 +289,8 @@ def test_a_store_named_below_the_one_it_replaces_takes_a_higher_number() -> None
     net.tick(times=30)
     first = net[3].incarnation
     assert not net[3].recovering and net[1].hard_state().fenced == ((3, first),), net.status()
-    net.crash(3)  # and its disk is lost, the new store named one below the first
-    net.storage[3] = SimStorage()
-    net.storage[3].hard_state = HardState(recovering=True, incarnation=first - 1)
-    net.applied[3] = []
-    assert net.start(3).incarnation == first - 1
+    # Its disk is lost again, the new store named one below the first.
+    assert net.lose_disk(3, incarnation=first - 1).incarnation == first - 1
     net.tick(times=30)
     assert not net[3].recovering, net.status()
     assert net[3].incarnation == first + 1

@@ -356,8 +356,9 @@ class World:
             self._check_plan(node, rd)
             if self.early_send:
                 # As the replica loop does: the Ready's plan, ``now`` before the write.
-                node.late = list(self.plan(rd)[1])
-                for m in self.plan(rd)[0]:
+                now, after = self.plan(rd)
+                node.late = list(after)
+                for m in now:
                     self._send_from(node, m)
             lo, hi = self.p.disk_us
             self.schedule(self.rng.randint(lo, hi), IO_DONE, node.id, node.gen)

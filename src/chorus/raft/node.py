@@ -47,7 +47,7 @@ from .messages import (
 from .output import Output
 from .progress import Progress, ProgressState
 from .reads import ReadQueue
-from .ready import NONE, HardState, Persisted, ReadState, Ready, Role, SoftState
+from .ready import NONE, Hard, HardState, Persisted, ReadState, Ready, Role, SoftState
 from .reconfig import Reconfig
 from .recovery import Recovery
 from .replication import Replication
@@ -173,8 +173,12 @@ class RaftNode(Elections, Replication, Recovery, Reconfig, Output):
     def quorum(self) -> int:
         return quorum.size(len(self.membership.voters))
 
+    def _hard(self) -> Hard:
+        """The hard state's fields, in HardState's order."""
+        return (self.term, self.vote, self.commit, self.recovering, self.incarnation, self._fenced)
+
     def hard_state(self) -> HardState:
-        return HardState(self.term, self.vote, self.commit, self.recovering, self.incarnation, self._fenced)
+        return HardState(*self._hard())
 
     def soft_state(self) -> SoftState:
         return SoftState(self.role, self.leader, self.term)

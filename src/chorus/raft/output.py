@@ -6,9 +6,7 @@ from __future__ import annotations
 import contextlib
 
 from .errors import Refused
-from .messages import (
-    Message,
-)
+from .messages import Message
 from .ready import NONE, HardState, Ready, Role, SoftState, split
 
 
@@ -45,7 +43,7 @@ class Output:
             or self._unsaved_from <= self.log.last_index
             or self._apply_from <= self.commit
             or self._membership_changed
-            or self._prev_hard != (self.term, self.vote, self.commit, self.recovering, self.incarnation, self._fenced)
+            or self._prev_hard != self._hard()
             or self._prev_soft != (self.role, self.leader)
         )
 
@@ -56,7 +54,7 @@ class Output:
         last = log.last_index
         entries = tuple(log.slice(self._unsaved_from, last)) if self._unsaved_from <= last else ()
         committed = tuple(log.slice(self._apply_from, self.commit)) if self._apply_from <= self.commit else ()
-        hard = (self.term, self.vote, self.commit, self.recovering, self.incarnation, self._fenced)
+        hard = self._hard()
         soft = (self.role, self.leader)
         messages = tuple(self._outbox)
         # The plan (see Ready). self._prev_hard is on disk: the previous Ready was
