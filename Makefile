@@ -23,10 +23,12 @@ chat: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m ruff check src tests bench
+	$(PY) -m mypy
 	$(PY) -m pytest -n $(JOBS) -q
 
 lint: $(STAMP)
 	$(PY) -m ruff check src tests bench
+	$(PY) -m mypy
 
 # Deterministic simulator: `make sim SEED=n` replays one seed with a trace;
 # `make sim START=a COUNT=n` runs a range of seeds.

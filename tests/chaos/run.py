@@ -196,7 +196,7 @@ class Nemesis:
         return self.cluster.root / "data" / f"replica{i}"
 
     async def _status(self, i: int) -> dict:
-        return await server_status(self.cluster.address(i), timeout=1.0, tls=self.cluster.client_tls)
+        return (await server_status(self.cluster.address(i), timeout=1.0, tls=self.cluster.client_tls)).row()
 
     def _damage(self, d: Path) -> str:
         """Flip a few hundred bytes in the middle of the WAL's current frames (those

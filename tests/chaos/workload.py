@@ -22,6 +22,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+import msgspec
+
 from chorus.client import Client
 from chorus.client.errors import ChorusError, Unavailable
 
@@ -68,7 +70,7 @@ class Workload:
             op.update(type="ok")
         op["end"] = self.history.now()
         if op["type"] == "ok":
-            op["result"] = result
+            op["result"] = msgspec.to_builtins(result)  # (a caller may keep less of it)
         self.history.ops.append(op)
         return op["type"], result
 

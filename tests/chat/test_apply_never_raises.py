@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 
 from chorus.chat import ChatMachine, schema
 from chorus.chat import commands as C
+from chorus.wire import results as R
 
 MAX = C.MAX_NUMBER
 HASH = "$argon2id$v=19$m=65536,t=3,p=4$c2FsdA$aGFzaA"
@@ -68,9 +69,9 @@ def machine() -> tuple[sqlite3.Connection, ChatMachine]:
     return conn, m
 
 
-def apply(conn: sqlite3.Connection, m: ChatMachine, batch: list[tuple[int, bytes]]) -> list[C.Result]:
+def apply(conn: sqlite3.Connection, m: ChatMachine, batch: list[tuple[int, bytes]]) -> list[R.Outcome]:
     conn.execute("BEGIN")
-    results = m.apply_batch(batch)
+    results = m.apply_batch(batch).results
     conn.execute("COMMIT")
     m.publish()
     return results
@@ -89,7 +90,7 @@ def test_any_command_that_decodes_is_applied_without_raising(cmds: list[C.AnyCom
             continue  # not proposed (the primary checks every command first): see below
         batch.append((i, data))
     results = apply(conn, m, batch)
-    assert len(results) == len(batch) and all(isinstance(r, C.Result) for r in results)
+    assert len(results) == len(batch) and all(isinstance(r, R.Answer) for r in results)
     assert m.digest() == schema.full_digest(conn)
     again = ChatMachine(conn)  # another replica loading the same tables
     assert again.digest() == m.digest()
@@ -123,7 +124,7 @@ def test_a_number_out_of_bounds_is_not_a_command(field: str, value: int) -> None
     conn, m = machine()
     before = m.digest()
     (result,) = apply(conn, m, [(100, data)])
-    assert result.code == "bad_command" and m.digest() == before == schema.full_digest(conn)
+    assert R.code_of(result) == "bad_command" and m.digest() == before == schema.full_digest(conn)
 
 
 @settings(max_examples=200, deadline=None)
@@ -135,7 +136,7 @@ def test_any_bytes_in_the_log_give_a_result_and_change_nothing_unless_a_command(
     try:
         C.decode(data)
     except C.BadCommand:
-        assert result.code == "bad_command" and m.digest() == before
+        assert R.code_of(result) == "bad_command" and m.digest() == before
     assert m.digest() == schema.full_digest(conn)
 
 
@@ -143,4 +144,4 @@ def test_json_nested_too_deeply_is_a_bad_command_not_a_crash() -> None:
     conn, m = machine()
     deep = b'{"op":"send","client":"k","seq":1,"ts":1,"user":1,"to":"bob","body":' + b"[" * 50_000 + b"]" * 50_000 + b"}"
     (result,) = apply(conn, m, [(100, deep), ])
-    assert result.code == "bad_command"
+    assert R.code_of(result) == "bad_command"

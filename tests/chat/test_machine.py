@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import sqlite3
+from typing import Any
 
 import msgspec
 import pytest
 
 from chorus.chat import ChatMachine, machine, queries, schema
 from chorus.chat import commands as C
-from chorus.chat.machine import CLIENT_TTL_MS, MAX_RESULTS_KEPT
+from chorus.chat.machine import CLIENT_TTL_MS, MAX_RESULTS_KEPT, Effects
+from chorus.wire import results as R
 
 HASH = "$argon2id$v=19$m=65536,t=3,p=4$c2FsdA$aGFzaA"
 
@@ -25,17 +27,20 @@ class Chat:
         self.ts = 1_700_000_000_000
         self.seq = 0
 
-    def run(self, *cmds: C.AnyCommand) -> list[C.Result]:
+    def run(self, *cmds: C.AnyCommand) -> list[R.Outcome]:
+        return self.batch(*cmds).results
+
+    def batch(self, *cmds: C.AnyCommand) -> Effects:
         batch = []
         for c in cmds:
             self.index += 1
             batch.append((self.index, C.encode(c)))
         self.conn.execute("BEGIN")
-        results = self.m.apply_batch(batch)
+        effects = self.m.apply_batch(batch)
         self.conn.execute("COMMIT")
         self.m.publish()
         assert self.m.digest() == schema.full_digest(self.conn)
-        return results
+        return effects
 
     def cmd(self, cls, client: str = "c", **f) -> C.AnyCommand:
         self.seq += 1
@@ -43,18 +48,18 @@ class Chat:
         f.setdefault("ts", self.ts)
         return cls(client=client, **f)
 
-    def one(self, cls, **f) -> C.Result:
+    def one(self, cls, **f) -> Any:
         return self.run(self.cmd(cls, **f))[0]
 
     def register(self, name: str) -> int:
         r = self.one(C.Register, name=name, pw_hash=HASH)
-        assert r.ok, r
-        return r.data["id"]
+        assert isinstance(r, R.Registered), r
+        return r.id
 
     def send(self, uid: int, to: str, body: str = "hello") -> int:
         r = self.one(C.Send, user=uid, to=to, body=body)
-        assert r.ok, r
-        return r.data["id"]
+        assert isinstance(r, R.Sent), r
+        return r.id
 
     def history(self, uid: int, peer: str, **kw) -> list[int]:
         return [m.id for m in queries.history(self.conn, self.m.view, uid, peer, **kw)]
@@ -72,19 +77,19 @@ def chat() -> Chat:
 @pytest.mark.parametrize("name", ["ab", "a" * 21, "has space", "dash-ed", "émile", ""])
 def test_register_refuses_bad_names(chat: Chat, name: str) -> None:
     r = chat.one(C.Register, name=name, pw_hash=HASH)
-    assert r.code == "invalid_name" and "3-20 letters" in r.message
+    assert R.code_of(r) == "invalid_name" and "3-20 letters" in r.message
 
 
 def test_names_are_unique_regardless_of_case(chat: Chat) -> None:
     chat.register("Alice")
     r = chat.one(C.Register, name="aLiCe", pw_hash=HASH)
-    assert r.code == "name_taken"
+    assert R.code_of(r) == "name_taken"
     assert queries.find_user(chat.conn, "ALICE").name == "Alice"
 
 
 def test_only_argon2id_hashes_enter_the_state(chat: Chat) -> None:
     r = chat.one(C.Register, name="alice", pw_hash="Secret123")
-    assert r.code == "invalid_password_hash"
+    assert R.code_of(r) == "invalid_password_hash"
     assert queries.find_user(chat.conn, "alice") is None
 
 
@@ -92,7 +97,7 @@ def test_only_argon2id_hashes_enter_the_state(chat: Chat) -> None:
 def test_send_to_someone_who_does_not_exist_is_an_error(chat: Chat) -> None:
     a = chat.register("alice")
     r = chat.one(C.Send, user=a, to="nobody", body="hi")
-    assert r.code == "no_such_user"
+    assert R.code_of(r) == "no_such_user"
     assert chat.convs(a) == []
 
 
@@ -103,18 +108,18 @@ def test_message_bodies_are_1_to_4000_characters(chat: Chat, body: str, code: st
     field, and nothing out of bounds is proposed); empty, the chat refuses it."""
     a, _ = chat.register("alice"), chat.register("bob")
     r = chat.one(C.Send, user=a, to="bob", body=body)
-    assert r.code == code, r
+    assert R.code_of(r) == code, r
 
 
 def test_send_result_unread_counts_and_history(chat: Chat) -> None:
     a, b = chat.register("alice"), chat.register("Bob")
     r = chat.one(C.Send, user=a, to="BOB", body="hi")
-    assert r.data == {"id": r.data["id"], "sent_at": chat.ts, "to": "Bob"}
+    assert r == R.Sent(r.id, chat.ts, "Bob")
     m2 = chat.send(b, "alice", "hello")
     m3 = chat.send(b, "alice", "you there?")
     assert chat.convs(a) == [("Bob", 2, 0, m3)]
     assert chat.convs(b) == [("alice", 1, 0, m3)]
-    assert chat.history(a, "bob") == [m3, m2, r.data["id"]]
+    assert chat.history(a, "bob") == [m3, m2, r.id]
 
 
 def test_notes_to_self(chat: Chat) -> None:
@@ -143,7 +148,7 @@ def test_only_ones_own_messages_can_be_deleted(chat: Chat) -> None:
     a, b = chat.register("alice"), chat.register("bob")
     mine, theirs = chat.send(a, "bob"), chat.send(b, "alice")
     r = chat.one(C.DeleteMessages, user=a, ids=(mine, theirs, 999))
-    assert r.data == {"deleted": [mine], "not_deleted": [theirs, 999]}
+    assert r == R.Deleted([mine], [theirs, 999])
     assert chat.history(b, "alice") == [theirs]
 
 
@@ -188,10 +193,10 @@ def test_delete_account_removes_everything_of_the_user(chat: Chat) -> None:
     keep = chat.send(b, "carol")
     chat.one(C.MarkRead, user=b, peer="alice", upto=10**6)
     r = chat.one(C.DeleteAccount, user=a)
-    assert r.data == {"deleted_messages": 3}
+    assert r == R.AccountDeleted(3)
     assert chat.convs(b) == [("carol", 0, 0, keep)] and chat.convs(c) == [("bob", 1, 0, keep)]
     assert queries.find_user(chat.conn, "alice") is None
-    assert chat.one(C.Send, user=a, to="bob", body="ghost").code == "unknown_user"
+    assert R.code_of(chat.one(C.Send, user=a, to="bob", body="ghost")) == "unknown_user"
     assert chat.register("Alice") != a  # the name is free again, under a new id
 
 
@@ -199,18 +204,18 @@ def test_delete_account_removes_everything_of_the_user(chat: Chat) -> None:
 def test_mark_read_is_capped_at_the_newest_message_and_never_goes_back(chat: Chat) -> None:
     a, b = chat.register("alice"), chat.register("bob")
     m1, m2 = chat.send(b, "alice"), chat.send(b, "alice")
-    assert chat.one(C.MarkRead, user=a, peer="bob", upto=10**9).data == {"read_upto": m2, "unread": 0}
-    assert chat.one(C.MarkRead, user=a, peer="bob", upto=m1).data == {"read_upto": m2, "unread": 0}
-    assert chat.one(C.MarkRead, user=a, peer="carol", upto=1).code == "no_conversation"
+    assert chat.one(C.MarkRead, user=a, peer="bob", upto=10**9)== R.MarkedRead(m2, 0)
+    assert chat.one(C.MarkRead, user=a, peer="bob", upto=m1)== R.MarkedRead(m2, 0)
+    assert R.code_of(chat.one(C.MarkRead, user=a, peer="carol", upto=1)) == "no_conversation"
 
 
 def test_view_count_and_log_off(chat: Chat) -> None:
     a = chat.register("alice")
     assert queries.user_stats(chat.conn, chat.m.view, a).view_count == 5
-    assert chat.one(C.SetViewCount, user=a, count=0).code == "invalid_view_count"
+    assert R.code_of(chat.one(C.SetViewCount, user=a, count=0)) == "invalid_view_count"
     assert chat.one(C.SetViewCount, user=a, count=20).ok
     chat.ts += 5000
-    assert chat.one(C.LogOff, user=a).data == {"last_logoff": chat.ts}
+    assert chat.one(C.LogOff, user=a) == R.LoggedOff(chat.ts)
     s = queries.user_stats(chat.conn, chat.m.view, a)
     assert (s.view_count, s.last_logoff) == (20, chat.ts)
 
@@ -241,7 +246,7 @@ def test_acknowledged_requests_are_refused_not_repeated(chat: Chat) -> None:
     s2 = C.Send(client="p", seq=2, acked=1, ts=chat.ts, user=a, to="bob", body="two")
     chat.run(s1, s2)
     r = chat.run(s1)[0]
-    assert r.code == "stale_request" and len(chat.history(a, "bob")) == 2
+    assert R.code_of(r) == "stale_request" and len(chat.history(a, "bob")) == 2
 
 
 def test_a_client_that_never_acknowledges_keeps_a_bounded_window(chat: Chat) -> None:
@@ -249,7 +254,7 @@ def test_a_client_that_never_acknowledges_keeps_a_bounded_window(chat: Chat) -> 
     sends = [C.Send(client="p", seq=k, ts=chat.ts, user=a, to="bob", body=f"m{k}") for k in range(1, MAX_RESULTS_KEPT + 6)]
     chat.run(*sends)
     assert len(chat.m.clients["p"].results) == MAX_RESULTS_KEPT
-    assert chat.run(sends[0])[0].code == "stale_request"  # forgotten, so refused, never applied twice
+    assert R.code_of(chat.run(sends[0])[0]) == "stale_request"  # forgotten, so refused, never applied twice
     assert len(chat.history(a, "bob", limit=1000)) == len(sends)
 
 
@@ -284,9 +289,9 @@ def test_the_client_log_is_rewritten_and_reads_back_the_same(chat: Chat, monkeyp
 
 def test_the_log_clock_never_goes_back(chat: Chat) -> None:
     a, _ = chat.register("alice"), chat.register("bob")
-    first = chat.one(C.Send, user=a, to="bob", body="x").data["sent_at"]
+    first = chat.one(C.Send, user=a, to="bob", body="x").sent_at
     chat.ts -= 60_000  # a new primary whose clock is behind
-    second = chat.one(C.Send, user=a, to="bob", body="y").data["sent_at"]
+    second = chat.one(C.Send, user=a, to="bob", body="y").sent_at
     assert second == first
 
 
@@ -294,9 +299,9 @@ def test_garbage_in_the_log_is_an_error_result_and_changes_nothing(chat: Chat) -
     digest = chat.m.digest()
     chat.index += 1
     chat.conn.execute("BEGIN")
-    [r] = chat.m.apply_batch([(chat.index, b'{"op":"send","client":"x"}')])
+    [r] = chat.m.apply_batch([(chat.index, b'{"op":"send","client":"x"}')]).results
     chat.conn.execute("COMMIT")
-    assert r.code == "bad_command" and chat.m.digest() == digest
+    assert R.code_of(r) == "bad_command" and chat.m.digest() == digest
 
 
 # ---------------------------------------------------------------- determinism
@@ -350,3 +355,47 @@ def test_messages_after_an_id(chat: Chat) -> None:
 def test_a_client_log_row_is_one_msgpack_array_of_its_records(n: int) -> None:
     packed = [schema.pack_client((f"c{i}", i, i + 1, [])) for i in range(n)]
     assert msgspec.msgpack.decode(schema.join_clients(packed)) == [[f"c{i}", i, i + 1, []] for i in range(n)]
+
+
+def test_a_batch_says_what_it_did_for_the_server_to_act_on() -> None:
+    """The effects the server pushes and ends sessions by: each new message once
+    (not for a retry, nor for a refused send), each ended session, each deleted
+    account; and every answer with the client and seq that wait for it."""
+    chat = Chat()
+    a, b, c = chat.register("alice"), chat.register("bob"), chat.register("carol")
+    send = chat.cmd(C.Send, user=a, to="Bob", body="hi")
+    nobody = chat.cmd(C.Send, user=a, to="nobody", body="hi")
+    off = chat.cmd(C.LogOff, user=b, session="s1", session_expires=2_000_000_000)
+    everywhere = chat.cmd(C.LogoutAll, user=a)
+    gone = chat.cmd(C.DeleteAccount, user=c)
+    e = chat.batch(send, send, nobody, off, everywhere, gone)
+    first = chat.index - 5
+    assert e.delivered == [(a, b, R.Message(first, "alice", "bob", "hi", chat.ts))]
+    assert e.results[0] == e.results[1] == R.Sent(first, chat.ts, "bob")
+    assert e.sessions_ended == [(b, "s1", None), (a, None, 1)]
+    assert e.accounts_deleted == [c]
+    assert [(i, client, seq) for i, client, seq, _ in e.answers] == [
+        (first + k, "c", cmd.seq) for k, cmd in enumerate((send, send, nobody, off, everywhere, gone))]
+    assert [r for *_, r in e.answers] == e.results
+    retried = chat.batch(send, off, gone)  # retries: the same answers, nothing to do again
+    assert retried.results == [e.results[0], e.results[3], e.results[5]]
+    assert not (retried.delivered or retried.sessions_ended or retried.accounts_deleted)
+
+
+def test_results_are_stored_as_they_were_before_they_were_typed() -> None:
+    """Kept results are written as plain fields, as when they were dicts: the
+    same bytes, so the same digest on a replica of either version; and read
+    back as the type they were."""
+    results = {1: R.Sent(5, 6, "bob"), 2: R.Refused("no_such_user", "no"), 3: R.LoggedOff(7),
+               4: R.LoggedOff(7, "s", 2), 5: R.LoggedOutAll(7, 3), 6: R.PasswordChanged(4),
+               7: R.Registered(1, "ann"), 8: R.Deleted([1], []), 9: R.MarkedRead(3, 0),
+               10: R.ViewCountSet(20), 11: R.AccountDeleted(0)}
+    as_dicts = [(1, {"data": {"id": 5, "sent_at": 6, "to": "bob"}}), (2, {"code": "no_such_user", "message": "no"}),
+                (3, {"data": {"last_logoff": 7}}), (4, {"data": {"last_logoff": 7, "ended": "s", "epoch": 2}}),
+                (5, {"data": {"last_logoff": 7, "epoch": 3}}), (6, {"data": {"epoch": 4}}),
+                (7, {"data": {"id": 1, "name": "ann"}}), (8, {"data": {"deleted": [1], "not_deleted": []}}),
+                (9, {"data": {"read_upto": 3, "unread": 0}}), (10, {"data": {"view_count": 20}}),
+                (11, {"data": {"deleted_messages": 0}})]
+    assert schema.pack_client(("k", 0, 0, schema.stored(results))) == schema.pack_client(("k", 0, 0, as_dicts))
+    back = msgspec.msgpack.decode(schema.pack_client(("k", 0, 0, as_dicts)), type=schema.ClientRecord)
+    assert {seq: r.outcome() for seq, r in back.results or ()} == results

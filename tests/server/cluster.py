@@ -151,8 +151,9 @@ class Cluster:
         return Client(servers or self.addresses, **kw)
 
     async def statuses(self) -> list[dict]:
-        return list(await asyncio.gather(*(server_status(a, timeout=1.0, tls=self.client_tls)
-                                           for a in self.addresses)))
+        """Each server's status, flat (as ``chorus status --json`` prints them)."""
+        return [r.row() for r in await asyncio.gather(*(server_status(a, timeout=1.0, tls=self.client_tls)
+                                                        for a in self.addresses))]
 
     async def primary(self, timeout: float = 20) -> int:
         """Wait until exactly one live server is primary and every other live one agrees."""

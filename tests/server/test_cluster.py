@@ -200,7 +200,7 @@ def test_pushed_messages_resume_across_a_failover_without_gaps_or_repeats(cluste
         assert bob.server == cluster.address(p)
         alice = await user(cluster, "alice", list(reversed(order)))
         again = cluster.client()
-        assert (await again.auth(alice.token))["name"] == "alice"
+        assert (await again.auth(alice.token)).name == "alice"
         received: list = []
 
         async def listen():

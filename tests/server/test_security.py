@@ -324,7 +324,7 @@ def test_nothing_a_client_sends_crosses_the_network_in_clear(cluster: Cluster) -
         await c.close()
         wire = bytes(rec.seen)
         assert len(wire) > 1000
-        for secret in (b"Whisper9x", login["token"].encode(), b"a secret of mine", b"alice", b'"op"'):
+        for secret in (b"Whisper9x", login.token.encode(), b"a secret of mine", b"alice", b'"op"'):
             assert secret not in wire
         assert wire[0] == 0x16  # a TLS handshake record
         # Plaintext on the TLS client port: told so, in a frame it can read, and closed.

@@ -83,7 +83,7 @@ def test_apply_records_the_applied_index_with_the_state(tmp_path: Path) -> None:
     log = chat_log(6)
     s.persist(ready(log, HardState(1, 1, 8)))
     results = s.apply(log[:5])
-    assert [i for i, _ in results] == [1, 2, 3, 4, 5] and all(r.ok for _, r in results)
+    assert [a[0] for a in results.answers] == [1, 2, 3, 4, 5] and all(r.ok for r in results.results)
     with pytest.raises(ValueError, match="applying 7 after 5"):
         s.apply(log[6:])  # a gap
     s.apply(log[5:])
@@ -147,7 +147,7 @@ def test_save_persists_and_applies_in_one_transaction(tmp_path: Path, monkeypatc
     rd = Ready(hard_state=HardState(1, 1, 6), soft_state=None, snapshot=None, entries=tuple(log),
                messages=(), committed=tuple(log[:6]), reads=(), membership=None, must_sync=True)
     results = s.save(rd)
-    assert [i for i, _ in results] == [1, 2, 3, 4, 5, 6] and s.applied() == 6
+    assert [a[0] for a in results.answers] == [1, 2, 3, 4, 5, 6] and s.applied() == 6
     more = sends(2, start=11)
     rd2 = Ready(hard_state=HardState(1, 1, 12), soft_state=None, snapshot=None, entries=tuple(more),
                 messages=(), committed=tuple(log[6:]) + tuple(more), reads=(), membership=None, must_sync=True)

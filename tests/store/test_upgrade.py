@@ -9,12 +9,14 @@ import shutil
 import sqlite3
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from chorus.chat import queries, schema
 from chorus.raft import HardState, Membership, Ready
 from chorus.store import ReplicaStore, StoreCorrupt
 from chorus.store.snapshots import open_snapshot
+from chorus.wire import results as R
 
 from .fixtures import make_format1 as f1
 
@@ -38,7 +40,8 @@ def test_a_format_1_file_is_upgraded_in_place_with_all_it_held(tmp_path: Path) -
     assert f"{s.digest():016x}" == EXPECT["digest"] == f"{schema.full_digest(s.conn):016x}"
     for client, saved in EXPECT["saved"].items():  # the answers a retry would get
         assert s.chat.clients[client].acked == EXPECT["acked"][client]
-        assert {str(seq): r.data for seq, r in s.chat.clients[client].results.items()} == saved
+        assert {str(seq): None if isinstance(r, R.Refused) else msgspec.to_builtins(r)
+                for seq, r in s.chat.clients[client].results.items()} == saved
     page = queries.history(s.reader(), s.chat.view, 1, "bob", limit=3)
     assert [m.body for m in page] and all(m.id <= f1.APPLIED for m in page)
     # It goes on from there: the rest of the log applies, and it reopens as format 2.

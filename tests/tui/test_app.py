@@ -174,7 +174,7 @@ def test_two_users_chat_live_page_back_delete_and_leave(cluster: Cluster) -> Non
             await bob.do(press, "ctrl+q")
             await bob.do(until, lambda: not b.is_running, "the app to exit")
         bob_again = cluster.client()
-        assert (await bob_again.login("bob", PASSWORD))["last_logoff"] > left
+        assert (await bob_again.login("bob", PASSWORD)).last_logoff > left
         await bob_again.close()
 
     run(main())

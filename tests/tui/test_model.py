@@ -19,6 +19,7 @@ from chorus.tui.model import (
     trouble,
     wildcard,
 )
+from chorus.wire.results import ServerStatus, Status
 
 
 def msg(id: int, sender: str, recipient: str, body: str = "", sent_at: int = 1_700_000_000_000) -> Message:
@@ -119,15 +120,22 @@ def test_failed_sends_stay_and_only_own_sent_messages_can_be_selected() -> None:
     assert [e.state for e in log.entries] == [FAILED]
 
 
+def _up(address: str, role: str, term: int) -> ServerStatus:
+    status = Status(id=int(address[-1]), role=role, term=term, commit_index=0, applied_index=0, last_index=0,
+                    snapshot_index=0, digest="0", primary=None, primary_address=None, voters=[1, 2, 3], learners=[],
+                    health="ok", health_reason=None, disk="member")
+    return ServerStatus(address, status)
+
+
 def test_who_is_primary_and_why_the_app_is_reconnecting() -> None:
-    up = [{"address": "a:1", "role": "BACKUP", "term": 3}, {"address": "a:2", "role": "PRIMARY", "term": 3},
-          {"address": "a:3", "role": "PRIMARY", "term": 2}]
-    assert primary_of(up)["address"] == "a:2"  # an old primary that has not heard yet loses to the newer term
+    up = [_up("a:1", "BACKUP", 3), _up("a:2", "PRIMARY", 3), _up("a:3", "PRIMARY", 2)]
+    primary = primary_of(up)
+    assert primary is not None and primary.address == "a:2"  # an old primary that has not heard yet loses to the newer term
     assert trouble(up, "a:1", logged_in=True, retrying=False) == ""
     assert trouble(up, None, logged_in=False, retrying=False) == ""  # not logged in: not connected yet
     assert "connection lost" in trouble(up, None, logged_in=True, retrying=False)
     assert "retried" in trouble(up, "a:1", logged_in=True, retrying=True)
-    down = [{"address": "a:1", "role": "CANDIDATE", "term": 4}, {"address": "a:2", "error": "unreachable"}]
+    down = [_up("a:1", "CANDIDATE", 4), ServerStatus("a:2", error="unreachable")]
     assert trouble(down, "a:1", logged_in=True, retrying=False) == "no primary, 1 of 2 servers down: electing one"
     assert trouble(down, "a:2", logged_in=True, retrying=False) == "a:2 does not answer"
 

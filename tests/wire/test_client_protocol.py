@@ -8,6 +8,7 @@ import msgspec
 import pytest
 
 from chorus.wire import client as W
+from chorus.wire import results as R
 
 WRITE = {"client": "c-1", "seq": 3, "acked": 2}
 
@@ -183,15 +184,17 @@ def test_event_has_the_documented_shape_and_no_id() -> None:
 
 
 def test_decode_reply_reads_responses_and_events_back() -> None:
-    r = W.decode_reply(W.ok(3, {"n": 1}))
-    assert (r.id, r.ok, r.result, r.error, r.event) == (3, True, {"n": 1}, None, None)
+    r = W.decode_reply(W.ok(3, R.ViewCountSet(7)))
+    assert (r.id, r.ok, r.error, r.event) == (3, True, None, None)
+    assert msgspec.json.decode(r.result, type=R.ViewCountSet) == R.ViewCountSet(7)  # decoded as what it answers
     r = W.decode_reply(W.error(4, "busy", "later", "h:1"))
-    assert (r.id, r.ok, r.result) == (4, False, None)
-    assert r.error == {"code": "busy", "message": "later", "primary": "h:1"}
+    assert (r.id, r.ok, bytes(r.result)) == (4, False, b"")
+    assert r.error == W.ErrorBody("busy", "later", "h:1")
     r = W.decode_reply(W.error(None, "frame_too_large", "too big"))
-    assert (r.id, r.ok, r.error["code"]) == (None, False, "frame_too_large")
-    r = W.decode_reply(W.event("message", {"id": 9, "body": "hi"}))
-    assert (r.id, r.ok, r.event, r.message) == (None, None, "message", {"id": 9, "body": "hi"})
+    assert (r.id, r.ok, r.error.code if r.error else None) == (None, False, "frame_too_large")
+    msg = R.Message(9, "ann", "bob", "hi", 5)
+    r = W.decode_reply(W.event("message", msg))
+    assert (r.id, r.ok, r.event, r.message) == (None, None, "message", msg)
 
 
 def test_decode_reply_refuses_garbage() -> None:

@@ -11,14 +11,14 @@ are kept and a retry gets the saved result.
 Commands travel in the log as JSON (msgspec), tagged by ``op``. Every field is
 bounded when a command is decoded (numbers within 0..2**53-1, strings and lists
 within their limits), so a command that decodes is one that applying cannot
-fail on: whatever it asks, the answer is a Result. A primary decodes every
+fail on: whatever it asks, the answer is a result (wire/results.py). A primary decodes every
 command before it proposes it (a forwarded one too), so nothing else enters
 the log.
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
 import msgspec
 
@@ -131,23 +131,3 @@ def decode(data: bytes) -> AnyCommand:
         raise BadCommand(str(exc)) from None
     except RecursionError:
         raise BadCommand("JSON nested too deeply") from None
-
-
-class Result(msgspec.Struct, frozen=True, omit_defaults=True):
-    """What applying a command produced. ``code`` is "ok" or a stable error code."""
-
-    code: str = "ok"
-    message: str = ""
-    data: dict[str, Any] | None = None
-
-    @property
-    def ok(self) -> bool:
-        return self.code == "ok"
-
-
-def ok(**data: Any) -> Result:
-    return Result(data=data or None)
-
-
-def error(code: str, message: str) -> Result:
-    return Result(code=code, message=message)

@@ -10,8 +10,9 @@ the client log, which each replica cuts into rows at its own batch boundaries
 and rewrites at its own times; replayed, it gives the same client records
 everywhere.)
 
-Bad commands are not errors of the machine: they produce a Result with an error
-code, and change nothing.
+Bad commands are not errors of the machine: they produce a Refused with an error
+code, and change nothing. What a command gives is one of the results of
+wire/results.py, typed.
 
 Speed: a send appends one message row (no secondary index: conversations are
 chains, see schema.py), and updates the derived conversation state in memory
@@ -25,9 +26,24 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Iterable
+from dataclasses import dataclass, field
 
 import msgspec
 
+from ..wire.results import (
+    AccountDeleted,
+    Deleted,
+    LoggedOff,
+    LoggedOutAll,
+    MarkedRead,
+    Message,
+    Outcome,
+    PasswordChanged,
+    Refused,
+    Registered,
+    Sent,
+    ViewCountSet,
+)
 from . import rules
 from .commands import (
     AnyCommand,
@@ -39,12 +55,9 @@ from .commands import (
     LogoutAll,
     MarkRead,
     Register,
-    Result,
     Send,
     SetViewCount,
     decode,
-    error,
-    ok,
 )
 from .schema import (
     MASK,
@@ -58,6 +71,7 @@ from .schema import (
     pack_client,
     read_client_log,
     state_digest,
+    stored,
     to_signed,
     to_unsigned,
     user_hash,
@@ -92,7 +106,7 @@ class User:
         self.id, self.name, self.pw_hash = uid, name, pw_hash
         self.created_at, self.last_logoff, self.view_count = created_at, last_logoff, view_count
 
-    def row(self) -> tuple:
+    def row(self) -> tuple[object, ...]:
         return (self.id, self.name, rules.name_key(self.name), self.pw_hash, self.created_at,
                 self.last_logoff, self.view_count)
 
@@ -100,13 +114,27 @@ class User:
 class Client:
     __slots__ = ("acked", "hash", "last_seen", "results")
 
-    def __init__(self, acked: int = 0, last_seen: int = 0, results: dict[int, Result] | None = None):
+    def __init__(self, acked: int = 0, last_seen: int = 0, results: dict[int, Outcome] | None = None):
         self.acked, self.last_seen = acked, last_seen
-        self.results: dict[int, Result] = results if results is not None else {}
+        self.results: dict[int, Outcome] = results if results is not None else {}
         self.hash = 0  # counted in the digest; 0 until the client is first written
 
     def record(self, client_id: str) -> ClientTuple:
-        return (client_id, self.acked, self.last_seen, sorted(self.results.items()))
+        return (client_id, self.acked, self.last_seen, stored(self.results))
+
+
+@dataclass(slots=True)
+class Effects:
+    """What applying a batch did, for the server to act on: the answers of the
+    commands, the messages to push, the accounts and sessions that ended."""
+
+    results: list[Outcome] = field(default_factory=list)  # one per command, in order
+    # (log index, client, seq, result) for each command that decoded: who waits for what.
+    answers: list[tuple[int, str, int, Outcome]] = field(default_factory=list)
+    delivered: list[tuple[int, int, Message]] = field(default_factory=list)  # (sender id, recipient id, new message)
+    accounts_deleted: list[int] = field(default_factory=list)
+    # (user, the session ended or None, the epoch every earlier session ended before, or None)
+    sessions_ended: list[tuple[int, str | None, int | None]] = field(default_factory=list)
 
 
 class ChatMachine:
@@ -130,7 +158,7 @@ class ChatMachine:
         records, self._client_log_bytes = read_client_log(c)
         live = 0
         for cid, r in records.items():
-            cl = self.clients[cid] = Client(r.acked, r.last_seen, dict(r.results or ()))
+            cl = self.clients[cid] = Client(r.acked, r.last_seen, {seq: sr.outcome() for seq, sr in r.results or ()})
             record = cl.record(cid)
             cl.hash = client_hash(record)
             live += len(pack_client(record))
@@ -144,7 +172,7 @@ class ChatMachine:
         self.rows_digest: int = to_unsigned(digest)
         self.work = ConversationView.from_db(c)  # what apply reads and changes
         self.view = self.work.copy()  # what readers see: published after each commit
-        self._messages: list[tuple] = []  # buffered inserts
+        self._messages: list[tuple[int, int, int, int, int, str, int]] = []  # buffered inserts
         self._dirty_clients: set[str] = set()
         # What changed since the last publish: sends record their new values (copied
         # in one dict.update each); other commands the keys (looked up in ``work``).
@@ -153,7 +181,7 @@ class ChatMachine:
         self._changed_convs: set[Key] = set()
         self._changed_marks: set[Key] = set()
         self._changed_users: set[int] = set()
-        self.last_commands: dict[int, AnyCommand] = {}
+        self._effects = Effects()
         self.published_digest = self.digest()
 
     def digest(self) -> int:
@@ -176,50 +204,54 @@ class ChatMachine:
         self._changed_users.clear()
 
     # ------------------------------------------------------------------ apply
-    def apply_batch(self, commands: Iterable[tuple[int, bytes]]) -> list[Result]:
-        """Apply (log index, command bytes) pairs in order; one Result each.
-        ``last_commands`` then holds the batch's decoded commands by index (for
-        the caller to route the answers without decoding them again)."""
-        self.last_commands = {}
-        results = [self._apply_one(index, data) for index, data in commands]
+    def apply_batch(self, commands: Iterable[tuple[int, bytes]]) -> Effects:
+        """Apply (log index, command bytes) pairs in order: one result each, and
+        what the batch did."""
+        effects = self._effects = Effects()
+        effects.results = [self._apply_one(index, data) for index, data in commands]
         self.flush()
-        return results
+        return effects
 
-    def saved_result(self, client: str, seq: int) -> Result | None:
+    def saved_result(self, client: str, seq: int) -> Outcome | None:
         """The answer kept for a write already applied (exactly-once), if any."""
         c = self.clients.get(client)
         return c.results.get(seq) if c is not None else None
 
-    def apply(self, index: int, data: bytes) -> Result:
-        return self.apply_batch(((index, data),))[0]
+    def apply(self, index: int, data: bytes) -> Outcome:
+        return self.apply_batch(((index, data),)).results[0]
 
-    def _apply_one(self, index: int, data: bytes) -> Result:
+    def _apply_one(self, index: int, data: bytes) -> Outcome:
         try:
             cmd = decode(data)
         except BadCommand as exc:
-            return error("bad_command", f"not a chat command: {exc}")
-        self.last_commands[index] = cmd
+            return Refused("bad_command", f"not a chat command: {exc}")
+        answers = self._effects.answers
         client = self.clients.get(cmd.client)
         if client is not None:
             saved = client.results.get(cmd.seq)
             if saved is not None:
+                answers.append((index, cmd.client, cmd.seq, saved))
                 return saved  # a retry: the same answer, nothing changes
             if cmd.seq <= client.acked:
-                return error("stale_request", f"request {cmd.seq} was answered long ago")
+                stale = Refused("stale_request", f"request {cmd.seq} was answered long ago")
+                answers.append((index, cmd.client, cmd.seq, stale))
+                return stale
         previous = self.log_time
         now = self.log_time = max(previous, cmd.ts)
         if now // HOUR_MS != previous // HOUR_MS:
             self._expire_clients(now)
             self._expire_sessions(now)
+        result: Outcome
         if type(cmd) is Send:
             result = self._send(index, cmd, now)
         else:
             self.flush()
             result = self._other(index, cmd, now)
         self._remember(cmd, result, now)
+        answers.append((index, cmd.client, cmd.seq, result))
         return result
 
-    def _remember(self, cmd: AnyCommand, result: Result, now: int) -> None:
+    def _remember(self, cmd: AnyCommand, result: Outcome, now: int) -> None:
         cid = cmd.client
         client = self.clients.get(cid)
         if client is None:
@@ -302,17 +334,17 @@ class ChatMachine:
         self._client_log_bytes = self._client_log_live = len(blob)
 
     # ------------------------------------------------------------------ commands
-    def _send(self, index: int, cmd: Send, now: int) -> Result:
+    def _send(self, index: int, cmd: Send, now: int) -> Outcome:
         # The hot path: kept flat on purpose (no helper calls for the common case).
         sender = self.users.get(cmd.user)
         if sender is None:
-            return error("unknown_user", "your account no longer exists")
+            return Refused("unknown_user", "your account no longer exists")
         rid = self.by_key.get(cmd.to.lower())
         if rid is None:
-            return error("no_such_user", f"there is no user named {cmd.to!r}")
+            return Refused("no_such_user", f"there is no user named {cmd.to!r}")
         body = cmd.body
         if not 0 < len(body) <= rules.BODY_MAX or body.isspace():
-            return error("invalid_message", rules.body_problem(body) or "invalid message")
+            return Refused("invalid_message", rules.body_problem(body) or "invalid message")
         sid = sender.id
         key = (sid, rid) if sid <= rid else (rid, sid)
         work = self.work
@@ -322,61 +354,68 @@ class ChatMachine:
         self.rows_digest += h
         work.heads[key] = self._sent_heads[key] = index
         if not prev:  # a new conversation
-            work.peers.setdefault(sid, set()).add(rid)  # type: ignore[union-attr]
-            work.peers.setdefault(rid, set()).add(sid)  # type: ignore[union-attr]
+            work.peers.setdefault(sid, set()).add(rid)
+            work.peers.setdefault(rid, set()).add(sid)
             self._changed_users.update((sid, rid))
         if rid != sid:
             mark = (rid, sid)
             unread = work.unread
             unread[mark] = self._sent_unread[mark] = unread.get(mark, 0) + 1
-        return Result(data={"id": index, "sent_at": now, "to": self.users[rid].name})
+        to = self.users[rid].name
+        self._effects.delivered.append((sid, rid, Message(index, sender.name, to, body, now)))
+        return Sent(index, now, to)
 
-    def _other(self, index: int, cmd: AnyCommand, now: int) -> Result:
-        t = type(cmd)
-        if t is Register:
-            return self._register(index, cmd, now)  # type: ignore[arg-type]
-        user = self.users.get(cmd.user)  # type: ignore[union-attr]
+    def _other(self, index: int, cmd: AnyCommand, now: int) -> Outcome:
+        if isinstance(cmd, Register):
+            return self._register(index, cmd, now)
+        user = self.users.get(cmd.user)
         if user is None:
-            return error("unknown_user", "your account no longer exists")
-        if t is DeleteMessages:
-            return self._delete_messages(user, cmd)  # type: ignore[arg-type]
-        if t is MarkRead:
-            return self._mark_read(user, cmd)  # type: ignore[arg-type]
-        if t is SetViewCount:
-            count = cmd.count  # type: ignore[union-attr]
-            if not 1 <= count <= rules.VIEW_COUNT_MAX:
-                return error("invalid_view_count", f"the view count is 1 to {rules.VIEW_COUNT_MAX}")
-            self._update_user(user, view_count=count)
-            return ok(view_count=count)
-        if t is LogOff:
-            self._update_user(user, last_logoff=now)
-            if cmd.session:  # type: ignore[union-attr]
-                return self._end_session(user, cmd.session, cmd.session_expires, now)  # type: ignore[union-attr]
-            return ok(last_logoff=now)
-        if t is LogoutAll:
-            self._update_user(user, last_logoff=now)
-            return ok(last_logoff=now, epoch=self._next_epoch(user.id))
-        if t is ChangePassword:
-            if not cmd.pw_hash.startswith("$argon2id$"):  # type: ignore[union-attr]
-                return error("invalid_password_hash", "the password must be hashed with argon2id")
-            self.rows_digest -= user_hash(user.row())
-            user.pw_hash = cmd.pw_hash  # type: ignore[union-attr]
-            self.rows_digest += user_hash(user.row())
-            self.conn.execute("UPDATE users SET pw_hash = ? WHERE id = ?", (user.pw_hash, user.id))
-            return ok(epoch=self._next_epoch(user.id))
-        if t is DeleteAccount:
-            return self._delete_account(user)
+            return Refused("unknown_user", "your account no longer exists")
+        match cmd:
+            case DeleteMessages():
+                return self._delete_messages(user, cmd)
+            case MarkRead():
+                return self._mark_read(user, cmd)
+            case SetViewCount(count=count):
+                if not 1 <= count <= rules.VIEW_COUNT_MAX:
+                    return Refused("invalid_view_count", f"the view count is 1 to {rules.VIEW_COUNT_MAX}")
+                self._update_user(user, view_count=count)
+                return ViewCountSet(count)
+            case LogOff():
+                self._update_user(user, last_logoff=now)
+                if cmd.session:
+                    off = self._end_session(user, cmd.session, cmd.session_expires, now)
+                    self._effects.sessions_ended.append((user.id, off.ended, off.epoch))
+                    return off
+                return LoggedOff(now)
+            case LogoutAll():
+                self._update_user(user, last_logoff=now)
+                epoch = self._next_epoch(user.id)
+                self._effects.sessions_ended.append((user.id, None, epoch))
+                return LoggedOutAll(now, epoch)
+            case ChangePassword():
+                if not cmd.pw_hash.startswith("$argon2id$"):
+                    return Refused("invalid_password_hash", "the password must be hashed with argon2id")
+                self.rows_digest -= user_hash(user.row())
+                user.pw_hash = cmd.pw_hash
+                self.rows_digest += user_hash(user.row())
+                self.conn.execute("UPDATE users SET pw_hash = ? WHERE id = ?", (user.pw_hash, user.id))
+                epoch = self._next_epoch(user.id)
+                self._effects.sessions_ended.append((user.id, None, epoch))
+                return PasswordChanged(epoch)
+            case DeleteAccount():
+                return self._delete_account(user)
         raise AssertionError(f"unhandled command {cmd!r}")
 
-    def _register(self, index: int, cmd: Register, now: int) -> Result:
+    def _register(self, index: int, cmd: Register, now: int) -> Outcome:
         problem = rules.name_problem(cmd.name)
         if problem:
-            return error("invalid_name", problem)
+            return Refused("invalid_name", problem)
         key = rules.name_key(cmd.name)
         if key in self.by_key:
-            return error("name_taken", f"the name {cmd.name} is taken")
+            return Refused("name_taken", f"the name {cmd.name} is taken")
         if not cmd.pw_hash.startswith("$argon2id$"):
-            return error("invalid_password_hash", "the password must be hashed with argon2id")
+            return Refused("invalid_password_hash", "the password must be hashed with argon2id")
         user = User(index, cmd.name, cmd.pw_hash, now, None, rules.DEFAULT_VIEW_COUNT)
         self.conn.execute(
             "INSERT INTO users (id, name, name_key, pw_hash, created_at, last_logoff, view_count) VALUES (?,?,?,?,?,?,?)",
@@ -385,21 +424,21 @@ class ChatMachine:
         self.users[index] = user
         self.by_key[key] = index
         self.rows_digest += user_hash(user.row())
-        return ok(id=index, name=cmd.name)
+        return Registered(index, cmd.name)
 
-    def _end_session(self, user: User, session: str, expires: int, now: int) -> Result:
+    def _end_session(self, user: User, session: str, expires: int, now: int) -> LoggedOff:
         """One token refused from now on (until it would have expired anyway)."""
         uid = user.id
         sessions = self.ended.get(uid, {})
         if session in sessions or expires + ENDED_GRACE_S < now // 1000:
-            return ok(last_logoff=now, ended=session)  # ended already, or expired anyway
+            return LoggedOff(now, session)  # ended already, or expired anyway
         if len(sessions) >= MAX_ENDED_SESSIONS:
-            return ok(last_logoff=now, ended=session, epoch=self._next_epoch(uid))  # all of them, then
+            return LoggedOff(now, session, self._next_epoch(uid))  # all of them, then
         self.ended.setdefault(uid, {})[session] = expires
         self.rows_digest += ended_hash(uid, session, expires)
         self.conn.execute("INSERT INTO ended_sessions (user_id, session, expires) VALUES (?,?,?)",
                           (uid, session, expires))
-        return ok(last_logoff=now, ended=session)
+        return LoggedOff(now, session)
 
     def _next_epoch(self, uid: int) -> int:
         """Every token of ``uid`` issued so far is refused from now on."""
@@ -452,7 +491,7 @@ class ChatMachine:
             )
         self._changed_marks.add(mark)
 
-    def _delete_messages(self, user: User, cmd: DeleteMessages) -> Result:
+    def _delete_messages(self, user: User, cmd: DeleteMessages) -> Outcome:
         ids = sorted(set(cmd.ids))  # (at most MAX_DELETE: bounded when decoded)
         rows = self.conn.execute(
             "SELECT id, sender, recipient, prev, sent_at, body, hash FROM messages "
@@ -476,7 +515,7 @@ class ChatMachine:
                 self._forget_conversation(key)
         deleted = [r[0] for r in mine]
         gone = set(deleted)
-        return ok(deleted=deleted, not_deleted=[i for i in ids if i not in gone])
+        return Deleted(deleted, [i for i in ids if i not in gone])
 
     def _unlink(self, key: Key, doomed: set[int]) -> None:
         """Take ``doomed`` message ids out of a conversation's chain: whoever
@@ -529,19 +568,19 @@ class ChatMachine:
         for u, p in ((a, b), (b, a)):
             peers = work.peers.get(u)
             if peers is not None:
-                peers.discard(p)  # type: ignore[union-attr]
+                peers.discard(p)
                 if not peers:
                     del work.peers[u]
             self._changed_users.add(u)
         work.heads.pop(key, None)
         self._changed_convs.add(key)
 
-    def _mark_read(self, user: User, cmd: MarkRead) -> Result:
+    def _mark_read(self, user: User, cmd: MarkRead) -> Outcome:
         peer = self.by_key.get(cmd.peer.lower())
         key = conv_key(user.id, peer) if peer is not None else None
         head = self.work.heads.get(key) if key is not None else None
         if peer is None or head is None:
-            return error("no_conversation", f"no conversation with {cmd.peer!r}")
+            return Refused("no_conversation", f"no conversation with {cmd.peer!r}")
         mark = (user.id, peer)
         old = self.work.read_upto.get(mark, 0)
         upto = max(old, min(cmd.upto, head))
@@ -556,9 +595,9 @@ class ChatMachine:
                 (head, upto, upto, peer),
             ).fetchone()
             self._add_unread(mark, unread - self.work.unread.get(mark, 0))
-        return ok(read_upto=upto, unread=unread)
+        return MarkedRead(upto, unread)
 
-    def _delete_account(self, user: User) -> Result:
+    def _delete_account(self, user: User) -> Outcome:
         uid = user.id
         work = self.work
         count = 0
@@ -578,4 +617,5 @@ class ChatMachine:
         self.conn.execute("DELETE FROM users WHERE id = ?", (uid,))
         del self.users[uid]
         del self.by_key[rules.name_key(user.name)]
-        return ok(deleted_messages=count)
+        self._effects.accounts_deleted.append(uid)
+        return AccountDeleted(count)

@@ -13,9 +13,12 @@ served.
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Iterable
+from typing import Any
 
 import msgspec
 
+from ..wire.results import Conversation, Message, Stats
 from . import rules
 from .schema import message_hash, to_signed
 from .view import ConversationView, conv_key
@@ -23,14 +26,6 @@ from .view import ConversationView, conv_key
 
 class CorruptRow(Exception):
     """A stored row does not match its hash."""
-
-
-class Message(msgspec.Struct, frozen=True):
-    id: int
-    sender: str
-    recipient: str
-    body: str
-    sent_at: int
 
 
 class UserInfo(msgspec.Struct, frozen=True):
@@ -42,26 +37,11 @@ class UserInfo(msgspec.Struct, frozen=True):
     view_count: int
 
 
-class Conversation(msgspec.Struct, frozen=True):
-    peer: str
-    unread: int
-    read_upto: int
-    last: Message
-
-
-class Stats(msgspec.Struct, frozen=True):
-    name: str
-    last_logoff: int | None
-    view_count: int
-    unread: int  # across all conversations
-    conversations: int
-
-
 _COLUMNS = "m.id, m.sender, m.recipient, m.prev, m.sent_at, m.body, m.hash, s.name, r.name"
 _JOINS = "JOIN users s ON s.id = m.sender JOIN users r ON r.id = m.recipient"
 
 
-def _checked(rows, key: tuple[int, int] | None = None) -> list[Message]:
+def _checked(rows: Iterable[tuple[Any, ...]], key: tuple[int, int] | None = None) -> list[Message]:
     out = []
     for mid, s, r, prev, t, body, h, sname, rname in rows:
         if to_signed(message_hash(mid, s, r, prev, t, body)) != h:

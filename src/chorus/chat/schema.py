@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import hashlib
 import sqlite3
+from typing import Any
 
 import msgspec
 
-from .commands import Result
+from ..wire.results import Done, Outcome, Refused, write_result
 
 CLIENT_LOG_DDL = """
 CREATE TABLE IF NOT EXISTS client_log (
@@ -97,7 +98,7 @@ def row_hash(tag: str, *values: object) -> int:
     return int.from_bytes(hashlib.blake2b(_pack((tag, values)), digest_size=8).digest(), "little")
 
 
-def user_hash(row: tuple) -> int:
+def user_hash(row: tuple[object, ...]) -> int:
     return row_hash("u", *row)
 
 
@@ -117,17 +118,38 @@ def ended_hash(user_id: int, session: str, expires: int) -> int:
     return row_hash("s", user_id, session, expires)
 
 
+class StoredResult(msgspec.Struct, frozen=True, omit_defaults=True):
+    """A result as a client record stores it: {"data": {...fields}} for a write
+    that was done, {"code", "message"} for one refused. (The stored form of the
+    results of wire/results.py, unchanged since results were plain dicts.)"""
+
+    code: str = "ok"
+    message: str = ""
+    data: dict[str, Any] | None = None
+
+    def outcome(self) -> Outcome:
+        if self.code != "ok":
+            return Refused(self.code, self.message)
+        return write_result(self.data or {})
+
+
+def stored(results: dict[int, Outcome]) -> list[tuple[int, Refused | dict[str, Done]]]:
+    """A client's kept results as stored, by seq (the same bytes as a StoredResult)."""
+    return [(seq, r if isinstance(r, Refused) else {"data": r}) for seq, r in sorted(results.items())]
+
+
 class ClientRecord(msgspec.Struct, array_like=True, frozen=True):
     """One client's exactly-once state; ``results`` None: the client was forgotten."""
 
     client: str
     acked: int = 0
     last_seen: int = 0
-    results: list[tuple[int, Result]] | None = None
+    results: list[tuple[int, StoredResult]] | None = None
 
 
 _records = msgspec.msgpack.Decoder(list[ClientRecord]).decode
-ClientTuple = tuple[str, int, int, list[tuple[int, Result]]]  # a live ClientRecord, as written
+# A live ClientRecord, as written (its results as ``stored`` gives them, or StoredResults).
+ClientTuple = tuple[str, int, int, list[tuple[int, Any]]]
 
 
 def pack_client(record: ClientTuple | tuple[str]) -> bytes:
@@ -151,7 +173,7 @@ def join_clients(packed: list[bytes]) -> bytes:
     return head + b"".join(packed)
 
 
-_format_1_results = msgspec.msgpack.Decoder(list[tuple[int, Result]]).decode
+_format_1_results = msgspec.msgpack.Decoder(list[tuple[int, StoredResult]]).decode
 
 
 def upgrade_clients_from_format_1(conn: sqlite3.Connection, source: str = "main") -> None:
@@ -206,6 +228,6 @@ def full_digest(conn: sqlite3.Connection) -> int:
     for row in conn.execute("SELECT user_id, session, expires FROM ended_sessions"):
         total += ended_hash(*row)
     for r in read_client_log(conn)[0].values():
-        total += client_hash((r.client, r.acked, r.last_seen, r.results))  # type: ignore[arg-type]
+        total += client_hash((r.client, r.acked, r.last_seen, r.results or []))
     (log_time,) = conn.execute("SELECT log_time FROM chat_state").fetchone()
     return state_digest(total & MASK, log_time)

@@ -27,7 +27,8 @@ class ConversationView:
         self.heads: dict[Key, int] = {}  # (lo, hi) -> newest message id
         self.unread: dict[Key, int] = {}  # (user, peer) -> peer's messages after the marker
         self.read_upto: dict[Key, int] = {}  # (user, peer) -> marker, where one was set
-        self.peers: dict[int, frozenset[int] | set[int]] = {}  # user -> peers with a conversation
+        # user -> peers with a conversation (in a published view, copies never changed once published)
+        self.peers: dict[int, set[int]] = {}
 
     @classmethod
     def from_db(cls, conn: sqlite3.Connection) -> ConversationView:
@@ -51,7 +52,7 @@ class ConversationView:
     def copy(self) -> ConversationView:
         v = ConversationView()
         v.heads, v.unread, v.read_upto = dict(self.heads), dict(self.unread), dict(self.read_upto)
-        v.peers = {u: frozenset(p) for u, p in self.peers.items()}
+        v.peers = {u: set(p) for u, p in self.peers.items()}
         return v
 
     def head(self, a: int, b: int) -> int:
@@ -80,6 +81,6 @@ class ConversationView:
         for u in users:
             peers = work.peers.get(u)
             if peers:
-                self.peers[u] = frozenset(peers)
+                self.peers[u] = set(peers)
             else:
                 self.peers.pop(u, None)

@@ -29,6 +29,7 @@ from rich.text import Text
 
 from chorus.client import server_status
 from chorus.server.certs import local_cluster
+from chorus.wire.results import ServerStatus
 
 
 def write_config(data: Path, size: int, fast: bool) -> Path:
@@ -104,23 +105,24 @@ class LocalCluster:
         return [f"127.0.0.1:{8090 + i}" for i in range(1, self.size + 1)]
 
 
-def render(cluster: LocalCluster, rows: list[dict]) -> Group:
+def render(cluster: LocalCluster, rows: list[ServerStatus]) -> Group:
     t = Table(title=f"chorus: {cluster.size} replicas, data in {cluster.data}", expand=False)
     for col in ("server", "address", "role", "term", "commit", "applied", "digest", "primary"):
         t.add_column(col, justify="right" if col in ("term", "commit", "applied") else "left")
-    digests = {r.get("digest") for r in rows if "digest" in r}
-    for i, r in enumerate(rows, 1):
-        if "error" in r:
+    digests = {row.status.digest for row in rows if row.status is not None}
+    for i, row in enumerate(rows, 1):
+        r = row.status
+        if r is None:
             state = "restarting" if i in cluster.restart_at else "down"
-            t.add_row(str(i), r["address"], Text(state, style="red"), "", "", "", "", "")
+            t.add_row(str(i), row.address, Text(state, style="red"), "", "", "", "", "")
             continue
-        role = r["role"] if r.get("health", "ok") == "ok" else f"{r['role']} ({r['health']})"
-        style = {"PRIMARY": "bold green", "CANDIDATE": "yellow", "PRE_CANDIDATE": "yellow"}.get(r["role"], "")
-        if r.get("health", "ok") != "ok":
+        role = r.role if r.health == "ok" else f"{r.role} ({r.health})"
+        style = {"PRIMARY": "bold green", "CANDIDATE": "yellow", "PRE_CANDIDATE": "yellow"}.get(r.role, "")
+        if r.health != "ok":
             style = "bold red"
-        t.add_row(str(r["id"]), r["address"], Text(role, style=style), str(r["term"]), str(r["commit_index"]),
-                  str(r["applied_index"]), Text(r["digest"], style="green" if len(digests) == 1 else ""),
-                  str(r["primary"] or "-"))
+        t.add_row(str(r.id), row.address, Text(role, style=style), str(r.term), str(r.commit_index),
+                  str(r.applied_index), Text(r.digest, style="green" if len(digests) == 1 else ""),
+                  str(r.primary or "-"))
     help_ = Text("k: kill -9 the primary (it restarts)   q / Ctrl-C: stop all   "
                  "chat from another terminal: chorus register NAME (TLS, with the CA in "
                  f"{cluster.ca})", style="dim")
@@ -142,7 +144,7 @@ async def _run(cluster: LocalCluster) -> None:
         old = termios.tcgetattr(sys.stdin)
         tty_mod.setcbreak(sys.stdin.fileno())
         loop.add_reader(sys.stdin.fileno(), lambda: keys.put_nowait(sys.stdin.read(1)))
-    rows: list[dict] = []
+    rows: list[ServerStatus] = []
     try:
         with Live(render(cluster, rows), refresh_per_second=4, console=Console()) as live:
             while not stop.is_set():
@@ -154,7 +156,8 @@ async def _run(cluster: LocalCluster) -> None:
                     if key == "q":
                         stop.set()
                     elif key == "k":
-                        primary = next((r["id"] for r in rows if r.get("role") == "PRIMARY"), None)
+                        primary = next((r.status.id for r in rows
+                                        if r.status is not None and r.status.role == "PRIMARY"), None)
                         if primary:
                             cluster.kill(primary)
                         else:

@@ -42,7 +42,8 @@ def session_file() -> Path:
 
 def load_session() -> dict[str, Any]:
     try:
-        return json.loads(session_file().read_text())
+        session: dict[str, Any] = json.loads(session_file().read_text())
+        return session
     except (OSError, ValueError):
         return {}
 
@@ -83,6 +84,7 @@ def tls_of(args: argparse.Namespace) -> Any:
 async def client_command(args: argparse.Namespace) -> int:
     from chorus.client import ChorusError, Client
     from chorus.client.text import visible
+    from chorus.wire.results import AccountDeleted, Deleted, Registered
 
     session = load_session()
     async with Client(servers_of(args), retry_for=args.retry_for, tls=tls_of(args)) as client:
@@ -96,11 +98,12 @@ async def client_command(args: argparse.Namespace) -> int:
                     print("the two passwords differ", file=sys.stderr)
                     return 1
                 r = await client.register(args.name, pw)
-                print(f"registered {r['name']}; now: chorus login {r['name']}")
+                name = r.name if isinstance(r, Registered) else args.name
+                print(f"registered {name}; now: chorus login {name}")
             elif args.command == "login":
-                r = await client.login(args.name, password(args))
-                save_session({"token": r["token"], "name": r["name"]})
-                print(f"logged in as {r['name']} (last logged off: {when(r.get('last_logoff'))})")
+                li = await client.login(args.name, password(args))
+                save_session({"token": li.token, "name": li.name})
+                print(f"logged in as {li.name} (last logged off: {when(li.last_logoff)})")
             elif not session.get("token"):
                 print("not logged in: chorus login NAME", file=sys.stderr)
                 return 1
@@ -118,8 +121,8 @@ async def client_command(args: argparse.Namespace) -> int:
                 if not args.password_stdin and getpass.getpass("Again: ") != new:
                     print("the two passwords differ", file=sys.stderr)
                     return 1
-                r = await client.change_password(old, new)
-                save_session({"token": r["token"], "name": session.get("name")})
+                changed = await client.change_password(old, new)
+                save_session({"token": changed.token, "name": session.get("name")})
                 print("password changed; every other session of this user has ended")
             elif args.command == "send":
                 m = await client.send(args.to, " ".join(args.message))
@@ -135,14 +138,18 @@ async def client_command(args: argparse.Namespace) -> int:
                     unread = f" ({c.unread} unread)" if c.unread else ""
                     print(f"{visible(c.peer)}{unread}: {visible(c.last.sender)}: {visible(c.last.body[:60])}")
             elif args.command == "delete-message":
-                r = await client.delete_messages(args.ids)
-                print(f"deleted {r['deleted']}" + (f"; not yours or gone: {r['not_deleted']}" if r["not_deleted"] else ""))
+                d = await client.delete_messages(args.ids)
+                if isinstance(d, Deleted):
+                    print(f"deleted {d.deleted}" + (f"; not yours or gone: {d.not_deleted}" if d.not_deleted else ""))
+                else:
+                    print(f"accepted as #{d.id}")
             elif args.command == "delete-account":
                 if not args.yes and input(f"Delete {session.get('name')} and every message? [y/N] ").lower() != "y":
                     return 1
-                r = await client.delete_account()
+                gone = await client.delete_account()
                 save_session({})
-                print(f"account deleted with {r['deleted_messages']} messages")
+                print("account deleted" + (f" with {gone.deleted_messages} messages"
+                                           if isinstance(gone, AccountDeleted) else ""))
         except ChorusError as exc:
             print(f"chorus {args.command}: {visible(str(exc))}", file=sys.stderr)
             return 1
@@ -153,16 +160,17 @@ async def status_command(args: argparse.Namespace) -> int:
     from chorus.client import server_status
 
     rows = await asyncio.gather(*(server_status(s, tls=tls_of(args)) for s in servers_of(args)))
-    if args.json:
-        print(json.dumps(rows, indent=2))
+    if args.json:  # a row per server: its address and status, or its address and an error
+        print(json.dumps([r.row() for r in rows], indent=2))
         return 0
-    for r in rows:
-        if "error" in r:
-            print(f"{r['address']:>21}  {r['error']}")
+    for row in rows:
+        r = row.status
+        if r is None:
+            print(f"{row.address:>21}  {row.error}")
         else:
-            health = "" if r.get("health", "ok") == "ok" else f"  {r['health'].upper()}: {r.get('health_reason')}"
-            print(f"{r['address']:>21}  server {r['id']} {r['role']:<9} term {r['term']:<4} commit {r['commit_index']:<8} "
-                  f"applied {r['applied_index']:<8} digest {r['digest']}  primary {r['primary']}{health}")
+            health = "" if r.health == "ok" else f"  {r.health.upper()}: {r.health_reason}"
+            print(f"{row.address:>21}  server {r.id} {r.role:<9} term {r.term:<4} commit {r.commit_index:<8} "
+                  f"applied {r.applied_index:<8} digest {r.digest}  primary {r.primary}{health}")
     return 0
 
 

@@ -24,12 +24,14 @@ import random
 import secrets
 import ssl
 from collections.abc import AsyncIterator, Callable, Iterable
-from typing import Any
+from typing import Any, TypeVar
 
 import msgspec
 
 from chorus.wire import FrameDecoder, FrameError, encode_frame
 from chorus.wire import client as W
+from chorus.wire import results as R
+from chorus.wire.results import Conversation, Message, Stats
 
 from . import tls as T
 from .errors import (
@@ -43,32 +45,25 @@ from .errors import (
     Unavailable,
 )
 
-
-class Message(msgspec.Struct, frozen=True):
-    id: int
-    sender: str
-    recipient: str
-    body: str
-    sent_at: int  # ms since the epoch
-
-
-class Conversation(msgspec.Struct, frozen=True):
-    peer: str
-    unread: int
-    read_upto: int
-    last: Message
-
-
-class Stats(msgspec.Struct, frozen=True):
-    name: str
-    last_logoff: int | None
-    view_count: int
-    unread: int
-    conversations: int
-
-
 _RETRYABLE = {"unavailable", "busy"}
-WRITE_OPS = frozenset(cls.__struct_config__.tag for cls in W.WRITES)  # type: ignore[attr-defined]
+A = TypeVar("A", bound=msgspec.Struct)  # the type of answer a request gets
+_ACCEPTED = b',"concern":"async"}'  # how an Accepted ends (its last field), and no other result does
+
+
+def _decode(raw: msgspec.Raw, answer: type[A]) -> A | R.Accepted:
+    """A reply's result, as the request's type of answer; or Accepted, for a write
+    the server answered once it was on the primary's disk (write concern async)."""
+    if bytes(raw).endswith(_ACCEPTED):
+        return msgspec.json.decode(raw, type=R.Accepted)
+    return msgspec.json.decode(raw, type=answer)
+
+
+def _done(result: A | R.Accepted) -> A:
+    """The answer of a write the caller waits for: a write concern of async gives none."""
+    if isinstance(result, R.Accepted):
+        raise InvalidRequest("invalid_request", "answered before it was applied (write concern async): "
+                                                "this call needs the applied answer")
+    return result
 
 
 def _error(code: str, message: str, primary: str | None, retry_after: float | None = None) -> ChorusError:
@@ -87,10 +82,8 @@ def _error(code: str, message: str, primary: str | None, retry_after: float | No
     return Rejected(code, message, primary)
 
 
-def _from_reply(err: dict[str, Any]) -> ChorusError:
-    retry = err.get("retry_after")
-    return _error(err.get("code", "internal"), err.get("message", ""), err.get("primary"),
-                  retry if isinstance(retry, int | float) else None)
+def _from_reply(err: W.ErrorBody) -> ChorusError:
+    return _error(err.code, err.message, err.primary, err.retry_after)
 
 
 async def open_connection(address: str, ctx: ssl.SSLContext | None, timeout: float
@@ -141,7 +134,7 @@ class _Connection:
                     if reply.event is not None:
                         self.on_event(self, reply)
                         continue
-                    if reply.id is None and reply.error and reply.error.get("code") == "tls_required":
+                    if reply.id is None and reply.error and reply.error.code == "tls_required":
                         self._fail(_from_reply(reply.error))  # a plaintext client on a TLS port
                         return
                     fut = self.waiting.pop(reply.id, None) if reply.id is not None else None
@@ -172,7 +165,7 @@ class _Connection:
         if self.closed.done():
             raise ConnectionError(f"not connected to {self.address}")
         loop = asyncio.get_running_loop()
-        fut = loop.create_future()
+        fut: asyncio.Future[W.Reply] = loop.create_future()
         self.waiting[rid] = fut
         self.writer.write(frame)
         timer = loop.call_later(timeout, _time_out, fut)  # (cheaper than wait_for, on every request)
@@ -196,8 +189,8 @@ class Client:
         client_id: str | None = None,
         request_timeout: float = 15.0,
         retry_for: float = 60.0,
-        write_concern: str | None = None,
-        consistency: str = "linearizable",
+        write_concern: W.WriteConcern | None = None,
+        consistency: W.Consistency = "linearizable",
         max_frame: int = 1 << 20,
         shuffle: bool = True,
         tls: T.TLSOption = None,
@@ -233,7 +226,7 @@ class Client:
         self._last_event = 0
         self._subscribed = False
         self._retrying = 0
-        self.on_change: Callable[[], None] | None = None
+        self.on_change: Callable[[], object] | None = None
         """Called whenever ``server`` or ``retrying`` may have changed (a UI shows them)."""
 
     async def __aenter__(self) -> Client:
@@ -305,14 +298,15 @@ class Client:
     async def _resume(self, conn: _Connection) -> None:
         """On a new connection: the session and the subscription carry over."""
         if self.token is not None:
-            reply = await conn.call(rid := next(self._ids), encode_frame(W.encode({"op": "auth", "id": rid, "token": self.token})),
+            rid = next(self._ids)
+            reply = await conn.call(rid, encode_frame(W.encode(W.Auth(id=rid, token=self.token))),
                                     self.request_timeout)
             if not reply.ok:
-                err = reply.error or {}
-                if err.get("code") in _RETRYABLE:
-                    raise ConnectionError(err.get("message", "unavailable"))
+                err = reply.error or W.ErrorBody("internal")
+                if err.code in _RETRYABLE:
+                    raise ConnectionError(err.message or "unavailable")
                 self.token = None
-                self._auth_refused = err.get("message") or None  # said, should a request need the session
+                self._auth_refused = err.message or None  # said, should a request need the session
                 if self._subscribed:
                     raise _from_reply(err)
                 # Not an error yet: the request being retried may be the one that
@@ -320,7 +314,7 @@ class Client:
                 # write from its saved result, anything else with "unauthenticated".
         if self._subscribed:
             rid = next(self._ids)
-            reply = await conn.call(rid, encode_frame(W.encode({"op": "subscribe", "id": rid, "after": self._last_event})),
+            reply = await conn.call(rid, encode_frame(W.encode(W.Subscribe(id=rid, after=self._last_event))),
                                     self.request_timeout)
             if not reply.ok:
                 raise ConnectionError("could not subscribe again")
@@ -352,55 +346,59 @@ class Client:
                 await asyncio.sleep(min(1.0, 0.05 * 2 ** min(attempt, 5)) * random.uniform(0.5, 1.5))
 
     def _on_event(self, conn: _Connection, reply: W.Reply) -> None:
-        if reply.event == "message" and self._events is not None:
-            msg = msgspec.convert(reply.message, Message)
-            if msg.id > self._last_event:  # never the same message twice, even across servers
-                self._last_event = msg.id
-                self._events.put_nowait(msg)
+        msg = reply.message
+        # (never the same message twice, even across servers)
+        if reply.event == "message" and msg is not None and self._events is not None and msg.id > self._last_event:
+            self._last_event = msg.id
+            self._events.put_nowait(msg)
 
-    async def _call(self, op: str, **fields: Any) -> Any:
-        """One request, retried across servers until it gets an answer."""
+    async def _write(self, cls: type[W.Write], answer: type[A], **fields: Any) -> A | R.Accepted:
+        self._seq += 1
+        req = cls(id=0, client=self.client_id, seq=self._seq, concern=self.write_concern, **fields)
+        return _decode(await self._call(req), answer)
+
+    async def _read(self, cls: type[W.Read], answer: type[A], **fields: Any) -> A:
+        return await self._ask(cls(id=0, consistency=self.consistency, **fields), answer)
+
+    async def _ask(self, req: W.Request, answer: type[A]) -> A:
+        return msgspec.json.decode(await self._call(req), type=answer)
+
+    async def _call(self, req: W.Request) -> msgspec.Raw:
+        """One request, retried across servers until it gets an answer (a write
+        with the same client and seq each time: it is applied once); the result."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.retry_for
-        write = op in WRITE_OPS
-        if write:
-            self._seq += 1
-            fields.update(client=self.client_id, seq=self._seq)
-            if self.write_concern:
-                fields.setdefault("concern", self.write_concern)
-        elif op in ("users", "conversations", "history", "stats"):
-            fields.setdefault("consistency", self.consistency)
         prefer: str | None = None
         attempt = 0
+        conn: _Connection | None = None
         try:
             while True:
                 try:
+                    conn = None
                     conn = await self._connect(prefer)
-                    rid = next(self._ids)
-                    if write:
-                        fields["acked"] = self._acked
-                    reply = await conn.call(rid, encode_frame(W.encode({"op": op, "id": rid, **fields}), self.max_frame),
-                                            self.request_timeout)
+                    req.id = next(self._ids)
+                    if isinstance(req, W.Write):
+                        req.acked = self._acked
+                    reply = await conn.call(req.id, encode_frame(W.encode(req), self.max_frame), self.request_timeout)
                 except (ConnectionError, TimeoutError, OSError) as exc:
-                    self._drop(conn if "conn" in locals() else None)
+                    self._drop(conn)
                     prefer = None
                     error: Exception = Unavailable("unavailable", str(exc), None)
                 else:
                     if reply.ok:
-                        if write:
-                            self._answered_seq(fields["seq"])
+                        if isinstance(req, W.Write):
+                            self._answered_seq(req.seq)
                         return reply.result
-                    err = reply.error or {}
-                    code = err.get("code", "internal")
-                    if code == "unauthenticated" and self._auth_refused:
-                        err = {**err, "message": self._auth_refused}
+                    err = reply.error or W.ErrorBody("internal")
+                    if err.code == "unauthenticated" and self._auth_refused:
+                        err = msgspec.structs.replace(err, message=self._auth_refused)
                     exc2 = _from_reply(err)
-                    if code not in _RETRYABLE:
-                        if write:
-                            self._answered_seq(fields["seq"])
+                    if err.code not in _RETRYABLE:
+                        if isinstance(req, W.Write):
+                            self._answered_seq(req.seq)
                         raise exc2
                     error = exc2
-                    prefer = err.get("primary")
+                    prefer = err.primary
                     if prefer and self._conn is not None and prefer != self._conn.address:
                         self._drop(self._conn)  # go to the server it named
                 attempt += 1
@@ -431,84 +429,85 @@ class Client:
             self._answered.discard(self._acked)
 
     # ------------------------------------------------------------------ the chat
-    async def register(self, name: str, password: str) -> dict:
-        return await self._call("register", name=name, password=password)
+    # A write answers with its result once applied (on a majority, by default); with
+    # write concern "async", with an Accepted once it is on the primary's disk.
 
-    async def login(self, name: str, password: str) -> dict:
-        result = await self._call("login", name=name, password=password)
-        self.token, self.user, self._auth_refused = result["token"], result["name"], None
+    async def register(self, name: str, password: str) -> R.Registered | R.Accepted:
+        return await self._write(W.Register, R.Registered, name=name, password=password)
+
+    async def login(self, name: str, password: str) -> R.LoggedIn:
+        result = await self._ask(W.Login(id=0, name=name, password=password), R.LoggedIn)
+        self.token, self.user, self._auth_refused = result.token, result.name, None
         return result
 
-    async def auth(self, token: str) -> dict:
+    async def auth(self, token: str) -> R.Authenticated:
         """Resume a session from a token (any server issued it): the user's id,
         name, last log-off and view count."""
         self.token = None  # (the connection authenticates with it below, not before)
-        result = await self._call("auth", token=token)
-        self.token, self.user, self._auth_refused = token, result["name"], None
+        result = await self._ask(W.Auth(id=0, token=token), R.Authenticated)
+        self.token, self.user, self._auth_refused = token, result.name, None
         return result
 
     async def send(self, to: str, body: str) -> Message:
-        r = await self._call("send", to=to, body=body)
-        return Message(r["id"], self.user or "", r.get("to", to), body, r["sent_at"])
+        r = await self._write(W.Send, R.Sent, to=to, body=body)
+        return Message(r.id, self.user or "", r.to or to, body, r.sent_at or 0)
 
     async def history(self, peer: str, *, limit: int = 50, before: int | None = None) -> list[Message]:
-        r = await self._call("history", peer=peer, limit=limit, before=before)
-        return [msgspec.convert(m, Message) for m in r["messages"]]
+        return (await self._read(W.History, R.HistoryPage, peer=peer, limit=limit, before=before)).messages
 
-    async def delete_messages(self, ids: Iterable[int]) -> dict:
-        return await self._call("delete_messages", ids=list(ids))
+    async def delete_messages(self, ids: Iterable[int]) -> R.Deleted | R.Accepted:
+        return await self._write(W.DeleteMessages, R.Deleted, ids=list(ids))
 
-    async def mark_read(self, peer: str, upto: int) -> dict:
-        return await self._call("mark_read", peer=peer, upto=upto)
+    async def mark_read(self, peer: str, upto: int) -> R.MarkedRead | R.Accepted:
+        return await self._write(W.MarkRead, R.MarkedRead, peer=peer, upto=upto)
 
-    async def set_view_count(self, count: int) -> dict:
-        return await self._call("set_view_count", count=count)
+    async def set_view_count(self, count: int) -> R.ViewCountSet | R.Accepted:
+        return await self._write(W.SetViewCount, R.ViewCountSet, count=count)
 
-    async def log_off(self) -> dict:
+    async def log_off(self) -> R.LoggedOff | R.Accepted:
         """Record the log-off time (what "last seen" shows) and end the session:
         its token stops working on every server. Log in again to go on."""
-        result = await self._call("log_off")
+        result = await self._write(W.LogOff, R.LoggedOff)
         self.token = None
         return result
 
-    async def logout(self) -> dict:
+    async def logout(self) -> R.LoggedOff | R.Accepted:
         """Log off and forget the session."""
         result = await self.log_off()
         self.token = self.user = None
         self._drop(self._conn)
         return result
 
-    async def logout_all(self) -> dict:
+    async def logout_all(self) -> R.LoggedOutAll | R.Accepted:
         """End every session of this user, on every device (every token issued so far)."""
-        result = await self._call("logout_all")
+        result = await self._write(W.LogoutAll, R.LoggedOutAll)
         self.token = self.user = None
         self._drop(self._conn)
         return result
 
-    async def change_password(self, old: str, new: str) -> dict:
+    async def change_password(self, old: str, new: str) -> R.NewToken:
         """Every other session of the user ends; this one goes on with a new token."""
-        result = await self._call("change_password", old_password=old, new_password=new)
-        self.token = result["token"]
+        result = _done(await self._write(W.ChangePassword, R.NewToken, old_password=old, new_password=new))
+        self.token = result.token
         return result
 
-    async def delete_account(self) -> dict:
-        result = await self._call("delete_account")
+    async def delete_account(self) -> R.AccountDeleted | R.Accepted:
+        result = await self._write(W.DeleteAccount, R.AccountDeleted)
         self.token = self.user = None
         return result
 
     async def users(self, pattern: str = "*", *, after: str = "", limit: int = 50) -> list[str]:
-        return (await self._call("users", pattern=pattern, after=after, limit=limit))["users"]
+        return (await self._read(W.Users, R.UserPage, pattern=pattern, after=after, limit=limit)).users
 
     async def conversations(self) -> list[Conversation]:
-        r = await self._call("conversations")
-        return [msgspec.convert(c, Conversation) for c in r["conversations"]]
+        return (await self._read(W.Conversations, R.ConversationList)).conversations
 
     async def stats(self) -> Stats:
-        return msgspec.convert(await self._call("stats"), Stats)
+        return await self._read(W.Stats, Stats)
 
-    async def status(self) -> dict:
+    async def status(self) -> R.Status:
         """The status of the server this client is talking to."""
-        return await self._call("status")
+        return await self._ask(W.Status(id=0), R.Status)
 
     async def events(self, after: int | None = None) -> AsyncIterator[Message]:
         """Messages to or from this user as they are committed, starting after
@@ -519,28 +518,28 @@ class Client:
         if after is not None:
             self._last_event = after
         self._subscribed = True
-        await self._call("subscribe", after=self._last_event)
+        await self._ask(W.Subscribe(id=0, after=self._last_event), R.Subscribed)
         while True:
             yield await self._events.get()
 
 
-async def server_status(address: str, timeout: float = 2.0, tls: T.TLSOption = None) -> dict:
-    """The status of one server, or {"address", "error"} if it does not answer."""
+async def server_status(address: str, timeout: float = 2.0, tls: T.TLSOption = None) -> R.ServerStatus:
+    """The status of one server, or why there is none (it does not answer)."""
     try:
         reader, writer = await open_connection(address, T.context(tls, [address]), timeout)
     except NotConnected as exc:
-        return {"address": address, "error": exc.message}
+        return R.ServerStatus(address, error=exc.message)
     except (OSError, TimeoutError, ValueError) as exc:
-        return {"address": address, "error": f"unreachable: {exc}"}
+        return R.ServerStatus(address, error=f"unreachable: {exc}")
     try:
-        writer.write(encode_frame(W.encode({"op": "status", "id": 1})))
+        writer.write(encode_frame(W.encode(W.Status(id=1))))
         head = await asyncio.wait_for(reader.readexactly(4), timeout)
         body = await asyncio.wait_for(reader.readexactly(int.from_bytes(head, "big")), timeout)
         reply = W.decode_reply(body)
         if not reply.ok:
-            return {"address": address, "error": (reply.error or {}).get("message", "refused")}
-        return {"address": address, **(reply.result or {})}
+            return R.ServerStatus(address, error=reply.error.message if reply.error else "refused")
+        return R.ServerStatus(address, msgspec.json.decode(reply.result, type=R.Status))
     except (OSError, TimeoutError, asyncio.IncompleteReadError, msgspec.DecodeError, msgspec.ValidationError) as exc:
-        return {"address": address, "error": f"no answer: {exc}"}
+        return R.ServerStatus(address, error=f"no answer: {exc}")
     finally:
         writer.close()

@@ -14,9 +14,10 @@ from .messages import (
     VoteResponse,
 )
 from .ready import NONE, Role
+from .state import NodeState
 
 
-class Elections:
+class Elections(NodeState):
     """Part of :class:`chorus.raft.node.RaftNode`: elections."""
 
     def _campaign(self, *, pre_vote: bool, transfer: bool = False) -> None:

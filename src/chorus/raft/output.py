@@ -8,9 +8,10 @@ import contextlib
 from .errors import Refused
 from .messages import Message
 from .ready import NONE, HardState, Ready, Role, SoftState, split
+from .state import NodeState
 
 
-class Output:
+class Output(NodeState):
     """Part of :class:`chorus.raft.node.RaftNode`: the Ready."""
 
     def _send(self, m: Message) -> None:

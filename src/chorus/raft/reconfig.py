@@ -12,9 +12,10 @@ from .messages import (
 )
 from .progress import Progress
 from .ready import NONE, Role
+from .state import NodeState
 
 
-class Reconfig:
+class Reconfig(NodeState):
     """Part of :class:`chorus.raft.node.RaftNode`: membership and leadership transfer."""
 
     def transfer_leadership(self, target: int) -> None:
@@ -112,11 +113,11 @@ class Reconfig:
             for pid, pr in self.progress.items():
                 pr.is_learner = pid not in membership.voters
             for pid in membership.members:
-                pr = self.progress.get(pid)
-                if pr is None:
-                    pr = self.progress[pid] = Progress(self.log.last_index + 1)
+                known = self.progress.get(pid)
+                if known is None:
+                    known = self.progress[pid] = Progress(self.log.last_index + 1)
                     if pid == self.id:
-                        pr.match = self._persisted
-                pr.is_learner = pid not in membership.voters
+                        known.match = self._persisted
+                known.is_learner = pid not in membership.voters
             if self.lead_transferee not in membership.voters:
                 self.lead_transferee = NONE

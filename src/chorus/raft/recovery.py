@@ -12,9 +12,10 @@ from .messages import (
     ProbeResp,
 )
 from .ready import NONE, Role
+from .state import NodeState
 
 
-class Recovery:
+class Recovery(NodeState):
     """Part of :class:`chorus.raft.node.RaftNode`: recovery from a lost disk."""
 
     def _voters_fenced(self) -> tuple[tuple[int, int], ...]:

@@ -24,11 +24,12 @@ from .messages import (
 )
 from .progress import Progress, ProgressState
 from .ready import NONE
+from .state import NodeState
 
 _kind_of = attrgetter("kind")
 
 
-class Replication:
+class Replication(NodeState):
     """Part of :class:`chorus.raft.node.RaftNode`: replication."""
 
     def _handle_replicate(self, m: Replicate) -> None:

@@ -81,66 +81,66 @@ def validate(m: object, self_id: int) -> None:
     if m.to != self_id:
         raise MessageError(f"{m.type}: addressed to server {m.to!r}, this is server {self_id}")
 
-    t = type(m)
-    if t is Replicate:
-        prev_index = _count(m, "prev_index", m.prev_index)
-        prev_term = _count(m, "prev_term", m.prev_term)
-        _count(m, "commit", m.commit)
-        _flag(m, "recovering", m.recovering)
-        if prev_term > term:
-            raise MessageError(f"REPLICATE: prev_term {prev_term} is after the message's term {term}")
-        if (prev_index == 0) != (prev_term == 0):
-            raise MessageError("REPLICATE: only index 0 has term 0")
-        entries = m.entries
-        if type(entries) is not tuple:
-            raise MessageError("REPLICATE: entries must be a list")
-        if entries:
-            _entries(m, entries, prev_index, prev_term, term)
-    elif t is ReplicateAck:
-        _count(m, "index", m.index)
-        _flag(m, "reject", m.reject)
-        _count(m, "hint_index", m.hint_index)
-        _count(m, "hint_term", m.hint_term)
-        _flag(m, "recovering", m.recovering)
-        _count(m, "incarnation", m.incarnation)
-    elif t is Heartbeat:
-        _count(m, "commit", m.commit)
-        _count(m, "ctx", m.ctx)
-    elif t is HeartbeatAck:
-        _count(m, "ctx", m.ctx)
-        _flag(m, "recovering", m.recovering)
-        _count(m, "incarnation", m.incarnation)
-    elif t is ProbeResp:
-        _flag(m, "recovering", m.recovering)
-        _count(m, "known", m.known)
-    elif t is Probe:
-        _count(m, "incarnation", m.incarnation)
-    elif t is RequestVote:
-        _count(m, "last_index", m.last_index)
-        if _count(m, "last_term", m.last_term) > term:
-            raise MessageError("REQUEST_VOTE: last_term is after the election's term")
-        _flag(m, "pre_vote", m.pre_vote)
-        _flag(m, "transfer", m.transfer)
-    elif t is VoteResponse:
-        _flag(m, "granted", m.granted)
-        _flag(m, "pre_vote", m.pre_vote)
-        _count(m, "incarnation", m.incarnation)
-        _fenced(m, m.fenced)
-    elif t is InstallSnapshot:
-        s = m.snapshot
-        if type(s) is not SnapshotMeta or type(s.membership) is not Membership:
-            raise MessageError("INSTALL_SNAPSHOT: snapshot metadata missing")
-        if _count(m, "snapshot.index", s.index) == 0 or not 0 < _count(m, "snapshot.term", s.term) <= term:
-            raise MessageError("INSTALL_SNAPSHOT: impossible snapshot index or term")
-        _check_membership(m, s.membership)
-    elif t is Forward:
-        if type(m.commands) is not tuple or any(type(c) is not bytes for c in m.commands):
-            raise MessageError("FORWARD: commands must be a list of byte strings")
-    elif t is ReadIndex:
-        _count(m, "request_id", m.request_id)
-    elif t is ReadIndexResp:
-        _count(m, "request_id", m.request_id)
-        _count(m, "index", m.index)
+    match m:
+        case Replicate():
+            prev_index = _count(m, "prev_index", m.prev_index)
+            prev_term = _count(m, "prev_term", m.prev_term)
+            _count(m, "commit", m.commit)
+            _flag(m, "recovering", m.recovering)
+            if prev_term > term:
+                raise MessageError(f"REPLICATE: prev_term {prev_term} is after the message's term {term}")
+            if (prev_index == 0) != (prev_term == 0):
+                raise MessageError("REPLICATE: only index 0 has term 0")
+            entries = m.entries
+            if type(entries) is not tuple:
+                raise MessageError("REPLICATE: entries must be a list")
+            if entries:
+                _entries(m, entries, prev_index, prev_term, term)
+        case ReplicateAck():
+            _count(m, "index", m.index)
+            _flag(m, "reject", m.reject)
+            _count(m, "hint_index", m.hint_index)
+            _count(m, "hint_term", m.hint_term)
+            _flag(m, "recovering", m.recovering)
+            _count(m, "incarnation", m.incarnation)
+        case Heartbeat():
+            _count(m, "commit", m.commit)
+            _count(m, "ctx", m.ctx)
+        case HeartbeatAck():
+            _count(m, "ctx", m.ctx)
+            _flag(m, "recovering", m.recovering)
+            _count(m, "incarnation", m.incarnation)
+        case ProbeResp():
+            _flag(m, "recovering", m.recovering)
+            _count(m, "known", m.known)
+        case Probe():
+            _count(m, "incarnation", m.incarnation)
+        case RequestVote():
+            _count(m, "last_index", m.last_index)
+            if _count(m, "last_term", m.last_term) > term:
+                raise MessageError("REQUEST_VOTE: last_term is after the election's term")
+            _flag(m, "pre_vote", m.pre_vote)
+            _flag(m, "transfer", m.transfer)
+        case VoteResponse():
+            _flag(m, "granted", m.granted)
+            _flag(m, "pre_vote", m.pre_vote)
+            _count(m, "incarnation", m.incarnation)
+            _fenced(m, m.fenced)
+        case InstallSnapshot():
+            s = m.snapshot
+            if type(s) is not SnapshotMeta or type(s.membership) is not Membership:
+                raise MessageError("INSTALL_SNAPSHOT: snapshot metadata missing")
+            if _count(m, "snapshot.index", s.index) == 0 or not 0 < _count(m, "snapshot.term", s.term) <= term:
+                raise MessageError("INSTALL_SNAPSHOT: impossible snapshot index or term")
+            _check_membership(m, s.membership)
+        case Forward():
+            if type(m.commands) is not tuple or any(type(c) is not bytes for c in m.commands):
+                raise MessageError("FORWARD: commands must be a list of byte strings")
+        case ReadIndex():
+            _count(m, "request_id", m.request_id)
+        case ReadIndexResp():
+            _count(m, "request_id", m.request_id)
+            _count(m, "index", m.index)
 
 
 _index_of, _term_of, _kind_of, _data_of = (attrgetter(a) for a in ("index", "term", "kind", "data"))

@@ -172,7 +172,7 @@ class Listener:
             deadline = loop.time() + self.handshake_timeout
             ctx = self.tls()
             if ctx is None and not self.plaintext_speaks_first:
-                first = 0  # (the protocol sends first; it keeps the deadline itself)
+                first: int | None = 0  # (the protocol sends first; it keeps the deadline itself)
             else:
                 first = await _peek(loop, conn, self.handshake_timeout)
                 if first is None:
@@ -209,7 +209,12 @@ async def _peek(loop: asyncio.AbstractEventLoop, conn: socket.socket, timeout: f
     """The first byte the peer sent, left unread; None if nothing came in time."""
     fut = loop.create_future()
     fd = conn.fileno()
-    loop.add_reader(fd, lambda: fut.done() or fut.set_result(None))
+
+    def readable() -> None:
+        if not fut.done():
+            fut.set_result(None)
+
+    loop.add_reader(fd, readable)
     try:
         await asyncio.wait_for(fut, timeout)
     except TimeoutError:

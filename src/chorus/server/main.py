@@ -15,6 +15,7 @@ import asyncio
 import logging
 import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from chorus.store import StoreCorrupt, StoreUnreadable
@@ -115,7 +116,7 @@ def run(server_id: int, config: Path | None, log_level: str = "INFO", insecure: 
     try:
         import uvloop
 
-        runner = uvloop.run
+        runner: Callable[..., None] = uvloop.run
     except ImportError:
         runner = asyncio.run
     try:

@@ -48,10 +48,10 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from chorus.chat import commands as C
-from chorus.chat import queries
+from chorus.chat.machine import Effects
 from chorus.raft import RaftNode, Ready, Refused, Role
 from chorus.store import (
     ReplicaStore,
@@ -63,32 +63,14 @@ from chorus.store import (
     latest_snapshot,
     latest_snapshot_path,
 )
+from chorus.wire import results as R
+from chorus.wire.errors import Busy, Unavailable
+from chorus.wire.peer import DiskState
 
 from .config import Config
 
 log = logging.getLogger("chorus.replica")
-
-
-class Unavailable(Exception):
-    """No primary could take the request in time."""
-
-    def __init__(self, message: str, primary: str | None = None) -> None:
-        super().__init__(message)
-        self.primary = primary
-
-
-class Busy(Exception):
-    pass
-
-
-@dataclass
-class Applied:
-    """What applying one Ready produced (on the I/O thread, or on the loop for a light one)."""
-
-    results: list[tuple[int, str, int, C.Result]]  # (index, client, seq, result)
-    messages: list[tuple[int, int, queries.Message]]  # (sender id, recipient id, message) for pushes
-    deleted_users: list[int]
-    ended_sessions: list[tuple[int, str | None, int | None]]  # (user, session, or every one before epoch)
+Q = TypeVar("Q")  # what a query gives
 
 
 # A snapshot is due once snapshot_every entries and log bytes of at least this
@@ -187,7 +169,7 @@ class Replica:
         self.snap_io = ThreadPoolExecutor(1, thread_name_prefix=f"chorus-snap-{server_id}")
         self.loop: asyncio.AbstractEventLoop | None = None
         self.transport: Any = None  # peers.PeerTransport, set by the server
-        self.push: Callable[[int, int, queries.Message], None] = lambda s, r, m: None
+        self.push: Callable[[int, int, R.Message], None] = lambda s, r, m: None
         self.account_deleted: Callable[[int], None] = lambda uid: None
         self.sessions_ended: Callable[[int, str | None, int | None], None] = lambda uid, sid, epoch: None
         self.state_replaced: Callable[[], None] = lambda: None  # a snapshot was installed
@@ -269,7 +251,7 @@ class Replica:
         if self.failed is not None and not self.failed.done():
             self.failed.set_result(exc)
 
-    def disk_state(self) -> str:
+    def disk_state(self) -> DiskState:
         """What this replica says of its disk in each peer handshake (wire/peer.py)."""
         n = self.node
         if not self.joined and n.log.last_index <= 1 and n.term <= 1 and not n.log.snapshot.index:
@@ -339,7 +321,7 @@ class Replica:
             await asyncio.sleep(0.005)
         for fut in list(self._waiters.values()) + list(self._reads.values()):
             if not fut.done():
-                fut.set_exception(Unavailable("the server is shutting down", self.primary_address()))
+                fut.set_exception(Unavailable("unavailable", "the server is shutting down", self.primary_address()))
         self.io.shutdown()
         self.snap_io.shutdown(wait=True)
         self.reader.close()
@@ -390,7 +372,7 @@ class Replica:
                     if r.heavy:
                         applied = await self.io.call(self._write, r)
                     else:
-                        applied = self._applied_output(self.store.save(r.rd))
+                        applied = self.store.save(r.rd)
                 except Exception as exc:
                     if not disk_full(exc):
                         raise
@@ -427,7 +409,7 @@ class Replica:
                       RETRY_FULL_DISK_S)
             for fut in list(self._reads.values()) + list(self._waiters.values()):
                 if not fut.done():  # (a write is retried elsewhere, with the same seq: never twice)
-                    fut.set_exception(Unavailable(f"this server is out of disk space: {why}",
+                    fut.set_exception(Unavailable("unavailable", f"this server is out of disk space: {why}",
                                                   self.primary_address()))
         self.out_of_disk = why
         self._retry_at = time.monotonic() + RETRY_FULL_DISK_S
@@ -448,7 +430,7 @@ class Replica:
         command of unbounded cost (deleting an account deletes all its messages)."""
         return len(committed) <= INLINE_APPLY_MAX and not any(C.is_heavy(e.data) for e in committed)
 
-    def _write(self, r: _Round) -> Applied:
+    def _write(self, r: _Round) -> Effects:
         """On the I/O thread: persist, let the messages go, apply (what is not done yet)."""
         rd = r.rd
         if not r.persisted:
@@ -459,39 +441,9 @@ class Replica:
                 self.loop.call_soon_threadsafe(self.transport.send, rd.after)
             if r.snap is not None:
                 r.snap.path.unlink(missing_ok=True)  # installed: its tables are in the database now
-        return self._applied_output(self.store.apply(rd.committed))
+        return self.store.apply(rd.committed)
 
-    def _applied_output(self, results: list[tuple[int, C.Result]]) -> Applied:
-        """Who waits for which answer, and what to push, from the applied results."""
-        out = Applied([], [], [], [])
-        if not results:
-            return out
-        chat = self.store.chat
-        commands = chat.last_commands
-        for index, result in results:
-            cmd = commands.get(index)
-            if cmd is None:
-                continue  # garbage in the log: applying it changed nothing, nobody waits for it
-            out.results.append((index, cmd.client, cmd.seq, result))
-            if not result.ok:
-                continue
-            if type(cmd) is C.Send and result.data and result.data["id"] == index:
-                # (A retried send that reached the log twice answers with the first
-                # one's id the second time: nothing new to push.)
-                sender = chat.users.get(cmd.user)
-                rid = chat.by_key.get(cmd.to.lower())
-                if sender is not None and rid is not None:
-                    msg = queries.Message(index, sender.name, result.data["to"], cmd.body, result.data["sent_at"])
-                    out.messages.append((sender.id, rid, msg))
-            elif type(cmd) is C.DeleteAccount:
-                out.deleted_users.append(cmd.user)
-            elif type(cmd) in (C.LogOff, C.LogoutAll, C.ChangePassword) and result.data:
-                epoch, ended = result.data.get("epoch"), result.data.get("ended")
-                if epoch is not None or ended is not None:
-                    out.ended_sessions.append((cmd.user, ended, epoch))  # type: ignore[union-attr]
-        return out
-
-    def _after(self, rd: Ready, applied: Applied) -> None:
+    def _after(self, rd: Ready, applied: Effects) -> None:
         if rd.soft_state is not None:
             ss = rd.soft_state
             log.info("replica %d: %s in term %d%s", self.id, ss.role.value, ss.term,
@@ -503,15 +455,15 @@ class Replica:
                 wake()
         if rd.membership is not None and self.transport is not None:
             self.transport.membership_changed(rd.membership)
-        for _index, client, seq, result in applied.results:
+        for _index, client, seq, result in applied.answers:
             fut = self._waiters.pop((client, seq), None)
             if fut is not None and not fut.done():
                 fut.set_result(result)
-        for sender, recipient, msg in applied.messages:
+        for sender, recipient, msg in applied.delivered:
             self.push(sender, recipient, msg)
-        for uid in applied.deleted_users:
+        for uid in applied.accounts_deleted:
             self.account_deleted(uid)
-        for uid, session, epoch in applied.ended_sessions:
+        for uid, session, epoch in applied.sessions_ended:
             self.sessions_ended(uid, session, epoch)
         if rd.snapshot is not None:
             log.info("replica %d: installed the snapshot at %d", self.id, rd.snapshot.index)
@@ -630,19 +582,19 @@ class Replica:
         while not self.node.leader:
             left = deadline - time.monotonic()
             if left <= 0:
-                raise Unavailable("no primary: an election is under way or too few servers are reachable")
+                raise Unavailable("unavailable", "no primary: an election is under way or too few servers are reachable")
             await self._wait_leader_change(left)
 
     # ------------------------------------------------------------------ writes
-    async def submit(self, data: bytes, client: str, seq: int, concern: str) -> C.Result:
+    async def submit(self, data: bytes, client: str, seq: int, concern: str) -> R.Outcome | R.Accepted:
         """Propose a chat command and wait until it is applied here (majority),
         on every voting server (all), or only durable on this primary (async)."""
         if self.out_of_disk is not None:
-            raise Unavailable(f"this server is out of disk space: {self.out_of_disk}", self.primary_address())
+            raise Unavailable("unavailable", f"this server is out of disk space: {self.out_of_disk}", self.primary_address())
         if len(self._waiters) >= self.cfg.max_pending_writes:
-            raise Busy(f"{len(self._waiters)} writes are waiting for commit on this server")
+            raise Busy("busy", f"{len(self._waiters)} writes are waiting for commit on this server")
         if concern != "majority" and self.node.role is not Role.PRIMARY:
-            raise Unavailable(f"write concern '{concern}' is served by the primary", self.primary_address())
+            raise Unavailable("unavailable", f"write concern '{concern}' is served by the primary", self.primary_address())
         key = (client, seq)
         assert self.loop is not None
         fut = self._waiters.get(key)
@@ -656,22 +608,22 @@ class Replica:
                 index = self.node.propose(data)
             except Refused as exc:
                 if exc.code == "busy":
-                    raise Busy(str(exc)) from None
+                    raise Busy("busy", str(exc)) from None
                 await self._wait_leader_change(min(0.2, max(0.0, deadline - time.monotonic())))
                 if time.monotonic() >= deadline:
-                    raise Unavailable(str(exc), self.primary_address()) from None
+                    raise Unavailable("unavailable", str(exc), self.primary_address()) from None
                 continue
             self._kick()
             if concern == "async" and index is not None:
                 await self._wait_index(self._persisted_waiters, index, deadline)
-                return C.Result(code="ok", data={"index": index, "concern": "async"})
+                return R.Accepted(id=index, concern="async")
             # Wait for the answer; propose again if the primary changed meanwhile or
             # a forwarded command seems lost (exactly-once makes a repeat harmless).
             while not fut.done():
                 left = deadline - time.monotonic()
                 if left <= 0:
                     self._waiters.pop(key, None)
-                    raise Unavailable(
+                    raise Unavailable("unavailable",
                         "the command was not applied in time; retry it with the same seq (it will not be applied twice)",
                         self.primary_address(),
                     )
@@ -682,7 +634,7 @@ class Replica:
                     break
             if fut.done():
                 break
-        result = fut.result()
+        result: R.Outcome = fut.result()
         if concern == "all" and result.ok:
             await self._all_have(self.applied, deadline)
         return result
@@ -717,7 +669,7 @@ class Replica:
         try:
             await asyncio.wait_for(fut, max(0.0, deadline - time.monotonic()))
         except TimeoutError:
-            raise Unavailable("timed out", self.primary_address()) from None
+            raise Unavailable("unavailable", "timed out", self.primary_address()) from None
 
     async def _all_have(self, index: int, deadline: float) -> None:
         """Write concern "all": every voting server has the entry on disk."""
@@ -728,7 +680,7 @@ class Replica:
             ):
                 return
             if time.monotonic() >= deadline:
-                raise Unavailable("committed on a majority, but not confirmed by every server in time")
+                raise Unavailable("unavailable", "committed on a majority, but not confirmed by every server in time")
             await asyncio.sleep(0.01)
 
     # ------------------------------------------------------------------ reads
@@ -738,7 +690,7 @@ class Replica:
         if consistency == "local":
             return
         if self.out_of_disk is not None:
-            raise Unavailable(f"this server is out of disk space: {self.out_of_disk}", self.primary_address())
+            raise Unavailable("unavailable", f"this server is out of disk space: {self.out_of_disk}", self.primary_address())
         assert self.loop is not None
         deadline = time.monotonic() + self.cfg.request_timeout_s
         while True:
@@ -751,7 +703,7 @@ class Replica:
                 self._reads.pop(rid, None)
                 await self._wait_leader_change(0.2)
                 if time.monotonic() >= deadline:
-                    raise Unavailable("no primary to confirm the read", self.primary_address()) from None
+                    raise Unavailable("unavailable", "no primary to confirm the read", self.primary_address()) from None
                 continue
             self._kick()
             # Asked of the primary; asked again if it changes meanwhile (or is silent for 1 s).
@@ -761,7 +713,7 @@ class Replica:
                 break
             self._reads.pop(rid, None)
             if time.monotonic() >= deadline:
-                raise Unavailable("the primary did not confirm the read in time", self.primary_address())
+                raise Unavailable("unavailable", "the primary did not confirm the read in time", self.primary_address())
         if self.applied < index:
             await self._wait_index(self._applied_waiters, index, deadline)
 
@@ -769,7 +721,7 @@ class Replica:
         if self.applied < index:
             await self._wait_index(self._applied_waiters, index, time.monotonic() + self.cfg.request_timeout_s)
 
-    def query(self, fn: Callable[..., Any], *args: Any, **kw: Any) -> Any:
+    def query(self, fn: Callable[..., Q], *args: Any, **kw: Any) -> Q:
         """Run a read query on this replica's state (view read before the tables)."""
         view = self.store.chat.view
         return fn(self.reader, view, *args, **kw)
@@ -780,26 +732,16 @@ class Replica:
         return await self.loop.run_in_executor(None, fn, *args)
 
     # ------------------------------------------------------------------ status
-    def status(self) -> dict[str, Any]:
+    def status(self) -> R.Status:
         n = self.node
-        lead = n.leader
-        return {
-            "id": self.id,
-            "role": n.role.value,
-            "term": n.term,
-            "commit_index": n.commit,
-            "applied_index": self.applied,
-            "last_index": n.last_index,
-            "snapshot_index": n.log.snapshot.index,
-            "digest": f"{self.store.digest():016x}",
-            "primary": lead or None,
-            "primary_address": self.primary_address(),
-            "voters": sorted(n.membership.voters),
-            "learners": sorted(n.membership.learners),
-            "health": self._health()[0],
-            "health_reason": self._health()[1],
-            "disk": self.disk_state(),
-        }
+        health, reason = self._health()
+        return R.Status(
+            id=self.id, role=n.role.value, term=n.term, commit_index=n.commit, applied_index=self.applied,
+            last_index=n.last_index, snapshot_index=n.log.snapshot.index, digest=f"{self.store.digest():016x}",
+            primary=n.leader or None, primary_address=self.primary_address(),
+            voters=sorted(n.membership.voters), learners=sorted(n.membership.learners),
+            health=health, health_reason=reason, disk=self.disk_state(),
+        )
 
     def _health(self) -> tuple[str, str | None]:
         if self.out_of_disk is not None:

@@ -27,17 +27,20 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any
 
+import msgspec
+
 from chorus.chat import commands as C
 from chorus.chat import queries, rules
 from chorus.chat.passwords import dummy_hash, hash_password, verify_password
 from chorus.wire import FrameDecoder, FrameError, encode_frame
 from chorus.wire import client as W
+from chorus.wire import results as R
+from chorus.wire.errors import Busy, ChorusError, Unavailable
 
 from . import auth
 from .config import Config
 from .guard import Guard, Throttled, TooBusy
 from .listen import Admission, Gate, Listener
-from .replica import Busy, Unavailable
 from .tls import TLS
 
 if TYPE_CHECKING:
@@ -48,19 +51,11 @@ MAX_OUT_BUFFER = 16 << 20  # a client this far behind in reading is disconnected
 
 
 ENDS_SESSION = (W.LogOff, W.LogoutAll, W.ChangePassword, W.DeleteAccount)
-_ANSWER_KEYS = {W.LogOff: "ended", W.LogoutAll: "epoch", W.ChangePassword: "epoch", W.DeleteAccount: "deleted_messages"}
-
-
-def _answers(req: W.Write, data: dict | None) -> bool:
-    """Whether a saved result is the answer to a request of this kind."""
-    return bool(data) and _ANSWER_KEYS[type(req)] in data  # type: ignore[index,operator]
-
-
-class ClientError(Exception):
-    def __init__(self, code: str, message: str, primary: str | None = None) -> None:
-        super().__init__(message)
-        self.code = code
-        self.primary = primary
+# What each of them answers: a saved result of another type is not its answer.
+_ANSWERS: dict[type[W.Write], type[R.Done]] = {
+    W.LogOff: R.LoggedOff, W.LogoutAll: R.LoggedOutAll, W.ChangePassword: R.PasswordChanged,
+    W.DeleteAccount: R.AccountDeleted,
+}
 
 
 class ClientServer:
@@ -119,7 +114,7 @@ class ClientServer:
         for s in list(self.sessions):
             s.close()
 
-    def push(self, sender: int, recipient: int, msg: queries.Message) -> None:
+    def push(self, sender: int, recipient: int, msg: R.Message) -> None:
         for uid in {sender, recipient}:
             for s in self.by_user.get(uid, ()):
                 s.push(msg)
@@ -147,7 +142,7 @@ class ClientServer:
     def _bind(self, session: ClientSession, uid: int | None, claims: auth.Claims | None = None) -> None:
         if uid is not None and uid != session.uid and len(self.by_user.get(uid, ())) >= \
                 self.cfg.limits.connections_per_user:
-            raise ClientError("busy", f"this user has {self.cfg.limits.connections_per_user} connections to "
+            raise ChorusError("busy", f"this user has {self.cfg.limits.connections_per_user} connections to "
                                       "this server already")
         if session.uid != uid:  # another user (or none): the old one's pushes stop here
             session.pushed_upto = None
@@ -194,7 +189,7 @@ class ClientSession(asyncio.Protocol):
         self.tasks: set[asyncio.Task] = set()
         # Pushing: None while not subscribed; while catching up, live messages wait in `held`.
         self.pushed_upto: int | None = None
-        self.held: list[queries.Message] | None = None
+        self.held: list[R.Message] | None = None
 
     # ------------------------------------------------------------------ the connection
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -226,8 +221,8 @@ class ClientSession(asyncio.Protocol):
         try:
             frames = self.decoder.feed(data)
         except FrameError as exc:
-            limit = "" if self.uid is not None else " (before logging in)"
-            self._send(W.error(None, "frame_too_large", f"{exc}{limit}"))
+            before = "" if self.uid is not None else " (before logging in)"
+            self._send(W.error(None, "frame_too_large", f"{exc}{before}"))
             self.close()
             return
         for body in frames:
@@ -260,12 +255,14 @@ class ClientSession(asyncio.Protocol):
         try:
             result = await self._dispatch(req)
             self._send(W.ok(req.id, result))
-        except ClientError as exc:
-            self._send(W.error(req.id, exc.code, str(exc), exc.primary))
-        except Unavailable as exc:
-            self._send(W.error(req.id, "unavailable", str(exc), exc.primary or self.replica.primary_address()))
-        except (Busy, TooBusy) as exc:
+        except Busy as exc:
+            self._send(W.error(req.id, "busy", exc.message))
+        except TooBusy as exc:
             self._send(W.error(req.id, "busy", str(exc)))
+        except Unavailable as exc:
+            self._send(W.error(req.id, "unavailable", exc.message, exc.primary or self.replica.primary_address()))
+        except ChorusError as exc:
+            self._send(W.error(req.id, exc.code, exc.message, exc.primary))
         except Throttled as exc:
             self._send(W.error(req.id, "throttled", str(exc), retry_after=exc.retry_after))
         except asyncio.CancelledError:
@@ -279,10 +276,10 @@ class ClientSession(asyncio.Protocol):
     # ------------------------------------------------------------------ requests
     def _need_user(self) -> int:
         if self.uid is None:
-            raise ClientError("unauthenticated", "log in first (or send a token with auth)")
+            raise ChorusError("unauthenticated", "log in first (or send a token with auth)")
         return self.uid
 
-    async def _dispatch(self, req: W.AnyRequest) -> Any:
+    async def _dispatch(self, req: W.AnyRequest) -> msgspec.Struct | None:
         r = self.replica
         match req:
             case W.Status():
@@ -301,17 +298,17 @@ class ClientSession(asyncio.Protocol):
             # happens to know a client id.
             await r.read_barrier("linearizable")
             saved = r.store.chat.saved_result(req.client, req.seq)
-            if saved is not None and (not saved.ok or _answers(req, saved.data)):
-                if not saved.ok:
-                    raise ClientError(saved.code, saved.message)
-                return saved.data
+            if isinstance(saved, R.Refused):
+                raise ChorusError(saved.code, saved.message)
+            if isinstance(saved, _ANSWERS[type(req)]):
+                return saved
         uid = self._need_user()
         now = int(time.time() * 1000)
         match req:
             case W.Send():
                 cmd: C.AnyCommand = C.Send(client=req.client, seq=req.seq, acked=req.acked, ts=now, user=uid,
                                            to=req.to, body=req.body)
-                return await self._write(req, cmd, predicted={"sent_at": now, "to": req.to})
+                return await self._write(req, cmd, sent_at=now, to=req.to)
             case W.DeleteMessages():
                 cmd = C.DeleteMessages(client=req.client, seq=req.seq, acked=req.acked, ts=now, user=uid,
                                        ids=tuple(req.ids))
@@ -346,49 +343,49 @@ class ClientSession(asyncio.Protocol):
             case W.Users():
                 await self._barrier(req.consistency, uid)
                 names = queries.list_users(r.reader, req.pattern, after=req.after, limit=req.limit)
-                # A full page may have a next one: ask again with after = "next".
-                return {"users": names, "next": names[-1] if names and len(names) == req.limit else None}
+                return R.UserPage(names, names[-1] if names and len(names) == req.limit else None)
             case W.Conversations():
                 await self._barrier(req.consistency, uid)
-                return {"conversations": r.query(queries.conversations, uid)}
+                return R.ConversationList(r.query(queries.conversations, uid))
             case W.History():
                 await self._barrier(req.consistency, uid)
-                return {"messages": r.query(queries.history, uid, req.peer, before=req.before, limit=req.limit)}
+                return R.HistoryPage(r.query(queries.history, uid, req.peer, before=req.before, limit=req.limit))
             case W.Stats():
                 await self._barrier(req.consistency, uid)
                 return r.query(queries.user_stats, uid)
             case W.Subscribe():
                 return await self._subscribe(req.after)
-        raise ClientError("invalid_request", f"{type(req).__name__} is not handled")
+        raise ChorusError("invalid_request", f"{type(req).__name__} is not handled")
 
     async def _barrier(self, consistency: str, uid: int) -> None:
         """Wait as the read asks; if meanwhile the session was ended (anywhere:
         this replica has applied that far now), the read is not served."""
         await self.replica.read_barrier(consistency)
         if self.uid != uid:
-            raise ClientError("unauthenticated", "this session was ended (logged off, or the password changed)")
+            raise ChorusError("unauthenticated", "this session was ended (logged off, or the password changed)")
 
     def _check_write(self, req: W.Write) -> str:
         if not 0 < len(req.client) <= 64:
-            raise ClientError("invalid_request", "client is an id of 1 to 64 characters")
+            raise ChorusError("invalid_request", "client is an id of 1 to 64 characters")
         if req.seq < 1 or req.acked < 0 or req.acked >= req.seq + 1_000_000:
-            raise ClientError("invalid_request", "seq counts from 1; acked is the highest seq fully answered")
+            raise ChorusError("invalid_request", "seq counts from 1; acked is the highest seq fully answered")
         return req.concern or self.cfg.write_concern
 
-    async def _write(self, req: W.Write, cmd: C.AnyCommand, predicted: dict | None = None,
-                     concern: str | None = None) -> Any:
+    async def _write(self, req: W.Write, cmd: C.AnyCommand, concern: str | None = None,
+                     **predicted: Any) -> R.Done | R.Accepted:
+        """``predicted``: what an ``async`` answer says applying will give (a send's time and recipient)."""
         checked = self._check_write(req)
         concern = concern or checked
         result = await self.replica.submit(C.encode(cmd), req.client, req.seq, concern)
-        if result.data is not None and result.data.get("concern") == "async":
-            # Answered once durable on this primary only: what applying it will give.
-            return {"id": result.data["index"], **(predicted or {}), "concern": "async"}
-        if not result.ok:
-            if result.code == "unknown_user":  # the account was deleted meanwhile
+        match result:
+            case R.Accepted():  # durable on this primary only
+                return msgspec.structs.replace(result, **predicted)
+            case R.Refused(code="unknown_user"):  # the account was deleted meanwhile
                 self.logout()
-                raise ClientError("unauthenticated", result.message)
-            raise ClientError(result.code, result.message)
-        return result.data
+                raise ChorusError("unauthenticated", result.message)
+            case R.Refused():
+                raise ChorusError(result.code, result.message)
+        return result
 
     @property
     def source(self) -> str:
@@ -397,13 +394,13 @@ class ClientSession(asyncio.Protocol):
     async def _password_job(self, fn: Any, *args: Any) -> Any:
         return await self.server.guard.password_job(fn, *args)
 
-    async def _register(self, req: W.Register) -> Any:
+    async def _register(self, req: W.Register) -> R.Done | R.Accepted:
         problem = rules.name_problem(req.name)
         if problem:
-            raise ClientError("invalid_name", problem)
+            raise ChorusError("invalid_name", problem)
         weak = rules.password_problems(req.password)
         if weak:
-            raise ClientError("weak_password", "the password needs " + ", ".join(weak))
+            raise ChorusError("weak_password", "the password needs " + ", ".join(weak))
         self.server.guard.check_register(self.source)
         pw_hash = await self._password_job(hash_password, req.password)
         cmd = C.Register(client=req.client, seq=req.seq, acked=req.acked, ts=int(time.time() * 1000),
@@ -435,62 +432,62 @@ class ClientSession(asyncio.Protocol):
             raise
         guard.end_login(key, self.source, ok=ok)
         if not ok or found is None:
-            raise ClientError("bad_credentials", "wrong user name or password")
+            raise ChorusError("bad_credentials", "wrong user name or password")
         return found
 
-    def _issue(self, user: queries.UserInfo, epoch: int) -> dict[str, Any]:
-        """A new session for this connection, and its token."""
+    def _issue(self, user: queries.UserInfo, epoch: int) -> tuple[str, int]:
+        """A new session for this connection: its token, and when it expires."""
         now = int(time.time())
         claims = auth.Claims(user.id, user.name, now + self.cfg.token_ttl_s, auth.new_session_id(), epoch)
         self.server._bind(self, user.id, claims)
         self.name = user.name
-        return {"token": auth.sign(self.cfg.secret_bytes, claims), "expires_at": claims.exp}
+        return auth.sign(self.cfg.secret_bytes, claims), claims.exp
 
-    async def _login(self, req: W.Login) -> Any:
+    async def _login(self, req: W.Login) -> R.LoggedIn:
         user, epoch = await self._check_password(req.name, req.password)
-        issued = self._issue(user, epoch)
-        return {"token": issued["token"], "id": user.id, "name": user.name, "expires_at": issued["expires_at"],
-                "last_logoff": user.last_logoff, "view_count": user.view_count}
+        token, expires = self._issue(user, epoch)
+        return R.LoggedIn(token, user.id, user.name, expires, user.last_logoff, user.view_count)
 
-    async def _auth(self, token: str) -> Any:
+    async def _auth(self, token: str) -> R.Authenticated:
         try:
             claims = auth.verify(self.cfg.secret_bytes, token, int(time.time()))
         except auth.BadToken as exc:
-            raise ClientError("unauthenticated", str(exc)) from None
+            raise ChorusError("unauthenticated", str(exc)) from None
         r = self.replica
         # Linearizable: a replica just behind must know of the registration, of a
         # deletion, and of a session ended anywhere.
         await r.read_barrier("linearizable")
         user = queries.user_by_id(r.reader, claims.uid)
         if user is None or user.name != claims.name:
-            raise ClientError("unauthenticated", "this account no longer exists")
+            raise ChorusError("unauthenticated", "this account no longer exists")
         if queries.session_ended(r.reader, user.id, claims.sid, claims.ep):
-            raise ClientError("unauthenticated", "this session was ended (logged off, or the password "
+            raise ChorusError("unauthenticated", "this session was ended (logged off, or the password "
                                                  "changed): log in again")
         self.server._bind(self, user.id, claims)
         self.name = user.name
-        return {"id": user.id, "name": user.name, "last_logoff": user.last_logoff, "view_count": user.view_count}
+        return R.Authenticated(user.id, user.name, user.last_logoff, user.view_count)
 
-    async def _change_password(self, req: W.ChangePassword, uid: int) -> Any:
+    async def _change_password(self, req: W.ChangePassword, uid: int) -> R.NewToken:
         weak = rules.password_problems(req.new_password)
         if weak:
-            raise ClientError("weak_password", "the new password needs " + ", ".join(weak))
+            raise ChorusError("weak_password", "the new password needs " + ", ".join(weak))
         try:
             user, _ = await self._check_password(self.name, req.old_password)
-        except ClientError as exc:
+        except ChorusError as exc:
             if exc.code == "bad_credentials":
-                raise ClientError("bad_credentials", "the current password is wrong") from None
+                raise ChorusError("bad_credentials", "the current password is wrong") from None
             raise
         if user.id != uid:
-            raise ClientError("unauthenticated", "this account no longer exists")
+            raise ChorusError("unauthenticated", "this account no longer exists")
         pw_hash = await self._password_job(hash_password, req.new_password)
         cmd = C.ChangePassword(client=req.client, seq=req.seq, acked=req.acked, ts=int(time.time() * 1000),
                                user=uid, pw_hash=pw_hash)
         # Applied here before the answer (so the new token carries the new epoch).
         result = await self._write(req, cmd, concern="majority")
         # Every session ended with it, this one too: it goes on with a new token.
-        epoch = (result or {}).get("epoch", queries.session_epoch(self.replica.reader, uid))
-        return {**(result or {}), **self._issue(user, epoch)}
+        epoch = result.epoch if isinstance(result, R.PasswordChanged) else queries.session_epoch(self.replica.reader, uid)
+        token, expires = self._issue(user, epoch)
+        return R.NewToken(epoch, token, expires)
 
     def logout(self) -> None:
         self.server._bind(self, None)
@@ -498,7 +495,7 @@ class ClientSession(asyncio.Protocol):
         self.held = None
 
     # ------------------------------------------------------------------ pushing
-    async def _subscribe(self, after: int) -> Any:
+    async def _subscribe(self, after: int) -> R.Subscribed:
         uid = self._need_user()
         self.pushed_upto, self.held = after, []  # live pushes wait while we catch up
         while True:  # everything missed, a page at a time
@@ -511,9 +508,9 @@ class ClientSession(asyncio.Protocol):
         held, self.held = self.held or [], None
         for m in held:
             self._push_now(m)
-        return {"subscribed": True, "upto": self.pushed_upto}
+        return R.Subscribed(True, self.pushed_upto)
 
-    def push(self, msg: queries.Message) -> None:
+    def push(self, msg: R.Message) -> None:
         if self.pushed_upto is None:
             return
         if self.held is not None:
@@ -521,7 +518,7 @@ class ClientSession(asyncio.Protocol):
         else:
             self._push_now(msg)
 
-    def _push_now(self, msg: queries.Message) -> None:
+    def _push_now(self, msg: R.Message) -> None:
         if self.pushed_upto is not None and msg.id > self.pushed_upto:
             self.pushed_upto = msg.id
             self._send(W.event("message", msg))

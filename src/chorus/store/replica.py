@@ -41,7 +41,7 @@ from pathlib import Path
 import msgspec
 
 from chorus.chat import ChatMachine, schema
-from chorus.chat.commands import Result
+from chorus.chat.machine import Effects
 from chorus.raft import (
     Entry,
     EntryKind,
@@ -188,7 +188,7 @@ def _encode_fenced(fenced: tuple[tuple[int, int], ...]) -> str:
 
 
 def _decode_fenced(text: str) -> tuple[tuple[int, int], ...]:
-    return tuple(tuple(p) for p in msgspec.json.decode(text, type=list[tuple[int, int]])) if text else ()
+    return tuple(msgspec.json.decode(text, type=list[tuple[int, int]])) if text else ()
 
 
 def new_incarnation() -> int:
@@ -368,7 +368,8 @@ class ReplicaStore:
         return SnapshotMeta(idx, term, Membership.decode(members))
 
     def applied(self) -> int:
-        return self.conn.execute("SELECT applied FROM applied_state").fetchone()[0]
+        (applied,) = self.conn.execute("SELECT applied FROM applied_state").fetchone()
+        return int(applied)
 
     def digest(self) -> int:
         """The chat state's digest at the applied index (kept up to date: O(1)).
@@ -380,17 +381,17 @@ class ReplicaStore:
         return row[0] if row is not None else self.snapshot_meta().index
 
     # ------------------------------------------------------------------ the replica loop
-    def save(self, rd: Ready, snapshot: SnapshotFile | None = None) -> list[tuple[int, Result]]:
+    def save(self, rd: Ready, snapshot: SnapshotFile | None = None) -> Effects:
         """Persist a Ready and apply its committed entries in ONE transaction with
         one fsync (group commit, as the replica loop's steps 1 and 3 together).
-        Returns (index, result) for each chat command applied."""
+        Returns what applying them did."""
         return self._write(rd.snapshot, snapshot, rd.entries, rd.hard_state, rd.committed, rd.must_sync)
 
     def persist(self, rd: Ready, snapshot: SnapshotFile | None = None) -> None:
         """Step 1 of the replica loop alone: snapshot, entries, hard state; one fsync."""
         self._write(rd.snapshot, snapshot, rd.entries, rd.hard_state, (), rd.must_sync)
 
-    def apply(self, entries: Sequence[Entry]) -> list[tuple[int, Result]]:
+    def apply(self, entries: Sequence[Entry]) -> Effects:
         """Step 3 alone: apply committed entries and record the applied index, in
         one transaction, without an fsync (see the module's docstring)."""
         return self._write(None, None, (), None, entries, False)
@@ -403,13 +404,13 @@ class ReplicaStore:
         hs: HardState | None,
         committed: Sequence[Entry],
         promise: bool,
-    ) -> list[tuple[int, Result]]:
+    ) -> Effects:
         """``promise``: the Ready's ``must_sync``: commit with an fsync. (The commit
         index alone need not be durable: a restart recovers it as at least the
         applied index; nor need an apply: the log it comes from is.)"""
         c = self.conn
         if not (promise or hs is not None or committed):
-            return []
+            return Effects()
         if committed:
             expect = (snap_meta.index if snap_meta is not None else self._applied) + 1
             if committed[0].index != expect:
@@ -420,7 +421,7 @@ class ReplicaStore:
             c.execute("ATTACH DATABASE ? AS snap", (f"file:{snapshot.path}?mode=ro",))
         if not promise:
             c.execute("PRAGMA synchronous = NORMAL")
-        results: list[tuple[int, Result]] = []
+        results = Effects()
         try:
             c.execute("BEGIN IMMEDIATE")
             try:
@@ -476,7 +477,7 @@ class ReplicaStore:
             c.execute("UPDATE raft_log SET last = ?, data = ? WHERE first = ?",
                       (index - 1, blob[: _offset_of(first, blob, index)], first))
 
-    def _apply_in_transaction(self, entries: Sequence[Entry]) -> list[tuple[int, Result]]:
+    def _apply_in_transaction(self, entries: Sequence[Entry]) -> Effects:
         membership: bytes | None = None
         commands = []
         for e in entries:
@@ -484,7 +485,7 @@ class ReplicaStore:
                 commands.append((e.index, e.data))
             elif e.kind == EntryKind.CONFIG:
                 membership = e.data
-        results = self.chat.apply_batch(commands)
+        effects = self.chat.apply_batch(commands)
         last = entries[-1]
         if membership is None:
             self.conn.execute("UPDATE applied_state SET applied = ?, applied_term = ? WHERE id = 1",
@@ -492,7 +493,7 @@ class ReplicaStore:
         else:
             self.conn.execute("UPDATE applied_state SET applied = ?, applied_term = ?, membership = ? WHERE id = 1",
                               (last.index, last.term, membership))
-        return [(idx, r) for (idx, _), r in zip(commands, results, strict=True)]
+        return effects
 
     def _install(self, meta: SnapshotMeta, snapshot: SnapshotFile) -> None:
         c = self.conn

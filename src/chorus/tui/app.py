@@ -14,6 +14,7 @@ from textual.reactive import reactive
 
 from chorus.client import ChorusError, Client, server_status
 from chorus.client.tls import TLSOption
+from chorus.wire.results import ServerStatus
 
 from .chat import ChatScreen, Session, unsent_text
 from .dialogs import ConfirmScreen
@@ -48,7 +49,7 @@ class ChatApp(App[None]):
         self.tls = tls
         self.session: Session | None = None
         self.client = self.new_client()
-        self._statuses: list[dict] = []
+        self._statuses: list[ServerStatus] = []
         self._latch = Latch(hold)
         self._reason = ""
 
@@ -81,11 +82,11 @@ class ChatApp(App[None]):
         if reason:
             self._reason = reason
         primary = primary_of(self._statuses)
-        role = next((s.get("role") for s in self._statuses if s["address"] == connected and "error" not in s), None)
+        role = next((s.status.role for s in self._statuses if s.address == connected and s.status is not None), None)
         self.cluster = ClusterView(
             connected=connected,
             role=role,
-            primary=primary["address"] if primary else None,
+            primary=primary.address if primary else None,
             reconnecting=self._latch.update(bool(reason), time.monotonic()),
             reason=self._reason,
             polled=bool(self._statuses),
@@ -94,7 +95,7 @@ class ChatApp(App[None]):
     # ------------------------------------------------------------------- session
     def on_login_screen_logged_in(self, event: LoginScreen.LoggedIn) -> None:
         r = event.result
-        self.session = Session(r["name"], r["last_logoff"], r["view_count"])
+        self.session = Session(r.name, r.last_logoff, r.view_count)
         self.switch_screen(ChatScreen(self.client, self.session, event.conversations))
         self.update_cluster()
 

@@ -23,6 +23,7 @@ from textual.widgets import Footer, Input, ListView, Static
 
 from chorus.chat.rules import body_problem, name_key
 from chorus.client import ChorusError, Client, Conversation, Message, Unauthenticated
+from chorus.wire.results import AccountDeleted, Deleted, ViewCountSet
 
 from .dialogs import ConfirmScreen, SettingsScreen
 from .model import Contacts, ConversationLog, Entry, search_pattern, since_last_time
@@ -217,11 +218,11 @@ class ChatScreen(Screen):
             await self.messages.show(log, to_top=True)
 
     @on(ListView.Selected, "#messages")
-    def select_row(self, event: ListView.Selected) -> None:
+    async def select_row(self, event: ListView.Selected) -> None:
         if isinstance(event.item, MoreItem):
-            self.action_more()
+            self.action_more()  # (a worker of its own)
         else:
-            self.action_toggle_message()
+            await self.action_toggle_message()
 
     async def action_toggle_message(self) -> None:
         row = self.messages.highlighted_child
@@ -249,10 +250,11 @@ class ChatScreen(Screen):
         except ChorusError as exc:
             self.notify(f"could not delete: {exc.message}", severity="error", markup=False)
             return
-        log.remove(result["deleted"])
+        deleted = result.deleted if isinstance(result, Deleted) else ids
+        log.remove(deleted)
         if log is self.conversation:
             await self.messages.show(log)
-        n = len(result["deleted"])
+        n = len(deleted)
         self.notify(f"deleted {n} message{'s' if n != 1 else ''}")
 
     # -------------------------------------------------------------------- sending
@@ -329,7 +331,10 @@ class ChatScreen(Screen):
         elif choice == "delete_account":
             question = (f"Delete the account {self.session.name}, and every message of every "
                         "conversation it is in, for everyone? This cannot be undone.")
-            self.app.push_screen(ConfirmScreen(question, "Delete account"), self.delete_account)
+            self.app.push_screen(ConfirmScreen(question, "Delete account"), self._delete_account_if)
+
+    def _delete_account_if(self, yes: bool | None) -> None:
+        self.delete_account(yes)
 
     def log_out(self, yes: bool | None) -> None:
         if yes:
@@ -342,7 +347,7 @@ class ChatScreen(Screen):
         except ChorusError as exc:
             self.notify(f"could not save the view count: {exc.message}", severity="error", markup=False)
             return
-        self.session.view_count = result["view_count"]
+        self.session.view_count = result.view_count if isinstance(result, ViewCountSet) else count
         self.notify(f"conversations now show {self.session.view_count} messages at a time")
         if self.conversation is not None:
             self.open_conversation(self.conversation.peer)
@@ -356,6 +361,6 @@ class ChatScreen(Screen):
         except ChorusError as exc:
             self.notify(f"could not delete the account: {exc.message}", severity="error", markup=False)
             return
-        n = result["deleted_messages"]
+        n = result.deleted_messages if isinstance(result, AccountDeleted) else 0
         self.post_message(self.SessionEnded(
             f"account {self.session.name} deleted, with {n} message{'s' if n != 1 else ''}", log_off=False))

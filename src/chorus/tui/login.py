@@ -14,6 +14,7 @@ from textual.widgets import Button, Footer, Input, Static
 
 from chorus.chat.rules import NAME_MAX, NAME_RULE, PASSWORD_RULE, name_problem, password_problems
 from chorus.client import ChorusError, Client, Conversation
+from chorus.wire.results import LoggedIn
 
 from .widgets import StatusBar
 
@@ -91,7 +92,7 @@ class LoginScreen(Screen):
     class LoggedIn(Message):
         """The user logged in: the login's result and their conversations."""
 
-        def __init__(self, result: dict, conversations: list[Conversation]) -> None:
+        def __init__(self, result: LoggedIn, conversations: list[Conversation]) -> None:
             super().__init__()
             self.result, self.conversations = result, conversations
 

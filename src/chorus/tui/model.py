@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 from chorus.chat.rules import name_key
 from chorus.client import Conversation, Message
+from chorus.wire.results import ServerStatus
 
 
 # ------------------------------------------------------------------------ search
@@ -212,22 +213,23 @@ class ClusterView:
     polled: bool = False  # the servers were asked at least once
 
 
-def primary_of(statuses: list[dict]) -> dict | None:
+def primary_of(statuses: list[ServerStatus]) -> ServerStatus | None:
     """The server that answers as primary (of the highest term, should an old one still think it is)."""
-    primaries = [s for s in statuses if "error" not in s and s.get("role") == "PRIMARY"]
-    return max(primaries, key=lambda s: s.get("term", 0), default=None)
+    primaries = [s for s in statuses if s.status is not None and s.status.role == "PRIMARY"]
+    return max(primaries, key=lambda s: s.status.term if s.status is not None else 0, default=None)
 
 
-def trouble(statuses: list[dict], connected: str | None, *, logged_in: bool, retrying: bool) -> str:
+def trouble(statuses: list[ServerStatus], connected: str | None, *, logged_in: bool, retrying: bool) -> str:
     """Why the app is reconnecting, or "" if it is not: its connection broke,
     its server does not answer, no server is primary, or a request is being retried."""
-    by_address = {s["address"]: s for s in statuses}
+    by_address = {s.address: s for s in statuses}
     if logged_in and connected is None:
         return "connection lost: trying the other servers"
-    if connected is not None and "error" in by_address.get(connected, {}):
+    mine = by_address.get(connected) if connected is not None else None
+    if mine is not None and mine.status is None:
         return f"{connected} does not answer"
     if statuses and primary_of(statuses) is None:
-        down = sum("error" in s for s in statuses)
+        down = sum(s.status is None for s in statuses)
         return f"no primary, {down} of {len(statuses)} servers down: electing one" if down else "no primary: electing one"
     if retrying:
         return "a request is being retried"

@@ -192,16 +192,21 @@ class MessageList(ListView):
             want = [e.key for e in entries]
             rows = list(self.query(MessageItem))
             have = [row.entry.key for row in rows]
+
+            def item(key: int) -> MessageItem:
+                assert log is not None  # (the keys wanted are those of its entries)
+                return MessageItem(by_key[key], log)
+
             if want[: len(have)] == have:  # new messages at the end (or none yet)
-                await self.extend(MessageItem(by_key[k], log) for k in want[len(have):])
+                await self.extend(item(k) for k in want[len(have):])
             elif have and want[-len(have):] == have:  # older ones at the top
-                older = [MessageItem(by_key[k], log) for k in want[: len(want) - len(have)]]
+                older = [item(k) for k in want[: len(want) - len(have)]]
                 await self.insert(len(self.query(MoreItem)), older)
                 if self.index is not None:
                     self.index += len(older)
             else:
                 await self.clear()
-                await self.extend(MessageItem(by_key[k], log) for k in want)
+                await self.extend(item(k) for k in want)
             more = self.query(MoreItem)
             if log is not None and log.has_more and not more:
                 await self.insert(0, [MoreItem()])
@@ -210,7 +215,8 @@ class MessageList(ListView):
             elif more and not (log is not None and log.has_more):
                 await self.remove_items([0])
             for row in self.query(MessageItem):
-                row.show(log)
+                if log is not None:
+                    row.show(log)
             if to_end:
                 self.scroll_end(animate=False)
             elif to_top:

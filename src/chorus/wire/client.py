@@ -18,11 +18,12 @@ user of the connection.
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 import msgspec
 
 from .frames import MAX_DEPTH, too_deep
+from .results import Message
 
 Consistency = Literal["linearizable", "local"]
 WriteConcern = Literal["majority", "all", "async"]
@@ -172,7 +173,7 @@ AnyRequest = (
     | ChangePassword | DeleteAccount | Users | Conversations | History | Stats | Subscribe | Status
 )
 WRITES = (Register, Send, DeleteMessages, MarkRead, SetViewCount, LogOff, LogoutAll, ChangePassword, DeleteAccount)
-OPS = sorted(cls.__struct_config__.tag for cls in AnyRequest.__args__)  # type: ignore[attr-defined]
+OPS = sorted(str(cls.__struct_config__.tag) for cls in get_args(AnyRequest))
 
 
 class _Id(msgspec.Struct):
@@ -241,15 +242,23 @@ def encode(obj: Any) -> bytes:
     return _encoder.encode(obj)
 
 
+class ErrorBody(msgspec.Struct, frozen=True):
+    code: str
+    message: str = ""
+    primary: str | None = None  # the primary, where the server knows one
+    retry_after: float | None = None  # seconds (with "throttled")
+
+
 class Reply(msgspec.Struct):
-    """A response or an event, as a client reads it."""
+    """A response or an event, as a client reads it: ``result`` is decoded by
+    whoever knows which request it answers (its type in wire/results.py)."""
 
     id: int | None = None
     ok: bool | None = None
-    result: Any = None
-    error: dict[str, Any] | None = None
+    result: msgspec.Raw = msgspec.Raw()
+    error: ErrorBody | None = None
     event: str | None = None
-    message: Any = None
+    message: Message | None = None  # with event "message"
 
 
 _reply_decoder = msgspec.json.Decoder(Reply)

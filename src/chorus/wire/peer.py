@@ -154,6 +154,7 @@ def encode_peer(frame: PeerFrame) -> bytes:
         del payload["server_id"]
         env = {"type": kind, "term": 0, "server_id": frame.server_id, "to": payload.pop("to", 0), "payload": payload}
         return _encoder.encode(env)
+    assert isinstance(frame, SnapshotChunk)
     payload = msgspec.structs.asdict(frame)
     for k in ("server_id", "to", "term"):
         del payload[k]
@@ -186,7 +187,8 @@ def decode_peer(body: bytes) -> PeerFrame:
         if kind == "SNAPSHOT_CHUNK":
             flat["term"] = obj.get("term")
         try:
-            return msgspec.convert(flat, cls or SnapshotChunk)
+            frame: PeerFrame = msgspec.convert(flat, cls or SnapshotChunk)
+            return frame
         except msgspec.ValidationError as exc:
             raise MessageError(f"{kind}: {exc}") from None
     return from_envelope(obj)
