@@ -10,7 +10,8 @@ import pytest
 
 from chorus.chat import ChatMachine, machine, queries, schema
 from chorus.chat import commands as C
-from chorus.chat.machine import CLIENT_TTL_MS, MAX_RESULTS_KEPT, Effects
+from chorus.chat.machine import CLIENT_TTL_MS, MAX_RESULTS_KEPT
+from chorus.chat.records import Effects
 from chorus.wire import results as R
 
 HASH = "$argon2id$v=19$m=65536,t=3,p=4$c2FsdA$aGFzaA"

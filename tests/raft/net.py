@@ -142,7 +142,7 @@ class Net:
             self.transcript.append(f"n{i} {rd!r}")
         if self.transcript is not None and rd.soft_state is not None:
             ss = rd.soft_state
-            lead = f", primary n{ss.leader}" if ss.leader and ss.leader != i else ""
+            lead = f", primary n{ss.primary}" if ss.primary and ss.primary != i else ""
             self.transcript.append(f"n{i} is {ss.role.value} in term {ss.term}{lead}")
         st = self.storage[i]
         st.persist(rd, self.incoming.pop(i) if rd.snapshot else None)  # type: ignore[arg-type]

@@ -103,7 +103,7 @@ def test_malformed_envelopes_get_a_clear_error(obj, complaint) -> None:
 
 
 def _fingerprint(node: RaftNode) -> tuple:
-    return (node.term, node.vote, node.commit, node.role, node.leader, node.log.last_index,
+    return (node.term, node.vote, node.commit, node.role, node.primary, node.log.last_index,
             node.membership, node.election_elapsed, len(node._outbox), node.has_ready())
 
 

@@ -33,7 +33,7 @@ def test_commit_index_is_the_highest_index_a_majority_holds(n: int, data) -> Non
     node = RaftNode(1, Membership(frozenset(ids), frozenset(learners)), rng=random.Random(0),
                     persisted=Persisted(HardState(1, 0, 0)))  # not a fresh start: no bootstrap entry
     # Make it primary of term 2 with a log of terms [1]*5 + [2]*5.
-    node.term, node.role, node.leader = 2, Role.PRIMARY, 1
+    node.term, node.role, node.primary = 2, Role.PRIMARY, 1
     node.log.append(entries_for_terms([1] * 5 + [2] * 5))
     matches = {i: data.draw(st.integers(0, 10)) for i in [*ids, *learners]}
     node.progress = {i: Progress(11, is_learner=i in learners) for i in matches}

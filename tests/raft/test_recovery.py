@@ -177,7 +177,7 @@ def test_a_primary_refuses_what_would_need_a_recovering_voter() -> None:
     net.tick(times=3)  # (it has said it is recovering)
     assert net[1].progress[3].recovering
     with pytest.raises(Refused, match="recovering"):
-        net[1].transfer_leadership(3)
+        net[1].hand_over(3)
     with pytest.raises(Refused, match="fewer than a quorum"):
         net[1].remove(2)  # {1, 3} with 3 recovering could never elect a primary again
     assert net[1].most_caught_up() == 2

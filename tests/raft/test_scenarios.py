@@ -107,7 +107,7 @@ def figure_8_start() -> Net:
 def test_figure_8_old_term_entry_is_not_committed_by_counting_replicas() -> None:
     net = figure_8_start()
     net.isolate(4)
-    # S1 restarts its career: leader of term 4. It may carry entry 2 (term 2) to S3,
+    # S1 restarts its career: primary of term 4. It may carry entry 2 (term 2) to S3,
     # but its own term-4 entry is cut out of every message on the way.
     net.filter = without_term(4)
     elect(net, 1)
@@ -190,7 +190,7 @@ def test_partitioned_primary_rejoins_without_disruption() -> None:
     net.heal()
     net.tick(times=5)
     assert net.primary() == new and net[new].term == term
-    assert net[1].role is Role.BACKUP and net[1].leader == new and net[1].term == term
+    assert net[1].role is Role.BACKUP and net[1].primary == new and net[1].term == term
 
 
 def test_without_pre_vote_a_rejoining_node_disrupts() -> None:
@@ -215,7 +215,7 @@ def test_isolated_primary_steps_down() -> None:
     index = net.propose(1, b"lost")
     assert index is not None
     net.tick(1, times=CONFIG.election_ticks_min * 2)
-    assert net[1].role is Role.BACKUP and net[1].leader == 0
+    assert net[1].role is Role.BACKUP and net[1].primary == 0
     assert net[1].commit < index
 
 
@@ -346,10 +346,10 @@ def test_transfer_to_a_caught_up_backup() -> None:
     elect(net, 1)
     term = net[1].term
     net.propose(1, b"x")
-    net[1].transfer_leadership(3)
+    net[1].hand_over(3)
     net.settle()
     assert net.primary() == 3 and net[3].term == term + 1
-    assert net[1].role is Role.BACKUP and net[1].leader == 3
+    assert net[1].role is Role.BACKUP and net[1].primary == 3
     assert any(type(m) is TimeoutNow and m.to == 3 for m in net.sent)
 
 
@@ -359,7 +359,7 @@ def test_transfer_to_a_lagging_backup_catches_it_up_first() -> None:
     net.filter = lambda m: None if type(m) is Replicate and m.to == 3 else m
     for k in range(3):
         net.propose(1, b"w%d" % k)
-    net[1].transfer_leadership(3)
+    net[1].hand_over(3)
     with pytest.raises(Refused) as err:
         net[1].propose(b"during")
     assert err.value.code == "transferring"
@@ -375,7 +375,7 @@ def test_transfer_to_an_unreachable_backup_is_abandoned() -> None:
     net = Net(3)
     elect(net, 1)
     net.isolate(3)
-    net[1].transfer_leadership(3)
+    net[1].hand_over(3)
     with pytest.raises(Refused):
         net[1].propose(b"during")
     net.tick(1, 2, times=CONFIG.election_ticks_min + 1)

@@ -72,7 +72,7 @@ def run_command(state: dict, line: str) -> list[str]:
             out.extend(f"n{node} may read request {r.request_id} once applied >= {r.index}" for r in net.reads[node])
             net.reads[node].clear()
         elif cmd == "transfer":
-            net[int(args[0])].transfer_leadership(int(args[1]))
+            net[int(args[0])].hand_over(int(args[1]))
             net.settle()
         elif cmd == "add_learner":
             primary, new = int(args[0]), int(args[1])

@@ -630,7 +630,7 @@ class World:
             if primary is not None:
                 target = self.rng.choice(sorted(primary.raft.membership.voters))  # type: ignore[union-attr]
                 try:
-                    primary.raft.transfer_leadership(target)  # type: ignore[union-attr]
+                    primary.raft.hand_over(target)  # type: ignore[union-attr]
                     self.stats["transfers"] += 1
                     self.trace(f"n{primary.id} transfers leadership to n{target}")
                 except Refused as exc:
@@ -982,7 +982,7 @@ class World:
 
 def _fingerprint(raft: RaftNode) -> tuple[object, ...]:
     return (
-        raft.term, raft.vote, raft.commit, raft.role, raft.leader, raft.log.last_index,
+        raft.term, raft.vote, raft.commit, raft.role, raft.primary, raft.log.last_index,
         raft.log.last_term, raft.membership, raft.election_elapsed, len(raft._outbox),
     )
 

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Iterable
-from dataclasses import dataclass, field
 
 import msgspec
 
@@ -59,9 +58,9 @@ from .commands import (
     SetViewCount,
     decode,
 )
+from .records import Client, Effects, User
 from .schema import (
     MASK,
-    ClientTuple,
     client_hash,
     ended_hash,
     epoch_hash,
@@ -71,7 +70,6 @@ from .schema import (
     pack_client,
     read_client_log,
     state_digest,
-    stored,
     to_signed,
     to_unsigned,
     user_hash,
@@ -99,48 +97,14 @@ CHAIN = """WITH RECURSIVE chain(id, prev) AS (
 )"""
 
 
-class User:
-    __slots__ = ("created_at", "id", "last_logoff", "name", "pw_hash", "view_count")
-
-    def __init__(self, uid: int, name: str, pw_hash: str, created_at: int, last_logoff: int | None, view_count: int):
-        self.id, self.name, self.pw_hash = uid, name, pw_hash
-        self.created_at, self.last_logoff, self.view_count = created_at, last_logoff, view_count
-
-    def row(self) -> tuple[object, ...]:
-        return (self.id, self.name, rules.name_key(self.name), self.pw_hash, self.created_at,
-                self.last_logoff, self.view_count)
-
-
-class Client:
-    __slots__ = ("acked", "hash", "last_seen", "results")
-
-    def __init__(self, acked: int = 0, last_seen: int = 0, results: dict[int, Outcome] | None = None):
-        self.acked, self.last_seen = acked, last_seen
-        self.results: dict[int, Outcome] = results if results is not None else {}
-        self.hash = 0  # counted in the digest; 0 until the client is first written
-
-    def record(self, client_id: str) -> ClientTuple:
-        return (client_id, self.acked, self.last_seen, stored(self.results))
-
-
-@dataclass(slots=True)
-class Effects:
-    """What applying a batch did, for the server to act on: the answers of the
-    commands, the messages to push, the accounts and sessions that ended."""
-
-    results: list[Outcome] = field(default_factory=list)  # one per command, in order
-    # (log index, client, seq, result) for each command that decoded: who waits for what.
-    answers: list[tuple[int, str, int, Outcome]] = field(default_factory=list)
-    delivered: list[tuple[int, int, Message]] = field(default_factory=list)  # (sender id, recipient id, new message)
-    accounts_deleted: list[int] = field(default_factory=list)
-    # (user, the session ended or None, the epoch every earlier session ended before, or None)
-    sessions_ended: list[tuple[int, str | None, int | None]] = field(default_factory=list)
-
-
 class ChatMachine:
     def __init__(self, conn: sqlite3.Connection) -> None:
         self.conn = conn
         self.load()
+
+    def __repr__(self) -> str:
+        return (f"ChatMachine({len(self.users)} users, {len(self.work.heads)} conversations, "
+                f"{len(self.clients)} clients, log time {self.log_time}, digest {self.published_digest:016x})")
 
     # ------------------------------------------------------------------ state
     def load(self) -> None:

@@ -229,6 +229,10 @@ class Client:
         self.on_change: Callable[[], object] | None = None
         """Called whenever ``server`` or ``retrying`` may have changed (a UI shows them)."""
 
+    def __repr__(self) -> str:
+        return (f"Client({self.client_id} as {self.user or 'nobody'}, on {self.server or 'no server'}, "
+                f"seq {self._seq}, acked {self._acked})")
+
     async def __aenter__(self) -> Client:
         return self
 

@@ -28,7 +28,7 @@ class Elections(NodeState):
         if pre_vote:
             # Pre-candidates keep their term and vote (dissertation §9.6).
             self.role = Role.PRE_CANDIDATE
-            self.leader = NONE
+            self.primary = NONE
             self.votes = {}
             self._vote_incarnation = {}
             self._vote_fence = {}
@@ -77,7 +77,7 @@ class Elections(NodeState):
     def _handle_vote_request(self, m: RequestVote) -> None:
         can_vote = not self.recovering and (  # (it may have promised its vote already, and lost it)
             self.vote == m.server_id
-            or (self.vote == NONE and self.leader == NONE)
+            or (self.vote == NONE and self.primary == NONE)
             or (m.pre_vote and m.term > self.term)
         )
         if can_vote and self.log.is_up_to_date(m.last_index, m.last_term):

@@ -8,13 +8,13 @@ from .ready import NONE
 class Refused(Exception):
     """A request the node cannot take now; ``code`` is stable, the message is for people.
 
-    ``leader`` is the primary this node knows of (0 if none), a hint for clients.
+    ``primary`` is the primary this node knows of (0 if none), a hint for clients.
     """
 
-    def __init__(self, code: str, message: str, leader: int = NONE) -> None:
+    def __init__(self, code: str, message: str, primary: int = NONE) -> None:
         super().__init__(message)
         self.code = code
-        self.leader = leader
+        self.primary = primary
 
     def __repr__(self) -> str:
-        return f"Refused({self.code}: {self}{f', primary={self.leader}' if self.leader else ''})"
+        return f"Refused({self.code}: {self}{f', primary={self.primary}' if self.primary else ''})"

@@ -25,11 +25,14 @@ def entry_size(e: Entry) -> int:
 
 
 class RaftLog:
-    __slots__ = ("_cum", "entries", "snapshot")
+    __slots__ = ("_cum", "entries", "last_index", "snapshot")
 
     def __init__(self, snapshot: SnapshotMeta | None = None) -> None:
         self.snapshot = snapshot or SnapshotMeta(0, 0, Membership())
-        self.entries: list[Entry] = []
+        self.entries: list[Entry] = []  # (changed only here: ``last_index`` follows them)
+        # The index of the last entry (the snapshot's if none): read on every message,
+        # so kept up to date by each change rather than computed.
+        self.last_index = self.snapshot.index
         # _cum[k] = bytes of entries[0..k] inclusive: byte counts of any range in O(1).
         self._cum: list[int] = []
 
@@ -41,10 +44,6 @@ class RaftLog:
     def first_index(self) -> int:
         """Index of the first entry held in memory (the one after the snapshot)."""
         return self.snapshot.index + 1
-
-    @property
-    def last_index(self) -> int:
-        return self.snapshot.index + len(self.entries)
 
     @property
     def last_term(self) -> int:
@@ -74,7 +73,7 @@ class RaftLog:
         base = self.snapshot.index + 1
         return self.entries[lo - base : hi - base + 1]
 
-    def slice_bytes(self, lo: int, max_bytes: int, max_index: int | None = None) -> tuple[Entry, ...]:
+    def slice_bytes(self, lo: int, max_bytes: int) -> tuple[Entry, ...]:
         """Entries from ``lo`` totalling at most ``max_bytes`` (always at least one)."""
         base = self.snapshot.index + 1
         k = lo - base
@@ -83,8 +82,6 @@ class RaftLog:
         start = self._cum[k - 1] if k > 0 else 0
         end = bisect_right(self._cum, start + max_bytes, k)
         end = max(end, k + 1)
-        if max_index is not None:
-            end = min(end, max_index - base + 1)
         return tuple(self.entries[k:end])
 
     def bytes_between(self, lo: int, hi: int) -> int:
@@ -110,6 +107,7 @@ class RaftLog:
         next(running)  # (the initial value is already there)
         cum.extend(running)
         self.entries.extend(entries)
+        self.last_index = entries[-1].index
 
     def truncate_after(self, index: int) -> None:
         """Drop every entry after ``index`` (a conflicting suffix)."""
@@ -117,6 +115,7 @@ class RaftLog:
         assert k >= 0, "cannot truncate into the snapshot"
         del self.entries[k:]
         del self._cum[k:]
+        self.last_index = min(self.last_index, index)
 
     def find_conflict(self, entries: Sequence[Entry]) -> int:
         """Index of the first of ``entries`` that is not in this log with the same
@@ -155,4 +154,5 @@ class RaftLog:
         """Replace everything with a received snapshot."""
         self.snapshot = snapshot
         self.entries = []
+        self.last_index = snapshot.index
         self._cum = []

@@ -47,7 +47,7 @@ from .messages import (
 from .output import Output
 from .progress import Progress, ProgressState
 from .reads import ReadQueue
-from .ready import NONE, Hard, HardState, Persisted, ReadState, Ready, Role, SoftState
+from .ready import NONE, Hard, HardState, Persisted, ReadState, Ready, Role
 from .reconfig import Reconfig
 from .recovery import Recovery
 from .replication import Replication
@@ -103,7 +103,7 @@ class RaftNode(Elections, Replication, Recovery, Reconfig, Output):
 
         # Volatile state.
         self.role = Role.BACKUP
-        self.leader = NONE
+        self.primary = NONE
         self.election_elapsed = 0
         self.heartbeat_elapsed = 0
         self.randomized_timeout = 0
@@ -114,7 +114,7 @@ class RaftNode(Elections, Replication, Recovery, Reconfig, Output):
         # highest incarnation of each voter that any of them knows.
         self._vote_incarnation: dict[int, int] = {}
         self._vote_fence: dict[int, int] = {}
-        self.lead_transferee = NONE
+        self.transferee = NONE
         self.pending_conf_index = 0
 
         # ReadIndex (Raft dissertation §6.4): reads wait for a heartbeat round.
@@ -142,11 +142,11 @@ class RaftNode(Elections, Replication, Recovery, Reconfig, Output):
         self._membership_changed = True
         hs = p.hard_state  # as last handed out: what is on disk
         self._prev_hard = (hs.term, hs.vote, hs.commit, hs.recovering, hs.incarnation, hs.fenced)
-        self._prev_soft = (self.role, self.leader)  # a BACKUP that knows no primary: not news
+        self._prev_soft = (self.role, self.primary)  # a BACKUP that knows no primary: not news
         self._outstanding: Ready | None = None
 
     def __repr__(self) -> str:
-        lead = f" lead={self.leader}" if self.leader else ""
+        lead = f" lead={self.primary}" if self.primary else ""
         return (
             f"n{self.id} {self.role.value} t{self.term}"
             f"{lead} vote={self.vote} commit={self.commit} applied={self.applied} {self.log!r}"
@@ -180,15 +180,12 @@ class RaftNode(Elections, Replication, Recovery, Reconfig, Output):
     def hard_state(self) -> HardState:
         return HardState(*self._hard())
 
-    def soft_state(self) -> SoftState:
-        return SoftState(self.role, self.leader, self.term)
-
     # ------------------------------------------------------------------ role changes
     def _reset(self, term: int) -> None:
         if self.term != term:
             self.term = term
             self.vote = NONE
-        self.leader = NONE
+        self.primary = NONE
         self.election_elapsed = 0
         self.heartbeat_elapsed = 0
         self._reset_randomized_timeout()
@@ -196,23 +193,23 @@ class RaftNode(Elections, Replication, Recovery, Reconfig, Output):
         self.votes = {}
         self._vote_incarnation = {}
         self._vote_fence = {}
-        self.lead_transferee = NONE
+        self.transferee = NONE
         self.reads.clear()
 
     def _reset_randomized_timeout(self) -> None:
         lo, hi = self.cfg.election_ticks_min, self.cfg.election_ticks_max
         self.randomized_timeout = self.rng.randrange(lo, hi) if hi > lo else lo
 
-    def _become_backup(self, term: int, leader: int) -> None:
+    def _become_backup(self, term: int, primary: int) -> None:
         self._reset(term)
         self.role = Role.BACKUP
-        self.leader = leader
+        self.primary = primary
 
     def _become_primary(self) -> None:
         assert self.role is Role.CANDIDATE
         self._reset(self.term)
         self.role = Role.PRIMARY
-        self.leader = self.id
+        self.primary = self.id
         last = self.log.last_index
         members = self.membership
         replicate_to = set(members.members)
@@ -264,8 +261,8 @@ class RaftNode(Elections, Replication, Recovery, Reconfig, Output):
                 # Dissertation §6.2: we cannot reach a majority; stop claiming to lead.
                 self._become_backup(self.term, NONE)
                 return
-            if self.lead_transferee != NONE:
-                self.lead_transferee = NONE  # transfer did not finish in time: abort it
+            if self.transferee != NONE:
+                self.transferee = NONE  # transfer did not finish in time: abort it
         if self.heartbeat_elapsed >= self.cfg.heartbeat_ticks:
             self.heartbeat_elapsed = 0
             self._broadcast_heartbeat()
@@ -296,7 +293,7 @@ class RaftNode(Elections, Replication, Recovery, Reconfig, Output):
             term = self.term
             self.log.append([Entry(i, term, 0, d) for i, d in enumerate(commands, first)])
             return first
-        if self.leader != NONE:
+        if self.primary != NONE:
             self._forward_buf.extend(commands)
             return None
         raise self._no_primary()
@@ -310,13 +307,13 @@ class RaftNode(Elections, Replication, Recovery, Reconfig, Output):
         )
 
     def _check_can_append(self, size: int) -> None:
-        if self.lead_transferee != NONE:
+        if self.transferee != NONE:
             raise Refused(
-                "transferring", f"leadership is moving to server {self.lead_transferee}", self.leader
+                "transferring", f"leadership is moving to server {self.transferee}", self.primary
             )
         uncommitted = self.log.bytes_between(self.commit + 1, self.log.last_index)
         if uncommitted and uncommitted + size > self.cfg.max_uncommitted_bytes:
-            raise Refused("busy", f"{uncommitted} bytes are waiting for commit; try again", self.leader)
+            raise Refused("busy", f"{uncommitted} bytes are waiting for commit; try again", self.primary)
 
     def _append_local(self, kind: int, data: bytes) -> int:
         index = self.log.last_index + 1
@@ -334,8 +331,8 @@ class RaftNode(Elections, Replication, Recovery, Reconfig, Output):
             raise TypeError("request_id must be an int")
         if self.role is Role.PRIMARY:
             self._primary_read(self.id, request_id)
-        elif self.leader != NONE:
-            self._send(ReadIndex(term=self.term, server_id=self.id, to=self.leader, request_id=request_id))
+        elif self.primary != NONE:
+            self._send(ReadIndex(term=self.term, server_id=self.id, to=self.primary, request_id=request_id))
         else:
             raise self._no_primary()
 
@@ -439,7 +436,7 @@ class RaftNode(Elections, Replication, Recovery, Reconfig, Output):
             if type(m) is RequestVote:
                 in_lease = (
                     self.cfg.check_quorum
-                    and self.leader != NONE
+                    and self.primary != NONE
                     and self.election_elapsed < self.cfg.election_ticks_min
                 )
                 if in_lease and not m.transfer:
@@ -483,7 +480,7 @@ class RaftNode(Elections, Replication, Recovery, Reconfig, Output):
         match m:
             case Replicate() | Heartbeat() | InstallSnapshot():
                 self.election_elapsed = 0
-                self.leader = m.server_id
+                self.primary = m.server_id
                 match m:
                     case Replicate():
                         self._handle_replicate(m)

@@ -31,7 +31,7 @@ class Output(NodeState):
                 self._broadcast_heartbeat()
             self._replicate()
         elif self._forward_buf:
-            if self.leader != NONE:
+            if self.primary != NONE:
                 self._forward(self._forward_buf)
             self._forward_buf.clear()
 
@@ -45,7 +45,7 @@ class Output(NodeState):
             or self._apply_from <= self.commit
             or self._membership_changed
             or self._prev_hard != self._hard()
-            or self._prev_soft != (self.role, self.leader)
+            or self._prev_soft != (self.role, self.primary)
         )
 
     def ready(self) -> Ready:
@@ -56,7 +56,7 @@ class Output(NodeState):
         entries = tuple(log.slice(self._unsaved_from, last)) if self._unsaved_from <= last else ()
         committed = tuple(log.slice(self._apply_from, self.commit)) if self._apply_from <= self.commit else ()
         hard = self._hard()
-        soft = (self.role, self.leader)
+        soft = (self.role, self.primary)
         messages = tuple(self._outbox)
         # The plan (see Ready). self._prev_hard is on disk: the previous Ready was
         # persisted before advance. Anything but the commit index is a promise.
@@ -70,7 +70,7 @@ class Output(NodeState):
             must_sync, now, after = False, messages, ()
         rd = Ready(
             hard_state=HardState(*hard) if changed else None,
-            soft_state=SoftState(self.role, self.leader, self.term) if soft != self._prev_soft else None,
+            soft_state=SoftState(self.role, self.primary, self.term) if soft != self._prev_soft else None,
             snapshot=self._snapshot_out,
             entries=entries,
             messages=messages,

@@ -43,7 +43,7 @@ class SoftState:
     """Volatile facts the caller may want to show or act on."""
 
     role: Role
-    leader: int
+    primary: int
     term: int
 
 
@@ -96,7 +96,7 @@ class Ready:
         parts = []
         if self.soft_state:
             s = self.soft_state
-            parts.append(f"{s.role.value} t{s.term} lead={s.leader}")
+            parts.append(f"{s.role.value} t{s.term} lead={s.primary}")
         if self.hard_state:
             h = self.hard_state
             extra = (" recovering" if h.recovering else "") + (f" inc={h.incarnation}" if h.incarnation else "")

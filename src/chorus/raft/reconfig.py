@@ -18,18 +18,18 @@ from .state import NodeState
 class Reconfig(NodeState):
     """Part of :class:`chorus.raft.node.RaftNode`: membership and leadership transfer."""
 
-    def transfer_leadership(self, target: int) -> None:
+    def hand_over(self, target: int) -> None:
         if self.role is not Role.PRIMARY:
-            raise Refused("not_primary", "only the primary can hand over leadership", self.leader)
+            raise Refused("not_primary", "only the primary can hand over leadership", self.primary)
         if target == self.id:
             return
         if target not in self.membership.voters:
             raise Refused("invalid", f"server {target} is not a voting member")
         if self.progress[target].recovering:
             raise Refused("invalid", f"server {target} is recovering a lost disk: it cannot lead yet")
-        if self.lead_transferee == target:
+        if self.transferee == target:
             return
-        self.lead_transferee = target
+        self.transferee = target
         self.election_elapsed = 0  # the transfer must finish within an election timeout
         if self.progress[target].match == self.log.last_index:
             self._send(TimeoutNow(term=self.term, server_id=self.id, to=target))
@@ -77,7 +77,7 @@ class Reconfig(NodeState):
 
     def _require_primary(self) -> None:
         if self.role is not Role.PRIMARY:
-            raise Refused("not_primary", "membership changes go to the primary", self.leader)
+            raise Refused("not_primary", "membership changes go to the primary", self.primary)
 
     def _change_membership(self, new: Membership) -> int:
         self._require_primary()
@@ -119,5 +119,5 @@ class Reconfig(NodeState):
                     if pid == self.id:
                         known.match = self._persisted
                 known.is_learner = pid not in membership.voters
-            if self.lead_transferee not in membership.voters:
-                self.lead_transferee = NONE
+            if self.transferee not in membership.voters:
+                self.transferee = NONE

@@ -83,7 +83,7 @@ class Recovery(NodeState):
         Completeness that primary's log held everything any earlier quorum
         committed, and it made every commit of its own that used our lost
         promises before it stopped counting us: all of it is ours again."""
-        if self._probe_term is None or self.leader == NONE or self.role is not Role.BACKUP:
+        if self._probe_term is None or self.primary == NONE or self.role is not Role.BACKUP:
             return
         if self.term < self._probe_term or self.log.term(self.commit) != self.term:
             return
@@ -93,7 +93,7 @@ class Recovery(NodeState):
         self.recovering = False
         if self.vote == NONE:
             # Its vote in this term may have been lost: it is the primary's, which won it.
-            self.vote = self.leader
+            self.vote = self.primary
 
     def _tick_probe(self) -> None:
         """Ask the voters that have not answered yet, every two heartbeat intervals."""

@@ -166,7 +166,7 @@ class Replication(NodeState):
             pr.become_probe()
             pr.become_replicate()
         self._maybe_commit()
-        if m.server_id == self.lead_transferee and pr.match == self.log.last_index:
+        if m.server_id == self.transferee and pr.match == self.log.last_index:
             self._send(TimeoutNow(term=self.term, server_id=self.id, to=m.server_id))
 
     def _handle_heartbeat_ack(self, m: HeartbeatAck, pr: Progress) -> None:
@@ -300,8 +300,8 @@ class Replication(NodeState):
         size = 0
         for data in commands:
             if batch and size + len(data) > self.cfg.max_msg_bytes:
-                self._send(Forward(term=self.term, server_id=self.id, to=self.leader, commands=tuple(batch)))
+                self._send(Forward(term=self.term, server_id=self.id, to=self.primary, commands=tuple(batch)))
                 batch, size = [], 0
             batch.append(data)
             size += len(data)
-        self._send(Forward(term=self.term, server_id=self.id, to=self.leader, commands=tuple(batch)))
+        self._send(Forward(term=self.term, server_id=self.id, to=self.primary, commands=tuple(batch)))

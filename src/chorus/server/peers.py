@@ -111,6 +111,10 @@ class PeerLink:
         self.closed = False
         self.peer_is_back = asyncio.Event()  # it connected to us: retry at once
 
+    def __repr__(self) -> str:
+        state = "closed" if self.closed else "connected" if self.writer is not None else "connecting"
+        return f"PeerLink(to {self.peer.id}, {state}, {len(self.pending)} frames pending)"
+
     async def _pause(self, seconds: float) -> None:
         """Wait before connecting again, unless the peer shows up first."""
         with contextlib.suppress(TimeoutError):
@@ -131,7 +135,7 @@ class PeerLink:
         w = self.writer
         if w is not None and not w.is_closing():
             if w.transport.get_write_buffer_size() > MAX_BUFFERED:
-                self.t.replica.node.report_unreachable(self.peer.id)  # it does not keep up: drop
+                self.t.replica.peer_unreachable(self.peer.id)  # it does not keep up: drop
                 return
             w.write(frame)
         elif self.pending_bytes + len(frame) <= MAX_BUFFERED:
@@ -170,7 +174,7 @@ class PeerLink:
             with contextlib.suppress(Exception):
                 writer.close()
             if not self.closed:
-                self.t.replica.node.report_unreachable(self.peer.id)
+                self.t.replica.peer_unreachable(self.peer.id)
                 await self._pause(backoff)
 
     async def _open(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
@@ -241,8 +245,7 @@ class PeerLink:
         except (OSError, ConnectionError):
             pass
         finally:
-            replica.node.report_snapshot(self.peer.id, ok)
-            replica._kick()
+            replica.snapshot_sent(self.peer.id, ok)
 
     def close(self) -> None:
         self.closed = True
@@ -264,6 +267,10 @@ class PeerTransport:
         self.inbound: set[asyncio.StreamWriter] = set()
         self.known = {s.id: s for s in cfg.servers}
 
+    def __repr__(self) -> str:
+        up = sorted(pid for pid, link in self.links.items() if link.writer is not None)
+        return f"PeerTransport(server {self.replica.id}, links {sorted(self.links)}, connected {up})"
+
     async def start(self) -> None:
         spec = self.replica.spec
         tls = self.tls
@@ -280,7 +287,7 @@ class PeerTransport:
             plaintext_speaks_first=False,
         )
         await self.listener.start()
-        self.membership_changed(self.replica.node.membership)
+        self.membership_changed(self.replica.membership)
 
     def membership_changed(self, membership: Membership) -> None:
         for pid in membership.members:

@@ -37,13 +37,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import heapq
-import itertools
 import logging
 import os
-import queue
 import random
-import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -51,8 +47,8 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from chorus.chat import commands as C
-from chorus.chat.machine import Effects
-from chorus.raft import RaftNode, Ready, Refused, Role
+from chorus.chat.records import Effects
+from chorus.raft import Membership, RaftNode, Ready, Refused, Role
 from chorus.store import (
     ReplicaStore,
     SnapshotFile,
@@ -64,10 +60,11 @@ from chorus.store import (
     latest_snapshot_path,
 )
 from chorus.wire import results as R
-from chorus.wire.errors import Busy, Unavailable
 from chorus.wire.peer import DiskState
 
 from .config import Config
+from .io_thread import IOThread
+from .requests import Requests
 
 log = logging.getLogger("chorus.replica")
 Q = TypeVar("Q")  # what a query gives
@@ -95,48 +92,10 @@ class _Round:
     persisted: bool = False
 
 
-class IOThread:
-    """One thread for the store's blocking writes, and a cheap way back: the
-    result goes straight to an asyncio future (no concurrent.futures in between:
-    that hop and the way there were measured at 0.3-0.6 ms a round)."""
+class Replica(Requests):
+    """One server's replica: its store, its core, the replica loop that drives
+    them (``_pump``), snapshots; what requests wait for is in requests.py."""
 
-    def __init__(self, name: str) -> None:
-        self._jobs: queue.SimpleQueue = queue.SimpleQueue()
-        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while (job := self._jobs.get()) is not None:
-            loop, fut, fn, args = job
-            result, error = None, None
-            try:
-                result = fn(*args)
-            except BaseException as exc:  # handed to the awaiting task
-                error = exc if isinstance(exc, Exception) and not isinstance(exc, StopIteration) else RuntimeError(
-                    f"the I/O thread failed: {exc!r}")
-            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits any more
-                loop.call_soon_threadsafe(_settle, fut, result, error)
-
-    def call(self, fn: Callable[..., Any], *args: Any) -> asyncio.Future:
-        loop = asyncio.get_running_loop()
-        fut = loop.create_future()
-        self._jobs.put((loop, fut, fn, args))
-        return fut
-
-    def shutdown(self, timeout: float = 10.0) -> None:
-        self._jobs.put(None)
-        self._thread.join(timeout)
-
-
-def _settle(fut: asyncio.Future, result: Any, exc: BaseException | None) -> None:
-    if not fut.done():
-        if exc is None:
-            fut.set_result(result)
-        else:
-            fut.set_exception(exc)
-
-
-class Replica:
     def __init__(self, cfg: Config, server_id: int) -> None:
         self.cfg = cfg
         self.id = server_id
@@ -177,14 +136,7 @@ class Replica:
         self._pumping = False
         self._stopped = False
         self._tick_handle: asyncio.TimerHandle | None = None
-        self._waiters: dict[tuple[str, int], asyncio.Future] = {}
-        self._reads: dict[int, asyncio.Future] = {}
-        self._read_ids = itertools.count(1)
-        self._applied_waiters: list[tuple[int, int, asyncio.Future]] = []  # heap of (index, n, fut)
-        self._seq = itertools.count()
-        self._persisted_waiters: list[tuple[int, int, asyncio.Future]] = []
-        self._leader_changed: asyncio.Event | None = None
-        self._on_leader_change: set[Callable[[], None]] = set()
+        self._init_requests()
         self._snapshotting = False
         self._snapshot_wanted = False  # (a damaged snapshot file was removed: a new one at once)
         self._snapshot_retry_at = 0.0  # after a failed snapshot, not before this (monotonic)
@@ -200,6 +152,10 @@ class Replica:
         self._snapshot_size = last.stat().st_size if last is not None else 0
         self._log_bytes = 0  # command bytes applied since the last snapshot
         self.applied = self.node.applied
+
+    def __repr__(self) -> str:
+        disk = f", out of disk: {self.out_of_disk}" if self.out_of_disk else ""
+        return f"Replica({self.id}: {self.node!r}, applied {self.applied}, {len(self._waiters)} writes waiting{disk})"
 
     def _open_store(self) -> tuple[ReplicaStore, Any]:
         """The store and what it holds; a damaged one is set aside (kept, renamed)
@@ -281,7 +237,7 @@ class Replica:
     def start(self) -> None:
         self.loop = asyncio.get_running_loop()
         self.failed = self.loop.create_future()
-        self._leader_changed = asyncio.Event()
+        self._primary_changed = asyncio.Event()
         self._schedule_tick()
         self._kick()
         log.info("replica %d starts: %r", self.id, self.node)
@@ -304,11 +260,11 @@ class Replica:
             if target:
                 log.info("replica %d hands leadership to %d before stopping", self.id, target)
                 with contextlib.suppress(Refused):
-                    self.node.transfer_leadership(target)
+                    self.node.hand_over(target)
                     self._kick()
                 deadline = time.monotonic() + self.cfg.election_timeout_ms[1] / 1000
                 while self.node.role is Role.PRIMARY and time.monotonic() < deadline:
-                    await self._wait_leader_change(0.05)
+                    await self._wait_primary_change(0.05)
             # Give writes already proposed here a moment to be applied and answered.
             deadline = time.monotonic() + 1.0
             while self._waiters and time.monotonic() < deadline:
@@ -319,9 +275,7 @@ class Replica:
         deadline = time.monotonic() + 10.0  # a round of the replica loop ends long before this
         while self._pumping and time.monotonic() < deadline:
             await asyncio.sleep(0.005)
-        for fut in list(self._waiters.values()) + list(self._reads.values()):
-            if not fut.done():
-                fut.set_exception(Unavailable("unavailable", "the server is shutting down", self.primary_address()))
+        self._fail_requests("the server is shutting down")
         self.io.shutdown()
         self.snap_io.shutdown(wait=True)
         self.reader.close()
@@ -407,10 +361,7 @@ class Replica:
             log.error("replica %d: %s; it takes no writes and answers no requests until there is room "
                       "(tried again every %.0f s; the other servers go on without it)", self.id, why,
                       RETRY_FULL_DISK_S)
-            for fut in list(self._reads.values()) + list(self._waiters.values()):
-                if not fut.done():  # (a write is retried elsewhere, with the same seq: never twice)
-                    fut.set_exception(Unavailable("unavailable", f"this server is out of disk space: {why}",
-                                                  self.primary_address()))
+            self._fail_requests(f"this server is out of disk space: {why}")
         self.out_of_disk = why
         self._retry_at = time.monotonic() + RETRY_FULL_DISK_S
         assert self.loop is not None
@@ -447,18 +398,10 @@ class Replica:
         if rd.soft_state is not None:
             ss = rd.soft_state
             log.info("replica %d: %s in term %d%s", self.id, ss.role.value, ss.term,
-                     f", primary {ss.leader}" if ss.leader and ss.leader != self.id else "")
-            assert self._leader_changed is not None
-            self._leader_changed.set()
-            self._leader_changed = asyncio.Event()
-            for wake in list(self._on_leader_change):
-                wake()
+                     f", primary {ss.primary}" if ss.primary and ss.primary != self.id else "")
+            self._primary_change()
         if rd.membership is not None and self.transport is not None:
             self.transport.membership_changed(rd.membership)
-        for _index, client, seq, result in applied.answers:
-            fut = self._waiters.pop((client, seq), None)
-            if fut is not None and not fut.done():
-                fut.set_result(result)
         for sender, recipient, msg in applied.delivered:
             self.push(sender, recipient, msg)
         for uid in applied.accounts_deleted:
@@ -473,13 +416,7 @@ class Replica:
             self._log_bytes += sum(len(e.data) for e in rd.committed)
         elif rd.snapshot is not None:
             self.applied = rd.snapshot.index
-        self._release(self._applied_waiters, self.applied)
-        if rd.entries:
-            self._release(self._persisted_waiters, rd.entries[-1].index)
-        for r in rd.reads:
-            fut = self._reads.pop(r.request_id, None)
-            if fut is not None and not fut.done():
-                fut.set_result(r.index)
+        self._settle(rd, applied)
         if (
             not self._snapshotting
             and (self._snapshot_wanted or (
@@ -490,13 +427,6 @@ class Replica:
             self._snapshotting, self._snapshot_wanted = True, False
             assert self.loop is not None
             self.loop.create_task(self._snapshot())
-
-    @staticmethod
-    def _release(heap: list[tuple[int, int, asyncio.Future]], upto: int) -> None:
-        while heap and heap[0][0] <= upto:
-            _, _, fut = heapq.heappop(heap)
-            if not fut.done():
-                fut.set_result(None)
 
     async def _snapshot(self) -> None:
         """Snapshot the applied state (in its own thread: it only reads); the
@@ -560,176 +490,17 @@ class Replica:
         self.node.step(message)
         self._kick()
 
-    # ------------------------------------------------------------------ who leads
-    def primary_id(self) -> int:
-        return self.node.leader
+    def peer_unreachable(self, peer: int) -> None:
+        """The link to ``peer`` dropped what it was sending: replicate to it afresh."""
+        self.node.report_unreachable(peer)
 
-    def primary_address(self) -> str | None:
-        lead = self.node.leader
-        if not lead:
-            return None
-        try:
-            return self.cfg.spec(lead).client_address
-        except Exception:
-            return None
+    def snapshot_sent(self, peer: int, ok: bool) -> None:
+        self.node.report_snapshot(peer, ok)
+        self._kick()
 
-    async def _wait_leader_change(self, timeout: float) -> None:
-        assert self._leader_changed is not None
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._leader_changed.wait(), timeout)
-
-    async def _until_primary_known(self, deadline: float) -> None:
-        while not self.node.leader:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise Unavailable("unavailable", "no primary: an election is under way or too few servers are reachable")
-            await self._wait_leader_change(left)
-
-    # ------------------------------------------------------------------ writes
-    async def submit(self, data: bytes, client: str, seq: int, concern: str) -> R.Outcome | R.Accepted:
-        """Propose a chat command and wait until it is applied here (majority),
-        on every voting server (all), or only durable on this primary (async)."""
-        if self.out_of_disk is not None:
-            raise Unavailable("unavailable", f"this server is out of disk space: {self.out_of_disk}", self.primary_address())
-        if len(self._waiters) >= self.cfg.max_pending_writes:
-            raise Busy("busy", f"{len(self._waiters)} writes are waiting for commit on this server")
-        if concern != "majority" and self.node.role is not Role.PRIMARY:
-            raise Unavailable("unavailable", f"write concern '{concern}' is served by the primary", self.primary_address())
-        key = (client, seq)
-        assert self.loop is not None
-        fut = self._waiters.get(key)
-        if fut is None or fut.done():
-            fut = self._waiters[key] = self.loop.create_future()
-        deadline = time.monotonic() + self.cfg.request_timeout_s
-        while True:
-            await self._until_primary_known(min(deadline, time.monotonic() + self.cfg.election_wait_s))
-            leader, term = self.node.leader, self.node.term
-            try:
-                index = self.node.propose(data)
-            except Refused as exc:
-                if exc.code == "busy":
-                    raise Busy("busy", str(exc)) from None
-                await self._wait_leader_change(min(0.2, max(0.0, deadline - time.monotonic())))
-                if time.monotonic() >= deadline:
-                    raise Unavailable("unavailable", str(exc), self.primary_address()) from None
-                continue
-            self._kick()
-            if concern == "async" and index is not None:
-                await self._wait_index(self._persisted_waiters, index, deadline)
-                return R.Accepted(id=index, concern="async")
-            # Wait for the answer; propose again if the primary changed meanwhile or
-            # a forwarded command seems lost (exactly-once makes a repeat harmless).
-            while not fut.done():
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    self._waiters.pop(key, None)
-                    raise Unavailable("unavailable",
-                        "the command was not applied in time; retry it with the same seq (it will not be applied twice)",
-                        self.primary_address(),
-                    )
-                await self._answer_or_leader_change(fut, min(left, 1.0 if index is None else 2.0))
-                if not fut.done() and (self.node.leader, self.node.term) != (leader, term):
-                    break
-                if not fut.done() and index is None:
-                    break
-            if fut.done():
-                break
-        result: R.Outcome = fut.result()
-        if concern == "all" and result.ok:
-            await self._all_have(self.applied, deadline)
-        return result
-
-    async def _answer_or_leader_change(self, fut: asyncio.Future, timeout: float) -> None:
-        """Wait for the answer, but no longer than the primary stays the same: after
-        a failover a command forwarded to the old primary is proposed again at
-        once, not after the timeout. (Callbacks, not a task per request.)"""
-        if fut.done():
-            return
-        assert self.loop is not None
-        waker = self.loop.create_future()
-
-        def wake(_: object = None) -> None:
-            if not waker.done():
-                waker.set_result(None)
-
-        fut.add_done_callback(wake)
-        self._on_leader_change.add(wake)
-        timer = self.loop.call_later(timeout, wake)
-        try:
-            await waker
-        finally:
-            timer.cancel()
-            self._on_leader_change.discard(wake)
-            fut.remove_done_callback(wake)
-
-    async def _wait_index(self, heap: list, index: int, deadline: float) -> None:
-        assert self.loop is not None
-        fut = self.loop.create_future()
-        heapq.heappush(heap, (index, next(self._seq), fut))
-        try:
-            await asyncio.wait_for(fut, max(0.0, deadline - time.monotonic()))
-        except TimeoutError:
-            raise Unavailable("unavailable", "timed out", self.primary_address()) from None
-
-    async def _all_have(self, index: int, deadline: float) -> None:
-        """Write concern "all": every voting server has the entry on disk."""
-        node = self.node
-        while True:
-            if node.role is Role.PRIMARY and all(
-                v in node.progress and node.progress[v].match >= index for v in node.membership.voters
-            ):
-                return
-            if time.monotonic() >= deadline:
-                raise Unavailable("unavailable", "committed on a majority, but not confirmed by every server in time")
-            await asyncio.sleep(0.01)
-
-    # ------------------------------------------------------------------ reads
-    async def read_barrier(self, consistency: str) -> None:
-        """Linearizable: wait until this replica has applied everything committed
-        before the call (ReadIndex, via the primary). Local: return at once."""
-        if consistency == "local":
-            return
-        if self.out_of_disk is not None:
-            raise Unavailable("unavailable", f"this server is out of disk space: {self.out_of_disk}", self.primary_address())
-        assert self.loop is not None
-        deadline = time.monotonic() + self.cfg.request_timeout_s
-        while True:
-            await self._until_primary_known(min(deadline, time.monotonic() + self.cfg.election_wait_s))
-            rid = next(self._read_ids)
-            fut = self._reads[rid] = self.loop.create_future()
-            try:
-                self.node.read_index(rid)
-            except Refused:
-                self._reads.pop(rid, None)
-                await self._wait_leader_change(0.2)
-                if time.monotonic() >= deadline:
-                    raise Unavailable("unavailable", "no primary to confirm the read", self.primary_address()) from None
-                continue
-            self._kick()
-            # Asked of the primary; asked again if it changes meanwhile (or is silent for 1 s).
-            await self._answer_or_leader_change(fut, min(1.0, max(0.01, deadline - time.monotonic())))
-            if fut.done():
-                index = fut.result()
-                break
-            self._reads.pop(rid, None)
-            if time.monotonic() >= deadline:
-                raise Unavailable("unavailable", "the primary did not confirm the read in time", self.primary_address())
-        if self.applied < index:
-            await self._wait_index(self._applied_waiters, index, deadline)
-
-    async def wait_applied(self, index: int) -> None:
-        if self.applied < index:
-            await self._wait_index(self._applied_waiters, index, time.monotonic() + self.cfg.request_timeout_s)
-
-    def query(self, fn: Callable[..., Q], *args: Any, **kw: Any) -> Q:
-        """Run a read query on this replica's state (view read before the tables)."""
-        view = self.store.chat.view
-        return fn(self.reader, view, *args, **kw)
-
-    async def run_blocking(self, fn: Callable[..., Any], *args: Any) -> Any:
-        """Slow CPU work (password hashing) off the event loop."""
-        assert self.loop is not None
-        return await self.loop.run_in_executor(None, fn, *args)
+    @property
+    def membership(self) -> Membership:
+        return self.node.membership
 
     # ------------------------------------------------------------------ status
     def status(self) -> R.Status:
@@ -738,7 +509,7 @@ class Replica:
         return R.Status(
             id=self.id, role=n.role.value, term=n.term, commit_index=n.commit, applied_index=self.applied,
             last_index=n.last_index, snapshot_index=n.log.snapshot.index, digest=f"{self.store.digest():016x}",
-            primary=n.leader or None, primary_address=self.primary_address(),
+            primary=n.primary or None, primary_address=self.primary_address(),
             voters=sorted(n.membership.voters), learners=sorted(n.membership.learners),
             health=health, health_reason=reason, disk=self.disk_state(),
         )

@@ -41,7 +41,7 @@ from pathlib import Path
 import msgspec
 
 from chorus.chat import ChatMachine, schema
-from chorus.chat.machine import Effects
+from chorus.chat.records import Effects
 from chorus.raft import (
     Entry,
     EntryKind,
@@ -305,6 +305,9 @@ class ReplicaStore:
         except BaseException:
             c.execute("ROLLBACK")
             raise
+
+    def __repr__(self) -> str:
+        return f"ReplicaStore({self.path}, applied {self._applied}, {self._commits} commits since the checkpoint)"
 
     def close(self) -> None:
         self.conn.close()
