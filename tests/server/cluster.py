@@ -66,13 +66,14 @@ class Cluster:
                 certs.issue_server(self.tls_dir, i, sorted({host, "127.0.0.1", "localhost"}))
             self.ca = self.tls_dir / "ca.crt"
         self.client_tls: Path | bool = self.ca if self.ca is not None else False
-        ports = free_ports(2 * size)
+        ports = free_ports(3 * size)
         self.peer_ports = ports[:size]
-        self.client_ports = ports[size:]
+        self.client_ports = ports[size:2 * size]
+        self.metrics_ports = ports[2 * size:]
         timing = "tick_ms = 10\nelection_timeout_ms = [150, 300]\nheartbeat_ms = 30\n" if fast else ""
         servers = "".join(
             f"\n[[server]]\nid = {i + 1}\nhost = \"{self.hosts[i]}\"\npeer_port = {self.peer_ports[i]}\n"
-            f"client_port = {self.client_ports[i]}\n"
+            f"client_port = {self.client_ports[i]}\nmetrics_port = {self.metrics_ports[i]}\n"
             for i in range(size)
         )
         limits = TEST_LIMITS if limits is None else limits

@@ -1,7 +1,7 @@
 """``chorus cluster up``: a local cluster as child processes, shown live.
 
 The servers run as separate processes (``chorus serve``), on ports 8081-808N
-(peers) and 8091-809N (clients), with their data and logs under the data
+(peers), 8091-809N (clients) and 8101-810N (metrics), with their data and logs under the data
 directory, and TLS on both ports: the first start makes a CA and a certificate
 per server in ``DATA/tls`` (clients started from the directory above it find
 ``data/tls/ca.crt`` by themselves). A table shows every replica's role, term, commit and applied index
@@ -43,6 +43,7 @@ def write_config(data: Path, size: int, fast: bool) -> Path:
     timing = 'tick_ms = 10\nelection_timeout_ms = [150, 300]\nheartbeat_ms = 30\n' if fast else ""
     servers = "".join(
         f"\n[[server]]\nid = {i}\nhost = \"127.0.0.1\"\npeer_port = {8080 + i}\nclient_port = {8090 + i}\n"
+        f"metrics_port = {8100 + i}\n"
         for i in range(1, size + 1)
     )
     path = data / "cluster.toml"

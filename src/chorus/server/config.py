@@ -37,6 +37,7 @@
     host = "127.0.0.1"
     peer_port = 8081
     client_port = 8091
+    metrics_port = 8101                 # optional: Prometheus metrics (/metrics), HTTPS with [tls]
     # ... one [[server]] table per replica
 
 Environment variables override the file: CHORUS_SECRET, CHORUS_DATA_DIR,
@@ -112,6 +113,7 @@ class ServerSpec:
     host: str
     peer_port: int
     client_port: int
+    metrics_port: int | None = None  # Prometheus metrics over HTTP(S), on host; None: not served
 
     @property
     def client_address(self) -> str:
@@ -228,10 +230,13 @@ def _from_toml(raw: dict, path: Path) -> Config:
     servers = []
     for s in raw.get("server", []):
         try:
+            metrics = s.get("metrics_port")
             servers.append(ServerSpec(int(s["id"]), str(s.get("host", "127.0.0.1")),
-                                      int(s["peer_port"]), int(s["client_port"])))
+                                      int(s["peer_port"]), int(s["client_port"]),
+                                      None if metrics is None else _whole(metrics)))
         except (KeyError, TypeError, ValueError) as exc:
-            raise ConfigError(f"{path}: each [[server]] needs id, peer_port and client_port ({exc})") from None
+            raise ConfigError(f"{path}: each [[server]] needs id, peer_port and client_port, and takes "
+                              f"metrics_port ({exc})") from None
     if not servers:
         servers = list(default_servers())
     data_dir = Path(cluster.get("data_dir", "data"))
@@ -298,9 +303,10 @@ def validate(cfg: Config) -> None:
     ids = [s.id for s in cfg.servers]
     if len(set(ids)) != len(ids) or any(not 0 < i < 2**31 for i in ids):
         raise ConfigError(f"server ids must be distinct positive integers, got {ids}")
-    addresses = [(s.host, p) for s in cfg.servers for p in (s.peer_port, s.client_port)]
+    addresses = [(s.host, p) for s in cfg.servers for p in (s.peer_port, s.client_port, s.metrics_port)
+                 if p is not None]
     if len(set(addresses)) != len(addresses):
-        raise ConfigError("two servers (or a server's two ports) share an address")
+        raise ConfigError("two servers (or two ports of one server) share an address")
     if cfg.write_concern not in ("majority", "all", "async"):
         raise ConfigError(f"write_concern is majority, all or async, not {cfg.write_concern!r}")
     if len(cfg.secret) < 16:

@@ -2,7 +2,8 @@
 
 On SIGTERM a primary first hands leadership to a caught-up backup, so clients
 see no error, then stops. SIGHUP loads the TLS files again (they are also
-picked up by themselves when they change, for each new connection).
+picked up by themselves when they change, for each new connection; the
+metrics port, if any, reads them when the server starts).
 
 Secure by default: a server that listens on an address other than loopback
 must have TLS and a secret of its own; ``--insecure`` lets it start without,
@@ -45,13 +46,18 @@ async def serve(cfg: Config, server_id: int, ready: asyncio.Event | None = None)
     replica.start()
     await peers.start()
     await clients.start()
+    metrics = replica.metrics
+    metrics.replica, metrics.clients = replica, clients
+    spec = replica.spec
+    if spec.metrics_port is not None:
+        files = cfg.tls.paths(server_id) if cfg.tls is not None else None
+        metrics.serve(spec.host, spec.metrics_port, *((str(files.cert), str(files.key)) if files else ()))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     if tls is not None:
         loop.add_signal_handler(signal.SIGHUP, lambda: tls.reload(force=True))
-    spec = replica.spec
     print(f"chorus server {server_id} ready: clients on {spec.client_address}, peers on {spec.peer_address}"
           f"{' (TLS)' if tls is not None else ''}", flush=True)
     if ready is not None:
@@ -64,6 +70,7 @@ async def serve(cfg: Config, server_id: int, ready: asyncio.Event | None = None)
     clients.stop_accepting()
     await replica.stop(graceful=failure is None)
     clients.close()
+    metrics.close()
     await peers.close()
     log.info("server %d stopped", server_id)
     if failure is not None:

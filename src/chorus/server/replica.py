@@ -64,6 +64,7 @@ from chorus.wire.peer import DiskState
 
 from .config import Config
 from .io_thread import IOThread
+from .metrics import Metrics
 from .requests import Requests
 
 log = logging.getLogger("chorus.replica")
@@ -124,6 +125,7 @@ class Replica(Requests):
             # making the file and its first write: a file that holds more refuses).
             with contextlib.suppress(Refused):
                 self.node.declare_new_cluster()
+        self.metrics = Metrics(server_id)
         self.io = IOThread(f"chorus-io-{server_id}")
         self.snap_io = ThreadPoolExecutor(1, thread_name_prefix=f"chorus-snap-{server_id}")
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -326,7 +328,10 @@ class Replica(Requests):
                     if r.heavy:
                         applied = await self.io.call(self._write, r)
                     else:
+                        t0 = time.perf_counter()
                         applied = self.store.save(r.rd)
+                        if r.rd.committed:
+                            self.metrics.apply_seconds.observe(time.perf_counter() - t0)
                 except Exception as exc:
                     if not disk_full(exc):
                         raise
@@ -385,20 +390,29 @@ class Replica(Requests):
         """On the I/O thread: persist, let the messages go, apply (what is not done yet)."""
         rd = r.rd
         if not r.persisted:
+            t0 = time.perf_counter()
             self.store.persist(rd, r.snap)
+            if rd.must_sync:
+                self.metrics.persist_seconds.observe(time.perf_counter() - t0)
             r.persisted = True
             if rd.after:
                 assert self.loop is not None
                 self.loop.call_soon_threadsafe(self.transport.send, rd.after)
             if r.snap is not None:
                 r.snap.path.unlink(missing_ok=True)  # installed: its tables are in the database now
-        return self.store.apply(rd.committed)
+        if not rd.committed:
+            return self.store.apply(rd.committed)
+        t0 = time.perf_counter()
+        applied = self.store.apply(rd.committed)
+        self.metrics.apply_seconds.observe(time.perf_counter() - t0)
+        return applied
 
     def _after(self, rd: Ready, applied: Effects) -> None:
         if rd.soft_state is not None:
             ss = rd.soft_state
             log.info("replica %d: %s in term %d%s", self.id, ss.role.value, ss.term,
                      f", primary {ss.primary}" if ss.primary and ss.primary != self.id else "")
+            self.metrics.role_changed(ss.role)
             self._primary_change()
         if rd.membership is not None and self.transport is not None:
             self.transport.membership_changed(rd.membership)
@@ -412,6 +426,7 @@ class Replica(Requests):
             log.info("replica %d: installed the snapshot at %d", self.id, rd.snapshot.index)
             self.state_replaced()
         if rd.committed:
+            self.metrics.applied_entries += len(rd.committed)
             self.applied = rd.committed[-1].index
             self._log_bytes += sum(len(e.data) for e in rd.committed)
         elif rd.snapshot is not None:

@@ -25,6 +25,7 @@ from chorus.wire import results as R
 from chorus.wire.errors import Busy, Unavailable
 
 from .config import Config
+from .metrics import Metrics
 
 Q = TypeVar("Q")  # what a query gives
 Heap = list[tuple[int, int, "asyncio.Future[None]"]]  # (index, n, future): waiting for an index
@@ -39,6 +40,7 @@ class Requests:
     loop: asyncio.AbstractEventLoop | None
     applied: int
     out_of_disk: str | None
+    metrics: Metrics
 
     if TYPE_CHECKING:
         def _kick(self) -> None: ...
@@ -134,6 +136,7 @@ class Requests:
                 if time.monotonic() >= deadline:
                     raise Unavailable("unavailable", str(exc), self.primary_address()) from None
                 continue
+            self.metrics.proposals += 1
             self._kick()
             if concern == "async" and index is not None:
                 await self._wait_index(self._persisted_waiters, index, deadline)

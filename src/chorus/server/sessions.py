@@ -252,26 +252,36 @@ class ClientSession(asyncio.Protocol):
         t.write(encode_frame(frame_body, 1 << 30))
 
     async def _handle(self, req: W.AnyRequest) -> None:
+        code = "ok"
+        start = time.perf_counter()
         try:
             result = await self._dispatch(req)
             self._send(W.ok(req.id, result))
         except Busy as exc:
+            code = "busy"
             self._send(W.error(req.id, "busy", exc.message))
         except TooBusy as exc:
+            code = "busy"
             self._send(W.error(req.id, "busy", str(exc)))
         except Unavailable as exc:
+            code = "unavailable"
             self._send(W.error(req.id, "unavailable", exc.message, exc.primary or self.replica.primary_address()))
         except ChorusError as exc:
+            code = exc.code
             self._send(W.error(req.id, exc.code, exc.message, exc.primary))
         except Throttled as exc:
+            code = "throttled"
             self._send(W.error(req.id, "throttled", str(exc), retry_after=exc.retry_after))
         except asyncio.CancelledError:
+            code = "cancelled"
             raise
         except Exception:
+            code = "internal"
             log.exception("request %r failed", type(req).__name__)
             self._send(W.error(req.id, "internal", "the server failed to handle this request; it is logged"))
         finally:
             self.in_flight -= 1
+            self.replica.metrics.request(req.__struct_config__.tag, code, time.perf_counter() - start)
 
     # ------------------------------------------------------------------ requests
     def _need_user(self) -> int:
@@ -522,4 +532,5 @@ class ClientSession(asyncio.Protocol):
         if self.pushed_upto is not None and msg.id > self.pushed_upto:
             self.pushed_upto = msg.id
             self._send(W.event("message", msg))
+            self.replica.metrics.pushes += 1
 
