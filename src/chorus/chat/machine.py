@@ -70,6 +70,7 @@ from .schema import (
     pack_client,
     read_client_log,
     state_digest,
+    stored,
     to_signed,
     to_unsigned,
     user_hash,
@@ -122,7 +123,8 @@ class ChatMachine:
         records, self._client_log_bytes = read_client_log(c)
         live = 0
         for cid, r in records.items():
-            cl = self.clients[cid] = Client(r.acked, r.last_seen, {seq: sr.outcome() for seq, sr in r.results or ()})
+            cl = self.clients[cid] = Client(r.acked, r.last_seen, {seq: sr.outcome() for seq, sr in r.results or ()},
+                                          dict(r.results or ()))
             record = cl.record(cid)
             cl.hash = client_hash(record)
             live += len(pack_client(record))
@@ -221,16 +223,17 @@ class ChatMachine:
         if client is None:
             client = self.clients[cid] = Client()
         self._dirty_clients.add(cid)
-        results = client.results
+        results, kept = client.results, client.kept
         if cmd.acked > client.acked:
             client.acked = acked = cmd.acked
             if results:
                 for seq in [s for s in results if s <= acked]:
-                    del results[seq]
+                    del results[seq], kept[seq]
         results[cmd.seq] = result
+        kept[cmd.seq] = stored(result)
         if len(results) > MAX_RESULTS_KEPT:
             oldest = min(results)
-            del results[oldest]
+            del results[oldest], kept[oldest]
             client.acked = max(client.acked, oldest)  # older retries are refused, never re-applied
         client.last_seen = now
 

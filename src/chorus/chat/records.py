@@ -23,15 +23,18 @@ class User:
 
 
 class Client:
-    __slots__ = ("acked", "hash", "last_seen", "results")
+    __slots__ = ("acked", "hash", "kept", "last_seen", "results")
 
-    def __init__(self, acked: int = 0, last_seen: int = 0, results: dict[int, Outcome] | None = None):
+    def __init__(self, acked: int = 0, last_seen: int = 0, results: dict[int, Outcome] | None = None,
+                 kept: dict[int, object] | None = None):
         self.acked, self.last_seen = acked, last_seen
         self.results: dict[int, Outcome] = results if results is not None else {}
+        # The same results in their stored form (made once, when a result is kept).
+        self.kept: dict[int, object] = kept if kept is not None else {seq: stored(r) for seq, r in self.results.items()}
         self.hash = 0  # counted in the digest; 0 until the client is first written
 
     def record(self, client_id: str) -> ClientTuple:
-        return (client_id, self.acked, self.last_seen, stored(self.results))
+        return (client_id, self.acked, self.last_seen, sorted(self.kept.items()))
 
 
 @dataclass(slots=True)

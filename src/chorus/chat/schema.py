@@ -133,9 +133,9 @@ class StoredResult(msgspec.Struct, frozen=True, omit_defaults=True):
         return write_result(self.data or {})
 
 
-def stored(results: dict[int, Outcome]) -> list[tuple[int, Refused | dict[str, Done]]]:
-    """A client's kept results as stored, by seq (the same bytes as a StoredResult)."""
-    return [(seq, r if isinstance(r, Refused) else {"data": r}) for seq, r in sorted(results.items())]
+def stored(result: Outcome) -> Refused | dict[str, Done]:
+    """A result as a client record stores it (the same bytes as a StoredResult)."""
+    return result if isinstance(result, Refused) else {"data": result}
 
 
 class ClientRecord(msgspec.Struct, array_like=True, frozen=True):
