@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from chorus.raft import Membership
+from chorus.raft import Member
 from chorus.server.config import DEV_SECRET, Config, ConfigError, ServerSpec, default_servers, load
 
 SECRET = "a-long-enough-cluster-secret"
@@ -69,7 +69,8 @@ def test_defaults_without_a_file() -> None:
     assert cfg.write_concern == "majority"
     assert cfg.secret == DEV_SECRET
     assert (cfg.tick_ms, cfg.election_timeout_ms, cfg.heartbeat_ms) == (50, (1500, 3000), 150)
-    assert cfg.membership == Membership(voters=frozenset({1, 2, 3}))
+    assert cfg.membership.voters == frozenset({1, 2, 3})
+    assert cfg.membership.address(2) == Member(2, "127.0.0.1:8082", "127.0.0.1:8092")
 
 
 def test_the_file_is_read(tmp_path: Path) -> None:
@@ -83,7 +84,7 @@ def test_the_file_is_read(tmp_path: Path) -> None:
     assert cfg.secret_bytes == SECRET.encode()
     assert cfg.write_concern == "all"
     assert (cfg.tick_ms, cfg.election_timeout_ms, cfg.heartbeat_ms) == (20, (400, 800), 100)
-    assert cfg.membership == Membership(voters=frozenset({1, 2, 5}))
+    assert cfg.membership.voters == frozenset({1, 2, 5}) and cfg.membership.address(5) is not None
     assert cfg.spec(5).client_address == "127.0.0.1:7105"
     with pytest.raises(ConfigError, match="not in the configuration"):
         cfg.spec(3)

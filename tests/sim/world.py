@@ -30,6 +30,7 @@ from chorus.raft import (
     Heartbeat,
     HeartbeatAck,
     InstallSnapshot,
+    Member,
     Membership,
     Message,
     MessageError,
@@ -45,8 +46,14 @@ from chorus.raft import (
     SnapshotMeta,
     VoteResponse,
 )
+from chorus.server.admin import promote_caught_up
 
 from .storage import AppState, SimStorage
+
+
+def _port(now: int) -> int:
+    """A port number that differs from one move to the next."""
+    return 1 + now % 65000
 
 MS = 1_000  # the simulation counts microseconds
 SEC = 1_000_000
@@ -285,6 +292,8 @@ class World:
             if node.gen != b or node.raft is None:
                 return
             node.raft.tick()
+            if node.raft.membership.promoting:  # (the replica's rule, on its tick)
+                promote_caught_up(node.raft, node.raft.cfg.promote_max_lag)
             self._after(node)
             self.schedule(node.tick_us, TICK, a, b)
         elif kind == DELIVER:
@@ -749,12 +758,22 @@ class World:
                 index = raft.promote(target)
                 self.trace(f"n{primary.id} promotes n{target} (entry {index})")
             elif len(m.voters) < 6 and choice < 0.8 and self.next_node_id < 16:
+                # Added with its address, as `chorus member add` does; half of them to be
+                # promoted by whoever is primary once caught up. The new server's core
+                # starts empty (with --join, what a member told it is the server's, not
+                # the core's: entry 1 is the seed's, on every server).
                 target = self.next_node_id
-                index = raft.add_learner(target)
+                promote = self.rng.random() < 0.5
+                index = raft.add_learner(target, Member(target, f"h{target}:1", f"h{target}:2"), promote=promote)
                 self.next_node_id += 1
                 node = self.nodes[target] = SimNode(target, Membership(), self.p.rates[target])
                 self._start(node)
-                self.trace(f"n{primary.id} adds learner n{target} (entry {index})")
+                self.trace(f"n{primary.id} adds learner n{target} (entry {index}"
+                           f"{', to be promoted' if promote else ''})")
+            elif m.members and choice < 0.84:
+                target = self.rng.choice(sorted(m.members))
+                index = raft.move(Member(target, f"h{target}:{_port(self.now)}", f"h{target}:2"))
+                self.trace(f"n{primary.id} moves n{target} (entry {index})")
             elif len(m.voters) > 2 and not self._recovering():
                 # (Not while a server recovers a lost disk: an operator replacing a disk
                 # does not also shrink the cluster, which could leave it without a

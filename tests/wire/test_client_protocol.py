@@ -31,6 +31,13 @@ VALID: dict[str, tuple[dict, type]] = {
     "stats": ({"consistency": "linearizable"}, W.Stats),
     "subscribe": ({"after": 12}, W.Subscribe),
     "status": ({}, W.Status),
+    "admin_challenge": ({}, W.AdminChallenge),
+    "admin_auth": ({"proof": "ab" * 32}, W.AdminAuth),
+    "member_list": ({}, W.MemberList),
+    "member_add": ({"server": 4, "peer": "10.0.0.14:8081", "client": "10.0.0.14:8091", "learner": True},
+                   W.MemberAdd),
+    "member_remove": ({"server": 2}, W.MemberRemove),
+    "member_move": ({"server": 2, "peer": "[fd00::2]:8081", "client": "[fd00::2]:8091"}, W.MemberMove),
 }
 
 
@@ -40,7 +47,7 @@ def _body(obj: object) -> bytes:
 
 def test_the_examples_cover_every_op() -> None:
     assert sorted(VALID) == W.OPS
-    assert len(W.OPS) == 17
+    assert len(W.OPS) == 23
 
 
 @pytest.mark.parametrize("op", sorted(VALID))

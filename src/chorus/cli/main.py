@@ -1,6 +1,7 @@
 """The ``chorus`` command.
 
-    chorus serve --id N [--config chorus.toml] [--insecure]   run one replica
+    chorus serve --id N [--config chorus.toml] [--insecure] [--join HOST:PORT,...]   run one replica
+    chorus member list|add|remove|move             the cluster's members (needs the secret: --config)
     chorus cluster up [--size 3|5] [--data DIR]    run a local cluster (with TLS), with a live table
     chorus certs init|issue|renew|show             the cluster's CA and the servers' certificates
     chorus status [--json] [--servers ...]         every server's role, term, indexes, digest
@@ -184,6 +185,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--log-level", default=os.environ.get("CHORUS_LOG_LEVEL", "INFO"))
     p.add_argument("--insecure", action="store_true",
                    help="start off loopback without TLS or without a secret of its own (and say so in the log)")
+    p.add_argument("--join", metavar="HOST:PORT,...",
+                   help="join a running cluster through these members' client addresses (after chorus member "
+                        "add): used when the data directory is empty; no [[server]] table needed")
+    p.add_argument("--ca", help="with --join: the cluster's CA (default: the configuration's [tls] ca)")
 
     p = sub.add_parser("certs", help="the cluster's CA and the servers' certificates")
     p.add_argument("--dir", type=Path, default=Path(os.environ.get("CHORUS_TLS_DIR", "tls")),
@@ -245,6 +250,9 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--yes", action="store_true")
     q = client_parser("status", "every server's role, term, indexes and digest")
     q.add_argument("--json", action="store_true")
+    from .member import add_parsers
+
+    add_parsers(sub, DEFAULT_SERVERS)
     q = sub.add_parser("chat", help="the terminal chat app")
     q.add_argument("--servers", help=f"host:port,... (default {DEFAULT_SERVERS})")
     tls_args(q)
@@ -285,7 +293,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "serve":
         from chorus.server import run
 
-        return run(args.id, args.config, args.log_level, insecure=args.insecure)
+        from .member import joiner
+
+        join = joiner(args.id, args.join.split(","), args.ca) if args.join else None
+        return run(args.id, args.config, args.log_level, insecure=args.insecure, join=join)
+    if args.command == "member":
+        from .member import member_command
+
+        return member_command(args, DEFAULT_SERVERS)
     if args.command == "certs":
         return certs_command(args)
     if args.command == "cluster":

@@ -55,15 +55,47 @@ def entries_repr(entries: tuple[Entry, ...]) -> str:
     return f"[{entries[0].index}..{entries[-1].index} t{entries[0].term}..{entries[-1].term} ({len(entries)})]"
 
 
+Text = Annotated[str, msgspec.Meta(max_length=300)]
+
+
+class Member(msgspec.Struct, frozen=True, array_like=True, gc=False):
+    """Where a member is reached: its peer and client addresses ("host:port").
+    The core carries them in the log and snapshots without reading them."""
+
+    id: ServerId
+    peer: Text
+    client: Text
+
+
 class Membership(msgspec.Struct, frozen=True, gc=False):
     """Who is in the cluster: voters decide elections and commits; learners only
     follow. ``removed`` remembers every id ever removed: a server that comes back
     with an empty disk must come back under a new id, or answers meant for its
-    old self could be taken for its own."""
+    old self could be taken for its own. ``addresses``: where each member is
+    (by id; a member without one is found in the configuration file, as in a
+    cluster made before membership carried addresses). ``promoting``: learners
+    to be made voters once they have caught up (whoever is primary then does)."""
 
     voters: frozenset[ServerId] = frozenset()
     learners: frozenset[ServerId] = frozenset()
     removed: frozenset[ServerId] = frozenset()
+    addresses: tuple[Member, ...] = ()
+    promoting: frozenset[ServerId] = frozenset()
+
+    def address(self, server_id: int) -> Member | None:
+        for a in self.addresses:
+            if a.id == server_id:
+                return a
+        return None
+
+    def with_address(self, member: Member | None) -> tuple[Member, ...]:
+        """The addresses with ``member``'s set (or left as they are, for None)."""
+        if member is None:
+            return self.addresses
+        return tuple(sorted((*(a for a in self.addresses if a.id != member.id), member), key=lambda a: a.id))
+
+    def without(self, server_id: int) -> tuple[Member, ...]:
+        return tuple(a for a in self.addresses if a.id != server_id)
 
     def __repr__(self) -> str:
         def ids(s: frozenset[int]) -> str:
@@ -74,6 +106,8 @@ class Membership(msgspec.Struct, frozen=True, gc=False):
             text += f" learners={{{ids(self.learners)}}}"
         if self.removed:
             text += f" removed={{{ids(self.removed)}}}"
+        if self.promoting:
+            text += f" promoting={{{ids(self.promoting)}}}"
         return text
 
     @property
@@ -81,9 +115,13 @@ class Membership(msgspec.Struct, frozen=True, gc=False):
         return self.voters | self.learners
 
     def encode(self) -> bytes:
-        return msgspec.json.encode(
-            {"voters": sorted(self.voters), "learners": sorted(self.learners), "removed": sorted(self.removed)}
-        )
+        body: dict[str, Any] = {"voters": sorted(self.voters), "learners": sorted(self.learners),
+                                "removed": sorted(self.removed)}
+        if self.addresses:  # (absent before membership carried addresses: those entries read as before)
+            body["addresses"] = self.addresses
+        if self.promoting:
+            body["promoting"] = sorted(self.promoting)
+        return msgspec.json.encode(body)
 
     @classmethod
     def decode(cls, data: bytes) -> Membership:

@@ -7,6 +7,7 @@ from __future__ import annotations
 from .errors import Refused
 from .messages import (
     EntryKind,
+    Member,
     Membership,
     TimeoutNow,
 )
@@ -43,16 +44,33 @@ class Reconfig(NodeState):
                 best, best_match = pid, pr.match
         return best
 
-    def add_learner(self, node_id: int) -> int:
+    def add_learner(self, node_id: int, address: Member | None = None, *, promote: bool = False) -> int:
+        """Add ``node_id`` as a learner (at ``address``); with ``promote``, to be
+        made a voter by the primary once it has caught up."""
         self._require_primary()
         if type(node_id) is not int or node_id <= 0:
             raise Refused("invalid", "server ids are positive integers")
+        if address is not None and address.id != node_id:
+            raise Refused("invalid", "the address is of another server")
         m = self.membership
         if node_id in m.members:
             raise Refused("invalid", f"server {node_id} is already a member")
         if node_id in m.removed:
             raise Refused("invalid", f"server {node_id} was removed before: a returning server needs a new id")
-        return self._change_membership(Membership(m.voters, m.learners | {node_id}, m.removed))
+        return self._change_membership(Membership(
+            m.voters, m.learners | {node_id}, m.removed, m.with_address(address),
+            m.promoting | {node_id} if promote else m.promoting))
+
+    def move(self, address: Member) -> int:
+        """Record a member's new address (the server moved to another host or port)."""
+        self._require_primary()
+        m = self.membership
+        if address.id not in m.members:
+            raise Refused("invalid", f"server {address.id} is not a member")
+        if m.address(address.id) == address:
+            raise Refused("invalid", f"server {address.id} is at that address already")
+        return self._change_membership(Membership(m.voters, m.learners, m.removed, m.with_address(address),
+                                                  m.promoting))
 
     def promote(self, node_id: int) -> int:
         self._require_primary()
@@ -63,7 +81,8 @@ class Reconfig(NodeState):
         lag = self.log.last_index - pr.match
         if pr.match == 0 or lag > self.cfg.promote_max_lag:
             raise Refused("not_caught_up", f"server {node_id} is {lag} entries behind; try later")
-        return self._change_membership(Membership(m.voters | {node_id}, m.learners - {node_id}, m.removed))
+        return self._change_membership(Membership(m.voters | {node_id}, m.learners - {node_id}, m.removed,
+                                                  m.addresses, m.promoting - {node_id}))
 
     def remove(self, node_id: int) -> int:
         self._require_primary()
@@ -73,7 +92,8 @@ class Reconfig(NodeState):
         voters = m.voters - {node_id}
         if not voters:
             raise Refused("invalid", "cannot remove the last voting member")
-        return self._change_membership(Membership(voters, m.learners - {node_id}, m.removed | {node_id}))
+        return self._change_membership(Membership(voters, m.learners - {node_id}, m.removed | {node_id},
+                                                  m.without(node_id), m.promoting - {node_id}))
 
     def _require_primary(self) -> None:
         if self.role is not Role.PRIMARY:

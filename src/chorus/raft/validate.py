@@ -181,5 +181,11 @@ def _check_membership(m: Message, ms: Membership) -> None:
     _ids(m, "voters", ms.voters)
     _ids(m, "learners", ms.learners)
     _ids(m, "removed", ms.removed)
+    _ids(m, "promoting", ms.promoting)
     if not ms.voters or ms.voters & ms.learners or ms.removed & (ms.voters | ms.learners):
         raise MessageError(f"{m.type}: impossible membership {ms!r}")
+    if not ms.promoting <= ms.learners:
+        raise MessageError(f"{m.type}: only learners are promoted, not {sorted(ms.promoting - ms.learners)}")
+    ids = [a.id for a in ms.addresses]
+    if len(set(ids)) != len(ids) or not set(ids) <= ms.voters | ms.learners:
+        raise MessageError(f"{m.type}: addresses must be of members, one each")

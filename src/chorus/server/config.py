@@ -56,7 +56,7 @@ import tomllib
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
-from chorus.raft import Membership, RaftConfig
+from chorus.raft import Member, Membership, RaftConfig
 
 from .tls import TLSPaths
 
@@ -154,7 +154,10 @@ class Config:
 
     @property
     def membership(self) -> Membership:
-        return Membership(voters=frozenset(s.id for s in self.servers))
+        """The membership a new cluster starts with (the log holds it from then on)."""
+        return Membership(voters=frozenset(s.id for s in self.servers),
+                          addresses=tuple(Member(s.id, s.peer_address, s.client_address)
+                                          for s in sorted(self.servers, key=lambda s: s.id)))
 
     def replica_dir(self, server_id: int) -> Path:
         return self.data_dir / f"replica{server_id}"
@@ -172,6 +175,17 @@ class Config:
         """Identifies the server list: every server of a cluster must have the same."""
         text = ";".join(f"{s.id}={s.host}:{s.peer_port}:{s.client_port}" for s in sorted(self.servers, key=lambda s: s.id))
         return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def spec_of(member: Member, metrics_port: int | None = None) -> ServerSpec:
+    """A member's addresses as the membership holds them ("host:port", an IPv6
+    host in brackets), as a ServerSpec."""
+    phost, _, pport = member.peer.rpartition(":")
+    chost, _, cport = member.client.rpartition(":")
+    if phost.strip("[]") != chost.strip("[]"):
+        raise ConfigError(f"server {member.id}: its peer and client addresses are on different hosts "
+                          f"({member.peer}, {member.client})")
+    return ServerSpec(member.id, phost.strip("[]"), int(pport), int(cport), metrics_port)
 
 
 def default_servers(size: int = 3, host: str = "127.0.0.1", peer_base: int = 8081, client_base: int = 8091):

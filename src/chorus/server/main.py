@@ -22,20 +22,33 @@ from pathlib import Path
 from chorus.store import StoreCorrupt, StoreUnreadable
 from chorus.wire.addresses import is_loopback
 
+from .admin import Joining
 from .certs import CertError
-from .config import DEV_SECRET, Config, ConfigError, load
+from .config import DEV_SECRET, Config, ConfigError, ServerSpec, load
 from .listen import raise_open_file_limit
 from .peers import PeerTransport
-from .replica import Replica
+from .replica import RemovedFromCluster, Replica
 from .sessions import ClientServer
 from .tls import TLS
 
 log = logging.getLogger("chorus.server")
 
 
-async def serve(cfg: Config, server_id: int, ready: asyncio.Event | None = None) -> None:
+async def serve(cfg: Config, server_id: int, ready: asyncio.Event | None = None, *,
+                join: Joining | None = None, insecure: bool = False) -> None:
+    """``join``: what a member said of the cluster (``chorus serve --join``),
+    used if this server's disk is empty; ``insecure``: start even where
+    :func:`refusal` says not to."""
+    own = next((s for s in cfg.servers if s.id == server_id), None)
+    why = refusal(cfg, server_id, insecure, own) if own is not None else None
+    if why is not None:
+        raise ConfigError(why)
+    replica = Replica(cfg, server_id, join)
+    why = refusal(cfg, server_id, insecure, replica.spec) if own is None else None  # (where it joined)
+    if why is not None:
+        replica.store.close()
+        raise ConfigError(why)
     tls = TLS(cfg.tls.paths(server_id), server_id) if cfg.tls is not None else None
-    replica = Replica(cfg, server_id)
     peers = PeerTransport(replica, cfg, tls)
     clients = ClientServer(replica, cfg, tls)
     replica.transport = peers
@@ -66,9 +79,12 @@ async def serve(cfg: Config, server_id: int, ready: asyncio.Event | None = None)
     assert replica.failed is not None
     await asyncio.wait([stopping, replica.failed], return_when=asyncio.FIRST_COMPLETED)
     failure = replica.failed.result() if replica.failed.done() else None
+    if isinstance(failure, RemovedFromCluster):
+        log.warning("server %d: %s; it stops (its data directory may be deleted)", server_id, failure)
+        failure = None
     log.info("server %d stopping", server_id)
     clients.stop_accepting()
-    await replica.stop(graceful=failure is None)
+    await replica.stop(graceful=failure is None and replica.id in replica.membership.members)
     clients.close()
     metrics.close()
     await peers.close()
@@ -82,10 +98,11 @@ class LoopFailed(Exception):
     """The replica loop stopped on an error: the process must end, and say so."""
 
 
-def refusal(cfg: Config, server_id: int, insecure: bool) -> str | None:
+def refusal(cfg: Config, server_id: int, insecure: bool, spec: ServerSpec | None = None) -> str | None:
     """Why this server must not start as configured (None: it may), and, with
-    ``insecure``, the warnings instead."""
-    spec = cfg.spec(server_id)
+    ``insecure``, the warnings instead. ``spec``: where it listens (default:
+    its [[server]] table)."""
+    spec = spec or cfg.spec(server_id)
     exposed = not is_loopback(spec.host)
     problems = []
     if exposed and cfg.tls is None:
@@ -101,18 +118,22 @@ def refusal(cfg: Config, server_id: int, insecure: bool) -> str | None:
     return text + ". Fix that, or start it with --insecure to accept the risk."
 
 
-def run(server_id: int, config: Path | None, log_level: str = "INFO", insecure: bool = False) -> int:
+def run(server_id: int, config: Path | None, log_level: str = "INFO", insecure: bool = False,
+        join: Callable[[Config], Joining] | None = None) -> int:
+    """``join``: asks a member of the cluster what this server joins (used when
+    its disk is empty; the server then needs no [[server]] table of its own)."""
     logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         stream=sys.stderr)
+    joining = None
     try:
         cfg = load(config)
-        cfg.spec(server_id)
+        if not (cfg.replica_dir(server_id) / "chorus.db").exists():
+            if join is not None:
+                joining = join(cfg)
+            else:
+                cfg.spec(server_id)  # (a server that joined finds itself in its membership)
     except ConfigError as exc:
         print(f"chorus serve: {exc}", file=sys.stderr)
-        return 2
-    why = refusal(cfg, server_id, insecure)
-    if why is not None:
-        print(f"chorus serve: {why}", file=sys.stderr)
         return 2
     if cfg.secret == DEV_SECRET:
         log.warning("using the built-in development secret: fine on one machine, set CHORUS_SECRET "
@@ -127,7 +148,10 @@ def run(server_id: int, config: Path | None, log_level: str = "INFO", insecure: 
     except ImportError:
         runner = asyncio.run
     try:
-        runner(serve(cfg, server_id))
+        runner(serve(cfg, server_id, join=joining, insecure=insecure))
+    except ConfigError as exc:
+        print(f"chorus serve: {exc}", file=sys.stderr)
+        return 2
     except CertError as exc:
         print(f"chorus serve: {exc}", file=sys.stderr)
         return 2

@@ -208,7 +208,7 @@ class PeerLink:
             challenge = await frame()
             if not isinstance(challenge, Challenge) or challenge.server_id != peer.id:
                 raise MessageError(f"{peer.peer_address} did not open with the CHALLENGE of server {peer.id}")
-            hello = Hello.sign(t.cfg.secret_bytes, t.replica.id, peer.id, challenge.nonce, t.cfg.fingerprint,
+            hello = Hello.sign(t.cfg.secret_bytes, t.replica.id, peer.id, challenge.nonce, t.replica.cluster_id,
                                state=t.replica.disk_state())
             writer.write(encode_frame(encode_peer(hello)))
             welcome = await frame()
@@ -265,7 +265,15 @@ class PeerTransport:
         self.listener: Listener | None = None
         self.receivers: dict[int, SnapshotReceiver] = {}
         self.inbound: set[asyncio.StreamWriter] = set()
-        self.known = {s.id: s for s in cfg.servers}
+
+    def known(self, server_id: int) -> ServerSpec | None:
+        """Where a server is, if it is one this server talks to: a member, or a
+        server of the configuration never removed."""
+        m = self.replica.membership
+        if server_id in m.removed or (server_id not in m.members
+                                      and all(s.id != server_id for s in self.cfg.servers)):
+            return None
+        return self.replica.address_of(server_id)
 
     def __repr__(self) -> str:
         up = sorted(pid for pid, link in self.links.items() if link.writer is not None)
@@ -290,9 +298,19 @@ class PeerTransport:
         self.membership_changed(self.replica.membership)
 
     def membership_changed(self, membership: Membership) -> None:
+        """A link to each member (a server being removed keeps its link: it must
+        hear of its removal); a member that moved is reached at its new address."""
         for pid in membership.members:
-            if pid != self.replica.id and pid not in self.links and pid in self.known:
-                link = self.links[pid] = PeerLink(self, self.known[pid])
+            if pid == self.replica.id:
+                continue
+            spec = self.known(pid)
+            link = self.links.get(pid)
+            if link is not None and spec is not None and (link.peer.host, link.peer.peer_port) != (
+                    spec.host, spec.peer_port):
+                link.close()
+                link = None
+            if link is None and spec is not None:
+                link = self.links[pid] = PeerLink(self, spec)
                 link.start()
 
     def send(self, messages) -> None:
@@ -388,13 +406,14 @@ class PeerTransport:
         hello = decode_peer(body)
         if not isinstance(hello, Hello):
             raise MessageError("a peer connection must answer its CHALLENGE with HELLO")
-        if hello.server_id not in self.known or hello.to != me:
+        if self.known(hello.server_id) is None or hello.to != me:
             raise MessageError(f"server {hello.server_id} is not a member of this cluster")
         if named is not None and hello.server_id != named:
             raise MessageError(f"the certificate of server {named} was used to claim server {hello.server_id}")
-        if hello.cluster != self.cfg.fingerprint:
-            raise MessageError(f"server {hello.server_id} has a different list of servers in its configuration")
-        if not hello.valid(self.cfg.secret_bytes, challenge.nonce, self.cfg.fingerprint):
+        if hello.cluster != self.replica.cluster_id:
+            raise MessageError(f"server {hello.server_id} is of another cluster (a different list of servers in "
+                               "the configuration it started from)")
+        if not hello.valid(self.cfg.secret_bytes, challenge.nonce, self.replica.cluster_id):
             raise MessageError(f"server {hello.server_id} does not know the cluster secret, "
                                "or answered another challenge than this connection's")
         writer.write(encode_frame(encode_peer(hello.welcome(self.cfg.secret_bytes, self.replica.disk_state()))))

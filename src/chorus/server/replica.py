@@ -62,7 +62,8 @@ from chorus.store import (
 from chorus.wire import results as R
 from chorus.wire.peer import DiskState
 
-from .config import Config
+from .admin import Joining, promote_caught_up
+from .config import Config, ConfigError, ServerSpec, spec_of
 from .io_thread import IOThread
 from .metrics import Metrics
 from .requests import Requests
@@ -93,14 +94,20 @@ class _Round:
     persisted: bool = False
 
 
+class RemovedFromCluster(Exception):
+    """This server's removal was committed: it stops, for good (its id is not used again)."""
+
+
 class Replica(Requests):
     """One server's replica: its store, its core, the replica loop that drives
     them (``_pump``), snapshots; what requests wait for is in requests.py."""
 
-    def __init__(self, cfg: Config, server_id: int) -> None:
+    def __init__(self, cfg: Config, server_id: int, join: Joining | None = None) -> None:
+        """``join``: what a member told this server of the cluster it joins (used
+        when its disk is empty: ``chorus serve --join``)."""
         self.cfg = cfg
         self.id = server_id
-        self.spec = cfg.spec(server_id)
+        self.join = join
         self.dir = cfg.replica_dir(server_id)
         self.snap_dir = self.dir / "snapshots"
         self.in_dir = self.dir / "incoming"
@@ -113,13 +120,22 @@ class Replica(Requests):
         self.joined = self.store.joined
         self.node = RaftNode(
             server_id,
-            cfg.membership,
+            self.store.snapshot_meta().membership,  # (as the store began: from the configuration, or a join)
             config=cfg.raft_config(),
             rng=random.Random(),
             persisted=persisted,  # (a new file says "recovering" itself)
         )
+        # The cluster's id, in every peer handshake: the seed configuration's
+        # fingerprint, kept from the first start on (so the file may change later).
+        self.cluster_id = self.store.cluster_id
+        if not self.cluster_id:
+            self.cluster_id = join.cluster if join is not None else cfg.fingerprint
+            self.store.set_cluster_id(self.cluster_id)
+        self.joined_as = self.store.joined_as
+        self.spec = self._own_spec()
         self._mark_joined = False
-        self.peer_disks: dict[int, str] = {}  # what each peer said of its disk in its last handshake
+        self.peer_disks: dict[int, str] = {}
+        self.heard: dict[int, float] = {}  # when each peer's last message arrived (monotonic)  # what each peer said of its disk in its last handshake
         if len(cfg.servers) == 1 and not self.joined and self.node.recovering:
             # Nobody else to ask: alone, it is the cluster (also after a crash between
             # making the file and its first write: a file that holds more refuses).
@@ -171,7 +187,14 @@ class Replica(Requests):
         try:
             if mark.exists():
                 raise StoreCorrupt(mark.read_text(errors="replace").strip() or "marked damaged")
-            store = ReplicaStore(path, self.cfg.membership, manual_checkpoints=True)
+            # A server that joins starts with an empty log: the cluster's entries, entry
+            # 1 included, come from its primary. What the member said is kept beside
+            # (for the addresses until the log has them).
+            store = ReplicaStore(path, Membership() if self.join is not None else self.cfg.membership,
+                                 manual_checkpoints=True)
+            if store.created and self.join is not None:
+                store.mark_joined()  # (told by a member: the cluster exists, and this server is in it)
+                store.set_joined_as(self.join.membership)
             return store, store.restore()
         except StoreCorrupt as exc:
             if store is not None:
@@ -208,6 +231,34 @@ class Replica(Requests):
         self._stopped = True
         if self.failed is not None and not self.failed.done():
             self.failed.set_result(exc)
+
+    def address_of(self, server_id: int) -> ServerSpec | None:
+        """Where a server is: as the membership in the log says, or else (a
+        cluster made before the membership carried addresses) the configuration."""
+        member = self.membership.address(server_id)
+        if member is not None:
+            return spec_of(member)
+        for s in self.cfg.servers:
+            if s.id == server_id:
+                return s
+        return None
+
+    def _own_spec(self) -> ServerSpec:
+        """Where this server listens: its [[server]] table, or its address in the
+        membership (a server that joined without one)."""
+        for s in self.cfg.servers:
+            if s.id == self.id:
+                return s
+        member = self.membership.address(self.id)
+        if member is None:
+            raise ConfigError(f"server {self.id} is neither in the configuration nor a member of the cluster: "
+                              "add it (chorus member add) and start it with --join")
+        return spec_of(member)
+
+    async def applied_up_to(self, index: int, deadline: float) -> None:
+        """Wait until this replica has applied ``index``."""
+        if self.applied < index:
+            await self._wait_index(self._applied_waiters, index, deadline)
 
     def disk_state(self) -> DiskState:
         """What this replica says of its disk in each peer handshake (wire/peer.py)."""
@@ -248,25 +299,34 @@ class Replica(Requests):
         assert self.loop is not None
         self._tick_handle = self.loop.call_later(self.cfg.tick_ms / 1000, self._tick)
 
+    async def hand_over_now(self, why: str = "") -> bool:
+        """A primary hands leadership to its most caught-up voter and waits (an
+        election timeout at most) until it is no longer primary: whether it is not."""
+        target = self.node.most_caught_up()
+        if not target:
+            return False
+        log.info("replica %d hands leadership to %d %s", self.id, target, why)
+        with contextlib.suppress(Refused):
+            self.node.hand_over(target)
+            self._kick()
+        deadline = time.monotonic() + self.cfg.election_timeout_ms[1] / 1000
+        while self.node.role is Role.PRIMARY and time.monotonic() < deadline:
+            await self._wait_primary_change(0.05)
+        return self.node.role is not Role.PRIMARY
+
     def _tick(self) -> None:
         if self._stopped:
             return
         self.node.tick()
+        if self.node.membership.promoting:
+            promote_caught_up(self.node, self.node.cfg.promote_max_lag)
         self._kick()
         self._schedule_tick()
 
     async def stop(self, *, graceful: bool = True) -> None:
         """Hand over leadership first (so that clients see no error), then stop."""
         if graceful and self.node.role is Role.PRIMARY and len(self.node.membership.voters) > 1:
-            target = self.node.most_caught_up()
-            if target:
-                log.info("replica %d hands leadership to %d before stopping", self.id, target)
-                with contextlib.suppress(Refused):
-                    self.node.hand_over(target)
-                    self._kick()
-                deadline = time.monotonic() + self.cfg.election_timeout_ms[1] / 1000
-                while self.node.role is Role.PRIMARY and time.monotonic() < deadline:
-                    await self._wait_primary_change(0.05)
+            await self.hand_over_now("before stopping")
             # Give writes already proposed here a moment to be applied and answered.
             deadline = time.monotonic() + 1.0
             while self._waiters and time.monotonic() < deadline:
@@ -432,6 +492,9 @@ class Replica(Requests):
         elif rd.snapshot is not None:
             self.applied = rd.snapshot.index
         self._settle(rd, applied)
+        if rd.committed and self.id not in self.node.membership.members and self.is_removed():
+            self._leave()
+            return
         if (
             not self._snapshotting
             and (self._snapshot_wanted or (
@@ -502,8 +565,26 @@ class Replica(Requests):
     # ------------------------------------------------------------------ peers
     def step(self, message: Any) -> None:
         """A message from a peer (already authenticated by the transport)."""
+        self.heard[message.server_id] = time.monotonic()
         self.node.step(message)
         self._kick()
+
+    def is_removed(self) -> bool:
+        """This server's removal is applied here (committed: it cannot be undone)."""
+        return self.id in self.node.history.at(self.applied).removed
+
+    def _leave(self) -> None:
+        log.warning("replica %d: removed from the cluster (applied at %d): it serves no more requests and stops",
+                    self.id, self.applied)
+        self._fail_requests("this server was removed from the cluster")
+        self._stopped = True
+        if self.failed is not None and not self.failed.done():
+            self.failed.set_result(RemovedFromCluster(f"server {self.id} was removed from the cluster"))
+
+    def reachable(self, peer: int) -> bool:
+        """Whether ``peer`` was heard from within two election timeouts."""
+        return peer == self.id or time.monotonic() - self.heard.get(peer, -1e9) <= \
+            2 * self.cfg.election_timeout_ms[1] / 1000
 
     def peer_unreachable(self, peer: int) -> None:
         """The link to ``peer`` dropped what it was sending: replicate to it afresh."""
@@ -515,7 +596,12 @@ class Replica(Requests):
 
     @property
     def membership(self) -> Membership:
-        return self.node.membership
+        """The core's, or, until the log of a server that joined has one, what the
+        member it joined through said."""
+        m = self.node.membership
+        if not m.voters and self.joined_as is not None:
+            return self.joined_as
+        return m
 
     # ------------------------------------------------------------------ status
     def status(self) -> R.Status:

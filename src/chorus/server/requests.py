@@ -24,7 +24,7 @@ from chorus.store import ReplicaStore
 from chorus.wire import results as R
 from chorus.wire.errors import Busy, Unavailable
 
-from .config import Config
+from .config import Config, ServerSpec
 from .metrics import Metrics
 
 Q = TypeVar("Q")  # what a query gives
@@ -44,6 +44,7 @@ class Requests:
 
     if TYPE_CHECKING:
         def _kick(self) -> None: ...
+        def address_of(self, server_id: int) -> ServerSpec | None: ...
 
     def _init_requests(self) -> None:
         self._waiters: dict[tuple[str, int], asyncio.Future[R.Outcome]] = {}  # (client, seq): the answer
@@ -91,10 +92,8 @@ class Requests:
         lead = self.node.primary
         if not lead:
             return None
-        try:
-            return self.cfg.spec(lead).client_address
-        except Exception:
-            return None
+        spec = self.address_of(lead)
+        return spec.client_address if spec is not None else None
 
     async def _wait_primary_change(self, timeout: float) -> None:
         assert self._primary_changed is not None

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -37,7 +38,7 @@ from chorus.wire import client as W
 from chorus.wire import results as R
 from chorus.wire.errors import Busy, ChorusError, Unavailable
 
-from . import auth
+from . import admin, auth
 from .config import Config
 from .guard import Guard, Throttled, TooBusy
 from .listen import Admission, Gate, Listener
@@ -186,6 +187,8 @@ class ClientSession(asyncio.Protocol):
         self.session_expires = 0
         self.last_active = self.unauthenticated_since = 0.0
         self.in_flight = 0
+        self.admin = False  # proved it knows the cluster secret (admin_auth)
+        self.admin_nonce: str | None = None
         self.tasks: set[asyncio.Task] = set()
         # Pushing: None while not subscribed; while catching up, live messages wait in `held`.
         self.pushed_upto: int | None = None
@@ -284,6 +287,24 @@ class ClientSession(asyncio.Protocol):
             self.replica.metrics.request(req.__struct_config__.tag, code, time.perf_counter() - start)
 
     # ------------------------------------------------------------------ requests
+    def _admin_auth(self, req: W.AdminAuth) -> R.AdminAuthenticated:
+        nonce, self.admin_nonce = self.admin_nonce, None  # (one attempt per challenge)
+        if not admin.check_proof(self.cfg.secret_bytes, nonce, self.replica.id, req.proof):
+            asyncio.get_running_loop().call_soon(self.close)  # (after the error frame)
+            log.warning("a failed admin_auth from %s", self.transport.get_extra_info("peername")
+                        if self.transport is not None else "?")
+            raise ChorusError("bad_proof", "not a proof of this connection's challenge (admin_challenge) and "
+                                           "the cluster secret; the connection is closed")
+        self.admin = True
+        self.server.unauthenticated.discard(self)
+        self.gate.authenticated()
+        self.decoder.max_frame = self.cfg.max_frame
+        return R.AdminAuthenticated(server=self.replica.id)
+
+    def _need_admin(self) -> None:
+        if not self.admin:
+            raise ChorusError("forbidden", "operating the cluster needs admin_auth (the cluster secret) first")
+
     def _need_user(self) -> int:
         if self.uid is None:
             raise ChorusError("unauthenticated", "log in first (or send a token with auth)")
@@ -300,6 +321,17 @@ class ClientSession(asyncio.Protocol):
                 return await self._login(req)
             case W.Auth():
                 return await self._auth(req.token)
+            case W.AdminChallenge():
+                self.admin_nonce = secrets.token_hex(32)
+                return R.AdminChallenge(nonce=self.admin_nonce, server=r.id)
+            case W.AdminAuth():
+                return self._admin_auth(req)
+            case W.MemberList():
+                self._need_admin()
+                return admin.member_list(r)
+            case W.MemberAdd() | W.MemberRemove() | W.MemberMove():
+                self._need_admin()
+                return await admin.change(r, req)
         if self.uid is None and isinstance(req, ENDS_SESSION):
             # The retry of a write that ended its own session (logging off, deleting
             # the account): the token no longer works, yet it gets the saved answer,

@@ -78,7 +78,9 @@ CREATE TABLE IF NOT EXISTS raft_state (
     recovering INTEGER NOT NULL DEFAULT 0, -- (format 3) may have lost what it promised
     joined INTEGER NOT NULL DEFAULT 1,     -- (format 3) has known the cluster exists (0: a new file)
     incarnation INTEGER NOT NULL DEFAULT 0, -- (format 3) names this store: its creation time in µs
-    fenced TEXT NOT NULL DEFAULT ''         -- (format 3) [[server_id, incarnation], ...] it knows of the others
+    fenced TEXT NOT NULL DEFAULT '',        -- (format 3) [[server_id, incarnation], ...] it knows of the others
+    cluster TEXT NOT NULL DEFAULT '',       -- (format 3) the cluster's id, once known ('' before)
+    joined_as TEXT NOT NULL DEFAULT ''      -- (format 3) the membership a member gave when this server joined
 );
 CREATE TABLE IF NOT EXISTS snapshot_meta (  -- the log starts after idx
     id     INTEGER PRIMARY KEY CHECK (id = 1),
@@ -245,6 +247,7 @@ class ReplicaStore:
             add = "".join(f"ALTER TABLE raft_state ADD COLUMN {col};" for name, col in (
                 ("recovering", "recovering INTEGER NOT NULL DEFAULT 0"), ("joined", "joined INTEGER NOT NULL DEFAULT 1"),
                 ("incarnation", "incarnation INTEGER NOT NULL DEFAULT 0"), ("fenced", "fenced TEXT NOT NULL DEFAULT ''"),
+                ("cluster", "cluster TEXT NOT NULL DEFAULT ''"), ("joined_as", "joined_as TEXT NOT NULL DEFAULT ''"),
             ) if not fresh and name not in have)
             if not fresh and "incarnation" not in have:
                 # A store of an older chorus is named when it is first opened (in the
@@ -321,6 +324,23 @@ class ReplicaStore:
     def mark_joined(self) -> None:
         """(On the thread the rounds use: it is a write of its own.)"""
         self.conn.execute("UPDATE raft_state SET joined = 1 WHERE id = 1")
+
+    @property
+    def cluster_id(self) -> str:
+        """The id of the cluster this replica belongs to ('' until it is set)."""
+        return str(self.conn.execute("SELECT cluster FROM raft_state").fetchone()[0])
+
+    def set_cluster_id(self, cluster: str) -> None:
+        self.conn.execute("UPDATE raft_state SET cluster = ? WHERE id = 1", (cluster,))
+
+    @property
+    def joined_as(self) -> Membership | None:
+        """The membership a member gave when this server joined (--join), if it did."""
+        text = self.conn.execute("SELECT joined_as FROM raft_state").fetchone()[0]
+        return Membership.decode(text.encode()) if text else None
+
+    def set_joined_as(self, membership: Membership) -> None:
+        self.conn.execute("UPDATE raft_state SET joined_as = ? WHERE id = 1", (membership.encode().decode(),))
 
     def reader(self) -> sqlite3.Connection:
         """A read-only connection for queries (any thread; WAL readers never block)."""

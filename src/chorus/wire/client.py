@@ -18,6 +18,8 @@ user of the connection.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 from typing import Annotated, Any, Literal, get_args
 
 import msgspec
@@ -52,6 +54,15 @@ ERROR_CODES = {
                    "maybe on the primary named",
     "busy": "the server is overloaded; retry later",
     "internal": "the server failed to handle a valid request (a bug; it is logged there)",
+    # Operating the cluster.
+    "forbidden": "a member_ op on a connection that has not proven it knows the cluster secret (admin_auth)",
+    "bad_proof": "admin_auth with a proof that is not of this connection's nonce and the cluster secret "
+                 "(the connection is closed)",
+    "change_pending": "another membership change is not committed yet: one at a time",
+    "invalid_change": "an unknown id, an id that is a member already or was removed before, or the last voter",
+    "unsafe_change": "a change that would leave fewer voters than a majority able to take part",
+    "not_ready": "the primary has not committed an entry of its term yet, or the server has not caught up: "
+                 "retry in a moment",
     # Logging in and registering.
     "bad_credentials": "wrong user name or password",
     "invalid_name": "a user name is 3-20 letters or digits",
@@ -168,9 +179,56 @@ class Status(Request, tag="status", kw_only=True, forbid_unknown_fields=True):
     pass
 
 
+# ---------------------------------------------------------------- operating the cluster
+# An operator proves knowledge of the cluster secret on this connection, against
+# a fresh nonce, before any of the member_ ops (docs/protocol.md, section 8).
+Address = Annotated[str, msgspec.Meta(min_length=3, max_length=300, pattern=r"^(\[[0-9A-Fa-f:.]+\]|[^:\s\[\]]+):[0-9]{1,5}$")]
+ServerId = Annotated[int, msgspec.Meta(ge=1, le=2**31 - 1)]
+Proof = Annotated[str, msgspec.Meta(min_length=64, max_length=64, pattern="^[0-9a-f]{64}$")]
+
+
+def admin_proof(secret: bytes, nonce: str, server_id: int) -> str:
+    """What ``admin_auth`` sends: HMAC-SHA256 keyed with the cluster secret over
+    "chorus admin" NUL the connection's nonce NUL the server's id, in hex."""
+    return hmac.new(secret, b"chorus admin\0" + nonce.encode() + b"\0" + str(server_id).encode(),
+                    hashlib.sha256).hexdigest()
+
+
+class AdminChallenge(Request, tag="admin_challenge", kw_only=True, forbid_unknown_fields=True):
+    pass
+
+
+class AdminAuth(Request, tag="admin_auth", kw_only=True, forbid_unknown_fields=True):
+    proof: Proof  # HMAC-SHA256(secret, "chorus admin" NUL nonce NUL server id), hex
+
+
+class MemberList(Request, tag="member_list", kw_only=True, forbid_unknown_fields=True):
+    pass
+
+
+class MemberAdd(Request, tag="member_add", kw_only=True, forbid_unknown_fields=True):
+    server: ServerId
+    peer: Address
+    client: Address
+    learner: bool = False  # stay a learner (serves reads and pushes, never votes)
+
+
+class MemberRemove(Request, tag="member_remove", kw_only=True, forbid_unknown_fields=True):
+    server: ServerId
+
+
+class MemberMove(Request, tag="member_move", kw_only=True, forbid_unknown_fields=True):
+    server: ServerId
+    peer: Address
+    client: Address
+
+
+ADMIN = (MemberList, MemberAdd, MemberRemove, MemberMove)
+
 AnyRequest = (
     Register | Login | Auth | Send | DeleteMessages | MarkRead | SetViewCount | LogOff | LogoutAll
     | ChangePassword | DeleteAccount | Users | Conversations | History | Stats | Subscribe | Status
+    | AdminChallenge | AdminAuth | MemberList | MemberAdd | MemberRemove | MemberMove
 )
 WRITES = (Register, Send, DeleteMessages, MarkRead, SetViewCount, LogOff, LogoutAll, ChangePassword, DeleteAccount)
 OPS = sorted(str(cls.__struct_config__.tag) for cls in get_args(AnyRequest))

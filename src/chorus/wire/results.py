@@ -226,3 +226,50 @@ class ServerStatus(msgspec.Struct, frozen=True):
         if self.status is None:
             return {"address": self.address, "error": self.error}
         return {"address": self.address, **msgspec.to_builtins(self.status)}
+
+
+# ---------------------------------------------------------------- operating the cluster
+
+
+class AdminChallenge(msgspec.Struct, frozen=True):
+    """A fresh nonce for this connection's ``admin_auth`` (hex)."""
+
+    nonce: str
+    server: int  # the server answering (the proof names it)
+
+
+class AdminAuthenticated(msgspec.Struct, frozen=True):
+    server: int
+
+
+class MemberInfo(msgspec.Struct, frozen=True, omit_defaults=True):
+    id: int
+    role: str  # "voter" or "learner"
+    peer: str | None = None  # its addresses, as the membership (or the configuration) gives them
+    client: str | None = None
+    promoting: bool = False  # a learner the primary makes a voter once it has caught up
+    primary: bool = False
+    match: int | None = None  # (from the primary) the last index it is known to hold
+    lag: int | None = None  # (from the primary) entries it lacks
+    recovering: bool = False  # (from the primary) recovering a lost disk
+    reachable: bool | None = None  # (from the primary) heard from within two election timeouts
+
+
+class MemberList(msgspec.Struct, frozen=True):
+    cluster: str  # the cluster's id (a joining server takes it)
+    server: int  # the server answering
+    primary: int | None
+    primary_address: str | None
+    last_index: int  # the answering server's
+    change_pending: bool  # a membership change is in the log and not yet committed
+    removed: list[int]  # ids that may not be used again
+    members: list[MemberInfo]
+    membership: str  # the membership as the log holds it (JSON), for a joining server
+
+
+class MemberChanged(msgspec.Struct, frozen=True):
+    """A membership change committed: at ``index``, the members it made."""
+
+    index: int
+    voters: list[int]
+    learners: list[int]

@@ -1,0 +1,140 @@
+"""Operating a cluster: an operator's connection, which proves it knows the
+cluster secret and follows the primary for membership changes.
+
+    async with Admin(["10.0.0.11:8091"], secret, tls=ca) as admin:
+        print(await admin.members())
+        await admin.add(4, peer="10.0.0.14:8081", client="10.0.0.14:8091")
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any, TypeVar
+
+import msgspec
+
+from chorus.wire import client as W
+from chorus.wire import encode_frame
+from chorus.wire import results as R
+from chorus.wire.errors import ChorusError, NotConnected, Rejected, Unavailable
+
+from . import tls as T
+from .client import open_connection
+
+A = TypeVar("A")
+
+
+class Admin:
+    def __init__(self, servers: list[str], secret: str | bytes, *, tls: T.TLSOption = None,
+                 timeout: float = 10.0, retry_for: float = 30.0) -> None:
+        self.servers = list(servers)
+        self.secret = secret.encode() if isinstance(secret, str) else secret
+        self.tls = tls
+        self.timeout = timeout
+        self.retry_for = retry_for
+        self._conn: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
+        self.address: str | None = None  # the server this connection is to
+        self._ids = 0
+
+    async def __aenter__(self) -> Admin:
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        if self._conn is not None:
+            self._conn[1].close()
+            self._conn = None
+
+    # ------------------------------------------------------------------ the connection
+    async def _call(self, req: W.Request) -> msgspec.Raw:
+        assert self._conn is not None
+        reader, writer = self._conn
+        writer.write(encode_frame(W.encode(req)))
+        head = await asyncio.wait_for(reader.readexactly(4), self.timeout)
+        reply = W.decode_reply(await asyncio.wait_for(reader.readexactly(int.from_bytes(head, "big")), self.timeout))
+        if not reply.ok:
+            e = reply.error
+            code, message, primary = (e.code, e.message, e.primary) if e else ("internal", "refused", None)
+            raise (Unavailable if code in ("unavailable", "busy", "not_ready") else Rejected)(code, message, primary)
+        return reply.result
+
+    def _next(self) -> int:
+        self._ids += 1
+        return self._ids
+
+    async def _open(self, address: str) -> None:
+        await self.close()
+        self._conn = await open_connection(address, T.context(self.tls, [address]), self.timeout)
+        self.address = address
+        challenge = msgspec.json.decode(await self._call(W.AdminChallenge(id=self._next())), type=R.AdminChallenge)
+        await self._call(W.AdminAuth(id=self._next(), proof=W.admin_proof(self.secret, challenge.nonce, challenge.server)))
+
+    async def _connect(self, prefer: str | None = None) -> None:
+        errors = []
+        for address in ([prefer] if prefer else []) + [a for a in self.servers if a != prefer]:
+            try:
+                await self._open(address)
+                return
+            except NotConnected:
+                raise
+            except Rejected as exc:
+                if exc.code == "bad_proof":
+                    raise Rejected(exc.code, f"{address} does not take this secret: {exc.message}") from None
+                errors.append(f"{address}: {exc}")
+            except (OSError, TimeoutError, asyncio.IncompleteReadError, ChorusError) as exc:
+                errors.append(f"{address}: {exc or type(exc).__name__}")
+        raise Unavailable("unavailable", "no server answered: " + "; ".join(errors))
+
+    async def _ask(self, make: Any, answer: type[A]) -> A:
+        """Send the request ``make(id)`` makes, following the server named when
+        one answers "unavailable" (a backup names the primary for a change), and
+        retrying while none can take it."""
+        deadline = time.monotonic() + self.retry_for
+        prefer: str | None = None
+        while True:
+            try:
+                if self._conn is None or (prefer is not None and prefer != self.address):
+                    await self._connect(prefer)
+                raw = await self._call(make(self._next()))
+                return msgspec.json.decode(raw, type=answer)
+            except Unavailable as exc:
+                if time.monotonic() >= deadline:
+                    raise
+                if exc.primary and exc.primary != self.address:
+                    prefer = exc.primary
+                else:
+                    await asyncio.sleep(0.2)
+                    prefer = None
+                    await self.close()
+            except (OSError, TimeoutError, asyncio.IncompleteReadError):
+                if time.monotonic() >= deadline:
+                    raise
+                await self.close()
+                await asyncio.sleep(0.2)
+
+    # ------------------------------------------------------------------ what an operator does
+    async def members(self, *, from_primary: bool = True) -> R.MemberList:
+        """The members; ``from_primary``: asked of the primary, which knows how far
+        behind each one is."""
+        listed = await self._ask(lambda i: W.MemberList(id=i), R.MemberList)
+        if from_primary and listed.primary != listed.server and listed.primary_address:
+            try:
+                await self._connect(listed.primary_address)
+                listed = await self._ask(lambda i: W.MemberList(id=i), R.MemberList)
+            except ChorusError:
+                pass  # (the primary did not answer: what this server knows)
+        return listed
+
+    async def add(self, server: int, *, peer: str, client: str, learner: bool = False) -> R.MemberChanged:
+        return await self._ask(lambda i: W.MemberAdd(id=i, server=server, peer=peer, client=client,
+                                                     learner=learner), R.MemberChanged)
+
+    async def remove(self, server: int) -> R.MemberChanged:
+        return await self._ask(lambda i: W.MemberRemove(id=i, server=server), R.MemberChanged)
+
+    async def move(self, server: int, *, peer: str, client: str) -> R.MemberChanged:
+        return await self._ask(lambda i: W.MemberMove(id=i, server=server, peer=peer, client=client),
+                               R.MemberChanged)
