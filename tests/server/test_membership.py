@@ -33,8 +33,13 @@ def chorus(c: Cluster, *args: str, timeout: float = 60) -> subprocess.CompletedP
 async def member(c: Cluster, *args: str) -> str:
     """``chorus member ...`` as an operator runs it (the event loop, and so the
     sending client, goes on meanwhile)."""
+    return await operator(c, "member", *args)
+
+
+async def operator(c: Cluster, *args: str) -> str:
+    """``chorus ARGS --config ... --servers ...``, run while the event loop goes on."""
     p = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "chorus", "member", *args, "--config", str(c.config), "--servers",
+        sys.executable, "-m", "chorus", *args, "--config", str(c.config), "--servers",
         ",".join(c.addresses), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=c.env, cwd=c.root)
     out, err = await asyncio.wait_for(p.communicate(), 60)
     assert p.returncode == 0, (out + err).decode()

@@ -50,6 +50,14 @@ def add_parsers(sub: Any, default_servers: str) -> None:
     q = common(msub.add_parser("remove", help="remove server ID (a primary hands over first)"))
     q.add_argument("id", type=int)
 
+    q = common(sub.add_parser("backup", help="a consistent snapshot of the cluster's state, taken online, "
+                                             "to FILE (and FILE.sha256)"))
+    q.add_argument("file", type=Path)
+    q = sub.add_parser("restore", help="seed a new cluster from a backup: every server of --config gets it")
+    q.add_argument("file", type=Path)
+    q.add_argument("--config", type=Path, required=True, help="the new cluster's configuration")
+    q.add_argument("--data", type=Path, help="its data directory (default: the configuration's data_dir)")
+
 
 def _setup(args: argparse.Namespace, default_servers: str) -> tuple[list[str], str, Any]:
     cfg = load(args.config) if args.config else None
@@ -75,6 +83,11 @@ def _local_ca() -> Any:
 async def _member(args: argparse.Namespace, default_servers: str) -> int:
     servers, secret, tls = _setup(args, default_servers)
     async with Admin(servers, secret, tls=tls) as admin:
+        if args.command == "backup":
+            taken = await admin.backup(args.file)
+            print(f"{args.file}: the state at log index {taken.index} (term {taken.term}), {taken.size:,} bytes, "
+                  f"digest {taken.digest}, SHA-256 {taken.sha256} (in {args.file}.sha256)")
+            return 0
         cmd = args.member_command
         if cmd == "list":
             listed = await admin.members()
@@ -108,10 +121,18 @@ async def _member(args: argparse.Namespace, default_servers: str) -> int:
 
 
 def member_command(args: argparse.Namespace, default_servers: str) -> int:
+    """``chorus member ...``, ``chorus backup`` and ``chorus restore``."""
     try:
+        if args.command == "restore":
+            from chorus.server.restore import restore
+
+            done = restore(args.file, load(args.config), args.data)
+            print(f"restored the state at log index {done.index} (digest {done.digest}) for servers "
+                  f"{', '.join(map(str, done.servers))}: start them (chorus serve --id N --config {args.config})")
+            return 0
         return asyncio.run(_member(args, default_servers))
-    except (ChorusError, ConfigError) as exc:
-        print(f"chorus member: {exc}", file=sys.stderr)
+    except (ChorusError, ConfigError, OSError) as exc:
+        print(f"chorus {args.command}: {exc}", file=sys.stderr)
         return 1
 
 

@@ -11,14 +11,20 @@ voters reachable to make a majority.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hmac
+import shutil
+import tempfile
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from chorus.raft import Member, Membership, RaftNode, Refused, Role
 from chorus.raft.quorum import size as quorum_size
+from chorus.store import SnapshotFile
+from chorus.store.snapshots import CHUNK_BYTES
 from chorus.wire import client as W
 from chorus.wire import results as R
 from chorus.wire.errors import ChorusError, Unavailable
@@ -33,6 +39,8 @@ class Joining:
     cluster: str  # the cluster's id
     membership: Membership  # with this server in it
 
+
+BACKUPS = "backups"  # in a replica's directory: the backups being read (removed at start)
 
 _CODES = {"invalid": "invalid_change", "unsafe": "unsafe_change", "change_pending": "change_pending",
           "not_ready": "not_ready", "not_caught_up": "not_ready", "busy": "busy", "transferring": "not_ready"}
@@ -137,6 +145,40 @@ async def change(replica: Replica, req: W.MemberAdd | W.MemberRemove | W.MemberM
         raise Unavailable("unavailable", "the change was lost in a change of primary: see member_list, and retry",
                           replica.primary_address())
     return R.MemberChanged(index=index, voters=sorted(made.voters), learners=sorted(made.learners))
+
+
+async def backup(replica: Replica) -> SnapshotFile:
+    """A snapshot of everything committed before the request (a linearizable
+    read first), made while writes go on, in the replica's backups directory."""
+    await replica.read_barrier("linearizable")
+    (replica.dir / BACKUPS).mkdir(exist_ok=True)
+    directory = Path(tempfile.mkdtemp(dir=replica.dir / BACKUPS))  # (one per backup: none removes another's)
+    loop = asyncio.get_running_loop()
+    try:
+        return await loop.run_in_executor(replica.snap_io, replica.store.create_snapshot, directory)
+    except BaseException:
+        shutil.rmtree(directory, ignore_errors=True)
+        raise
+
+
+def taken(snap: SnapshotFile) -> R.BackupTaken:
+    return R.BackupTaken(index=snap.meta.index, term=snap.meta.term, size=snap.size, sha256=snap.sha256,
+                         digest=f"{snap.digest:016x}", chunk=CHUNK_BYTES)
+
+
+def backup_piece(snap: SnapshotFile | None, offset: int) -> R.BackupPiece:
+    if snap is None:
+        raise ChorusError("invalid_request", "no backup on this connection: send backup first")
+    if offset > snap.size:
+        raise ChorusError("invalid_request", f"the backup has {snap.size} bytes")
+    with open(snap.path, "rb") as f:
+        f.seek(offset)
+        return R.BackupPiece(offset=offset, data=f.read(CHUNK_BYTES))
+
+
+def drop_backup(snap: SnapshotFile | None) -> None:
+    if snap is not None:
+        shutil.rmtree(snap.path.parent, ignore_errors=True)
 
 
 def promote_caught_up(node: RaftNode, max_lag: int) -> None:

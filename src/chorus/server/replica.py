@@ -40,6 +40,7 @@ import contextlib
 import logging
 import os
 import random
+import shutil
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -62,7 +63,7 @@ from chorus.store import (
 from chorus.wire import results as R
 from chorus.wire.peer import DiskState
 
-from .admin import Joining, promote_caught_up
+from .admin import BACKUPS, Joining, promote_caught_up
 from .config import Config, ConfigError, ServerSpec, spec_of
 from .io_thread import IOThread
 from .metrics import Metrics
@@ -112,6 +113,7 @@ class Replica(Requests):
         self.snap_dir = self.dir / "snapshots"
         self.in_dir = self.dir / "incoming"
         self.damage: str | None = None  # what was wrong with the disk at start (set aside)
+        shutil.rmtree(self.dir / BACKUPS, ignore_errors=True)  # (backups that were being read when it stopped)
         self.store, persisted = self._open_store()
         self.reader = self.store.reader()
         # A new file: the disk was empty. Maybe the cluster is being created, maybe this
@@ -156,7 +158,9 @@ class Replica(Requests):
         self._tick_handle: asyncio.TimerHandle | None = None
         self._init_requests()
         self._snapshotting = False
-        self._snapshot_wanted = False  # (a damaged snapshot file was removed: a new one at once)
+        # (A damaged snapshot file was removed, or none is on disk although the log
+        # starts after one, as after chorus restore: a new one at once.)
+        self._snapshot_wanted = self.node.log.snapshot.index > 0 and latest_snapshot_path(self.snap_dir) is None
         self._snapshot_retry_at = 0.0  # after a failed snapshot, not before this (monotonic)
         self._compact_to = 0  # asked for by a finished snapshot; done by the replica loop
         self._stalled: _Round | None = None  # a round the disk refused, tried again

@@ -33,6 +33,7 @@ import msgspec
 from chorus.chat import commands as C
 from chorus.chat import queries, rules
 from chorus.chat.passwords import dummy_hash, hash_password, verify_password
+from chorus.store import SnapshotFile
 from chorus.wire import FrameDecoder, FrameError, encode_frame
 from chorus.wire import client as W
 from chorus.wire import results as R
@@ -189,6 +190,7 @@ class ClientSession(asyncio.Protocol):
         self.in_flight = 0
         self.admin = False  # proved it knows the cluster secret (admin_auth)
         self.admin_nonce: str | None = None
+        self.backup: SnapshotFile | None = None  # a backup being read on this connection
         self.tasks: set[asyncio.Task] = set()
         # Pushing: None while not subscribed; while catching up, live messages wait in `held`.
         self.pushed_upto: int | None = None
@@ -202,6 +204,8 @@ class ClientSession(asyncio.Protocol):
         self.server.unauthenticated.add(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
+        admin.drop_backup(self.backup)
+        self.backup = None
         self.server.sessions.discard(self)
         self.transport = None
         self.server._bind(self, None)
@@ -332,6 +336,15 @@ class ClientSession(asyncio.Protocol):
             case W.MemberAdd() | W.MemberRemove() | W.MemberMove():
                 self._need_admin()
                 return await admin.change(r, req)
+            case W.Backup():
+                self._need_admin()
+                snap = await admin.backup(r)
+                admin.drop_backup(self.backup)
+                self.backup = snap
+                return admin.taken(snap)
+            case W.BackupChunk():
+                self._need_admin()
+                return admin.backup_piece(self.backup, req.offset)
         if self.uid is None and isinstance(req, ENDS_SESSION):
             # The retry of a write that ended its own session (logging off, deleting
             # the account): the token no longer works, yet it gets the saved answer,

@@ -410,6 +410,10 @@ class ReplicaStore:
         Returns what applying them did."""
         return self._write(rd.snapshot, snapshot, rd.entries, rd.hard_state, rd.committed, rd.must_sync)
 
+    def save_restored(self, snapshot: SnapshotFile, hs: HardState) -> None:
+        """Install a backup as this new store's whole state (``chorus restore``)."""
+        self._write(snapshot.meta, snapshot, (), hs, (), True)
+
     def persist(self, rd: Ready, snapshot: SnapshotFile | None = None) -> None:
         """Step 1 of the replica loop alone: snapshot, entries, hard state; one fsync."""
         self._write(rd.snapshot, snapshot, rd.entries, rd.hard_state, (), rd.must_sync)

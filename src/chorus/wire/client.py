@@ -223,12 +223,21 @@ class MemberMove(Request, tag="member_move", kw_only=True, forbid_unknown_fields
     client: Address
 
 
-ADMIN = (MemberList, MemberAdd, MemberRemove, MemberMove)
+class Backup(Request, tag="backup", kw_only=True, forbid_unknown_fields=True):
+    """Take a snapshot of everything committed before this request; then read it
+    with backup_chunk."""
+
+
+class BackupChunk(Request, tag="backup_chunk", kw_only=True, forbid_unknown_fields=True):
+    offset: Number
+
+
+ADMIN = (MemberList, MemberAdd, MemberRemove, MemberMove, Backup, BackupChunk)
 
 AnyRequest = (
     Register | Login | Auth | Send | DeleteMessages | MarkRead | SetViewCount | LogOff | LogoutAll
     | ChangePassword | DeleteAccount | Users | Conversations | History | Stats | Subscribe | Status
-    | AdminChallenge | AdminAuth | MemberList | MemberAdd | MemberRemove | MemberMove
+    | AdminChallenge | AdminAuth | MemberList | MemberAdd | MemberRemove | MemberMove | Backup | BackupChunk
 )
 WRITES = (Register, Send, DeleteMessages, MarkRead, SetViewCount, LogOff, LogoutAll, ChangePassword, DeleteAccount)
 OPS = sorted(str(cls.__struct_config__.tag) for cls in get_args(AnyRequest))

@@ -273,3 +273,19 @@ class MemberChanged(msgspec.Struct, frozen=True):
     index: int
     voters: list[int]
     learners: list[int]
+
+
+class BackupTaken(msgspec.Struct, frozen=True):
+    """A snapshot of the chat state, consistent at ``index``, ready to be read."""
+
+    index: int
+    term: int
+    size: int  # bytes
+    sha256: str
+    digest: str  # the chat state's digest at index (hex), as chorus status shows it
+    chunk: int  # the bytes backup_chunk returns at most
+
+
+class BackupPiece(msgspec.Struct, frozen=True):
+    offset: int
+    data: bytes  # (base64 in JSON)
