@@ -3,6 +3,7 @@
     chorus serve --id N [--config chorus.toml] [--insecure] [--join HOST:PORT,...]   run one replica
     chorus member list|add|remove|move             the cluster's members (needs the secret: --config)
     chorus backup FILE  /  chorus restore FILE --config NEW.toml   a consistent copy; a new cluster from it
+    chorus recover --id N [--yes]                   after losing a majority: a survivor seeds a new cluster
     chorus cluster up [--size 3|5] [--data DIR]    run a local cluster (with TLS), with a live table
     chorus certs init|issue|renew|show             the cluster's CA and the servers' certificates
     chorus status [--json] [--servers ...]         every server's role, term, indexes, digest
@@ -298,7 +299,7 @@ def main(argv: list[str] | None = None) -> int:
 
         join = joiner(args.id, args.join.split(","), args.ca) if args.join else None
         return run(args.id, args.config, args.log_level, insecure=args.insecure, join=join)
-    if args.command in ("member", "backup", "restore"):
+    if args.command in ("member", "backup", "restore", "recover"):
         from .member import member_command
 
         return member_command(args, DEFAULT_SERVERS)

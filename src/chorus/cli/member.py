@@ -12,6 +12,7 @@ import asyncio
 import json
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +54,12 @@ def add_parsers(sub: Any, default_servers: str) -> None:
     q = common(sub.add_parser("backup", help="a consistent snapshot of the cluster's state, taken online, "
                                              "to FILE (and FILE.sha256)"))
     q.add_argument("file", type=Path)
+    q = sub.add_parser("recover", help="after losing a majority: make surviving server ID (stopped) the seed "
+                                       "of a new cluster, knowingly")
+    q.add_argument("--id", type=int, required=True)
+    q.add_argument("--config", type=Path, help="its configuration (its data directory, secret and CA)")
+    q.add_argument("--ca", help="the cluster's CA certificate (default: the configuration's)")
+    q.add_argument("--yes", action="store_true", help="do it (without: only say what it would do and lose)")
     q = sub.add_parser("restore", help="seed a new cluster from a backup: every server of --config gets it")
     q.add_argument("file", type=Path)
     q.add_argument("--config", type=Path, required=True, help="the new cluster's configuration")
@@ -123,6 +130,8 @@ async def _member(args: argparse.Namespace, default_servers: str) -> int:
 def member_command(args: argparse.Namespace, default_servers: str) -> int:
     """``chorus member ...``, ``chorus backup`` and ``chorus restore``."""
     try:
+        if args.command == "recover":
+            return asyncio.run(_recover(args))
         if args.command == "restore":
             from chorus.server.restore import restore
 
@@ -134,6 +143,48 @@ def member_command(args: argparse.Namespace, default_servers: str) -> int:
     except (ChorusError, ConfigError, OSError) as exc:
         print(f"chorus {args.command}: {exc}", file=sys.stderr)
         return 1
+
+
+async def _recover(args: argparse.Namespace) -> int:
+    from chorus.client import server_status
+    from chorus.raft.quorum import size as quorum
+    from chorus.server.config import spec_of
+    from chorus.server.recover import inspect, recover
+
+    cfg = load(args.config)
+    me = inspect(cfg, args.id)
+    tls: Any = args.ca or (cfg.tls.ca if cfg.tls else False)
+
+    def address(sid: int) -> str | None:
+        member = me.membership.address(sid)
+        if member is not None:
+            return spec_of(member).client_address
+        return next((s.client_address for s in cfg.servers if s.id == sid), None)
+
+    own = address(args.id)
+    if own is not None and (await server_status(own, tls=tls)).status is not None:
+        raise ConfigError(f"server {args.id} answers at {own}: stop it first (recover works on its data directory)")
+    others = sorted(me.membership.voters - {args.id})
+    rows = await asyncio.gather(*(server_status(a, tls=tls) for a in map(address, others) if a is not None))
+    up = [r.status.id for r in rows if r.status is not None]
+    if 1 + len(up) >= quorum(len(me.membership.voters)):
+        raise ConfigError(f"a majority of the voters can be reached (server {args.id} and {up} of {others}): the "
+                          "cluster goes on by itself once this server is started again; nothing to recover")
+    down = [i for i in others if i not in up]
+    print(f"server {args.id} holds the log up to index {me.last_index} (term {me.term}), known committed up to "
+          f"{me.commit}, applied up to {me.applied}; its last command is of "
+          f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(me.log_time / 1000)) if me.log_time else 'never'}.\n"
+          f"Servers {down} cannot be reached. What only they had is lost: writes acknowledged after index "
+          f"{me.last_index}. Entries {me.commit + 1}..{me.last_index}, which may or may not have been "
+          "acknowledged, are kept as committed.")
+    if not args.yes:
+        print("Nothing was changed: run again with --yes to make it so.")
+        return 2
+    done = recover(cfg, args.id)
+    print(f"server {args.id} is now the only voter of the cluster (term {done.term}). Start it "
+          f"(chorus serve --id {args.id} ...), then add servers with new ids (chorus member add, chorus serve "
+          f"--join): ids {sorted(done.membership.removed)} are not to be used again.")
+    return 0
 
 
 def joiner(server_id: int, servers: list[str], ca: str | None) -> Any:

@@ -414,6 +414,10 @@ class ReplicaStore:
         """Install a backup as this new store's whole state (``chorus restore``)."""
         self._write(snapshot.meta, snapshot, (), hs, (), True)
 
+    def save_recovered(self, entry: Entry, hs: HardState) -> None:
+        """Append ``entry`` and set the hard state, with an fsync (``chorus recover``)."""
+        self._write(None, None, (entry,), hs, (), True)
+
     def persist(self, rd: Ready, snapshot: SnapshotFile | None = None) -> None:
         """Step 1 of the replica loop alone: snapshot, entries, hard state; one fsync."""
         self._write(rd.snapshot, snapshot, rd.entries, rd.hard_state, (), rd.must_sync)
