@@ -14,7 +14,7 @@ from types import SimpleNamespace
 
 SEGMENT = 120.0  # seconds per row of the figure
 KINDS = ["kill-primary", "kill-random", "kill-majority", "pause-primary", "isolate-primary", "split",
-         "bridge", "one-way", "lossy", "slow", "lose-disk", "damage-disk"]
+         "bridge", "one-way", "lossy", "slow", "lose-disk", "damage-disk", "member-add"]
 STYLES = [  # (outcome, is a read, colour, marker, label)
     ("ok", False, "tab:green", ".", "write ok"),
     ("ok", True, "tab:blue", ".", "read ok"),

@@ -6,7 +6,8 @@ The servers run as real processes, each in its own network namespace when the
 machine allows it (root, nftables), otherwise on loopback without network
 faults (said at the start of the run). The nemesis follows a schedule drawn
 from the seed: kill -9 (the primary, any replica, a majority), SIGSTOP/SIGCONT
-of the primary, partitions (primary isolated, majority/minority, a bridge,
+of the primary, a server added (member add, serve --join) and removed again,
+partitions (primary isolated, majority/minority, a bridge,
 one-way), lossy links, delays (tc netem, where the kernel has it), storage
 faults (a replica's data directory deleted, or its WAL damaged in the middle,
 while it is down), and mixtures of two (never with a storage fault: one disk
@@ -26,13 +27,18 @@ import random
 import shutil
 import sqlite3
 import struct
+import subprocess
+import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from chorus.client import server_status
-from tests.server.cluster import Cluster
+from chorus.client.admin import Admin
+from chorus.server import certs
+from chorus.wire.errors import ChorusError
+from tests.server.cluster import SECRET, Cluster, free_ports
 
 from .checker import Check, check
 from .netns import Network, NetworkError
@@ -47,6 +53,11 @@ PARTITIONS = ["isolate-primary", "split", "bridge", "one-way", "lossy"]
 # time: a disk fault starts only once every replica is up with a disk that is
 # a member's (none still recovering), and never with another fault at once.
 STORAGE = ["lose-disk", "damage-disk"]
+# A server added while the faults go on (chorus member add, then chorus serve
+# --join: it catches up and is promoted) and removed at the end of the fault
+# (it stops by itself). Each one under a new id, as a removed id never returns.
+MEMBERSHIP = ["member-add"]
+EXTRA_MEMBERS = 4  # ids size+1 .. size+4: one per member-add fault
 
 
 @dataclass
@@ -62,6 +73,7 @@ class Fault:
     disk: int | None = None  # the replica whose disk is lost or damaged
     outcome: list[str] = field(default_factory=list)  # what happened to it, for the summary
     refused: bool = False  # the restarted server exited non-zero (the nemesis then set its data aside)
+    member: int | None = None  # the server a member-add fault added
     recovered: float | None = None  # seconds from the restart until it was a member again
 
     def report(self) -> str:
@@ -75,9 +87,10 @@ class Nemesis:
                  netem: bool, log, only: list[str] | None = None) -> None:
         """``only``: these kinds of fault only (of those the machine allows)."""
         self.cluster, self.net, self.history, self.rng, self.log = cluster, net, history, rng, log
-        self.kinds = KILLS + PAUSES + STORAGE + (PARTITIONS + (["slow"] if netem else []) if net else [])
+        self.kinds = KILLS + PAUSES + STORAGE + MEMBERSHIP + (PARTITIONS + (["slow"] if netem else []) if net else [])
+        self.next_member = cluster.size + 1
         if only:
-            unknown = set(only) - {*KILLS, *PAUSES, *STORAGE, *PARTITIONS, "slow"}
+            unknown = set(only) - {*KILLS, *PAUSES, *STORAGE, *MEMBERSHIP, *PARTITIONS, "slow"}
             if unknown:
                 raise ValueError(f"no such fault: {', '.join(sorted(unknown))}")
             self.kinds = [k for k in self.kinds if k in only]
@@ -88,6 +101,7 @@ class Nemesis:
         self.down: set[int] = set()  # killed by a fault that has not ended yet (started again at its end)
         self.disk_fault: dict[int, Fault] = {}  # each replica's latest disk fault (its watcher's)
         self.primaries: list[tuple[float, int | None, int]] = []  # (time, primary, term) on change
+        self.added: dict[int, str] = {}  # servers a member-add fault added and did not remove yet
 
     async def leader(self) -> tuple[int | None, int]:
         """(the primary of the highest term any server claims, that term), or
@@ -162,6 +176,8 @@ class Nemesis:
             for i in ids:
                 self.net.netem(i, "delay 40ms 20ms")
             f.netem, f.desc = ids, "slow links 40ms +- 20ms"
+        elif kind in MEMBERSHIP:
+            await self._add_member(f)
         elif kind in STORAGE:
             i = await self._target() if self.rng.random() < 0.5 else self.rng.choice(ids)
             row = await self._status(i)
@@ -189,6 +205,58 @@ class Nemesis:
             f.desc = f"{kind} n{f.paused[0]}"
         self.log(f"[{f.start:7.2f}s] nemesis: {f.desc}" + (f" ({'; '.join(f.outcome)})" if f.outcome else ""))
         return f
+
+    async def _add_member(self, f: Fault) -> None:
+        """chorus member add, then the new server started with --join (its own
+        namespace and address when there is a network of namespaces)."""
+        c = self.cluster
+        k = self.next_member
+        if k > c.size + EXTRA_MEMBERS:
+            f.desc = "member-add skipped (no ids left)"
+            return
+        self.next_member += 1
+        host = self.net.ip(k) if self.net else "127.0.0.1"
+        peer_port, client_port = free_ports(2) if not self.net else (8081, 8091)
+        peer, client = f"{host}:{peer_port}", f"{host}:{client_port}"
+        certs.issue_server(c.tls_dir, k, sorted({host, "127.0.0.1", "localhost"}))
+        cfg = c.root / f"joiner{k}.toml"
+        cfg.write_text(c.config.read_text().split("\n[[server]]")[0])
+        f.desc, f.member = f"member-add n{k}", k
+        try:
+            async with Admin(c.addresses, SECRET, tls=c.ca, retry_for=10) as a:
+                await a.add(k, peer=peer, client=client)
+        except (ChorusError, OSError) as exc:
+            f.outcome.append(f"not added: {exc}")
+            f.member = None
+            return
+        log = open(c.root / f"server{k}.log", "ab")  # noqa: SIM115 - kept by the child
+        c.procs[k] = subprocess.Popen(
+            [*(self.net.launcher(k) if self.net else []), sys.executable, "-m", "chorus", "serve", "--id", str(k),
+             "--config", str(cfg), "--join", ",".join(c.addresses)], stdout=log, stderr=log, env=c.env, cwd=c.root)
+        self.added[k] = client
+
+    async def _remove_member(self, f: Fault) -> None:
+        """At the fault's end: chorus member remove; the server stops by itself."""
+        k = f.member
+        assert k is not None
+        c = self.cluster
+        try:
+            async with Admin(c.addresses, SECRET, tls=c.ca, retry_for=20) as a:
+                listed = await a.members()
+                role = next((m.role for m in listed.members if m.id == k), "not a member")
+                await a.remove(k)
+            f.outcome.append(f"a {role} when removed")
+        except (ChorusError, OSError) as exc:
+            f.outcome.append(f"NOT REMOVED: {exc}")
+            return
+        proc = c.procs[k]
+        deadline = time.monotonic() + 20
+        while proc.poll() is None and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+        if proc.poll() is None:
+            f.outcome.append("did not stop by itself after its removal")
+            proc.kill()
+        self.added.pop(k, None)
 
     def data_dir(self, i: int) -> Path:
         """Replica i's data directory, where the server opens it ([cluster] data_dir
@@ -364,6 +432,8 @@ class Nemesis:
         return False
 
     async def end(self, f: Fault) -> None:
+        if f.member is not None:
+            await self._remove_member(f)
         if f.disk is not None:
             await self._restart_disk(f)
             self.down.discard(f.disk)
@@ -378,7 +448,8 @@ class Nemesis:
             self.net.netem(i, None)
         f.end = self.history.now()
         self.faults.append(f)
-        self.log(f"[{f.end:7.2f}s] nemesis: healed {f.desc}" + (f" ({'; '.join(f.outcome[1:])})" if f.outcome[1:] else ""))
+        told = f.outcome[1:] if f.disk is not None else f.outcome  # (a disk fault said its first at its start)
+        self.log(f"[{f.end:7.2f}s] nemesis: healed {f.desc}" + (f" ({'; '.join(told)})" if told else ""))
 
     async def run(self, until: float) -> None:
         bag: list[str] = []  # every kind once, in a random order, then again
@@ -410,6 +481,8 @@ class Nemesis:
 def _family(kind: str) -> str:
     if kind in STORAGE:
         return "storage"
+    if kind in MEMBERSHIP:
+        return "membership"
     return "process" if kind in KILLS or kind in PAUSES else "network"
 
 
@@ -450,7 +523,7 @@ async def run(duration: float, seed: int, report: Path, *, size: int = 3, worker
     why_not = Network.available()
     net: Network | None = None
     if why_not is None:
-        net = Network(size)
+        net = Network(size + EXTRA_MEMBERS)
         try:
             net.create()
         except NetworkError as exc:
@@ -514,6 +587,7 @@ def write_report(report: Path, history: History, nemesis: Nemesis, result: Resul
     (report / "faults.json").write_text(json.dumps(
         [{"kind": f.kind, "desc": f.desc, "start": f.start, "end": f.end}
          | ({"outcome": f.outcome, "refused": f.refused, "recovered": f.recovered} if f.disk is not None else {})
+         | ({"outcome": f.outcome} if f.kind in MEMBERSHIP else {})
          for f in nemesis.faults], indent=1))
     (report / "primaries.json").write_text(json.dumps(nemesis.primaries))
     counts: dict[str, int] = {}
@@ -523,6 +597,10 @@ def write_report(report: Path, history: History, nemesis: Nemesis, result: Resul
             f"{result.ops} operations: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())) + "\n"
             f"{result.faults} faults: " + ", ".join(sorted({f.kind for f in nemesis.faults})) + "\n"
             f"{len(nemesis.primaries)} primary changes seen\n" + result.summary() + "\n")
+    members = [f for f in nemesis.faults if f.kind in MEMBERSHIP]
+    if members:
+        text += "membership changes:\n" + "".join(f"  [{f.start:7.2f}s] {f.desc}: {'; '.join(f.outcome)}\n"
+                                                  for f in members)
     disks = [f for f in nemesis.faults if f.disk is not None]
     if disks:
         text += "storage faults:\n" + "".join(f"  {f.report()}\n" for f in disks)

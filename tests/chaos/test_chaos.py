@@ -22,7 +22,8 @@ def test_no_anomalies_under_kill_pause_partition_and_disk_loss(tmp_path):
     assert result.ok, f"anomalies found (seed {seed}, report in {result.report}):\n{summary}"
     # Not a vacuous pass: the run did real work under real faults.
     kinds = {f["kind"] for f in json.loads((result.report / "faults.json").read_text())}
-    expected = {"kill-primary", "kill-random", "kill-majority", "pause-primary", "lose-disk", "damage-disk"}
+    expected = {"kill-primary", "kill-random", "kill-majority", "pause-primary", "lose-disk", "damage-disk",
+                "member-add"}
     if result.network.startswith("namespaces"):
         expected |= {"isolate-primary", "split", "bridge", "one-way", "lossy"}
     assert expected <= kinds, f"faults not injected: {expected - kinds}"
@@ -31,3 +32,8 @@ def test_no_anomalies_under_kill_pause_partition_and_disk_loss(tmp_path):
     # Every replica whose disk was lost or damaged came back and caught up.
     disks = [f for f in json.loads((result.report / "faults.json").read_text()) if "recovered" in f]
     assert all(f["recovered"] is not None for f in disks), summary
+    # Servers were added while the faults went on, caught up, were promoted, and left again.
+    added = [f for f in json.loads((result.report / "faults.json").read_text()) if f["kind"] == "member-add"]
+    assert any("a voter when removed" in " ".join(f["outcome"]) for f in added), summary
+    assert not any("NOT REMOVED" in " ".join(f["outcome"]) or "did not stop" in " ".join(f["outcome"])
+                   for f in added), summary
