@@ -295,6 +295,18 @@ async def bench_failover(kills: int, fast: bool, clients: int = 16) -> dict:
         cluster.stop_all()
 
 
+async def fill(cluster: Cluster, users: list, stored: int) -> float:
+    """Send through the cluster (256 clients) until ``stored`` entries are
+    applied; the seconds it took."""
+    t0 = time.monotonic()
+    while (applied := (await cluster.statuses())[0].get("applied_index", 0)) < stored:
+        left = stored - applied
+        await Load(cluster.addresses, users, 256, min(60.0, max(5.0, left / 2500)), warmup=0,
+                   tls=cluster.client_tls).results()
+        print(f"filling: {applied:,} entries applied, to {stored:,}", flush=True)
+    return time.monotonic() - t0
+
+
 async def bench_growth(stored: int, seconds: float, clients: int = 64) -> dict:
     """Send throughput on an empty cluster, then again once ``stored`` messages
     are stored (filled through the cluster itself, with 256 clients)."""
@@ -309,13 +321,7 @@ async def bench_growth(stored: int, seconds: float, clients: int = 64) -> dict:
             return len(load.measured(spans)) / seconds
 
         empty = await rate()
-        t0 = time.monotonic()
-        while (applied := (await cluster.statuses())[0].get("applied_index", 0)) < stored:
-            left = stored - applied
-            await Load(cluster.addresses, users, 256, min(60.0, max(5.0, left / 2500)), warmup=0,
-                       tls=cluster.client_tls).results()
-            print(f"growth: {applied:,} entries applied, filling to {stored:,}", flush=True)
-        fill_s = time.monotonic() - t0
+        fill_s = await fill(cluster, users, stored)
         await cluster.converged(120)
         full = await rate()
         row = {"stored": stored, "empty": empty, "full": full, "ratio": full / empty, "fill_s": fill_s}
