@@ -38,6 +38,8 @@ VALID: dict[str, tuple[dict, type]] = {
                    W.MemberAdd),
     "member_remove": ({"server": 2}, W.MemberRemove),
     "member_move": ({"server": 2, "peer": "[fd00::2]:8081", "client": "[fd00::2]:8091"}, W.MemberMove),
+    "backup": ({}, W.Backup),
+    "backup_chunk": ({"offset": 262144}, W.BackupChunk),
 }
 
 
@@ -47,7 +49,7 @@ def _body(obj: object) -> bytes:
 
 def test_the_examples_cover_every_op() -> None:
     assert sorted(VALID) == W.OPS
-    assert len(W.OPS) == 23
+    assert len(W.OPS) == 25
 
 
 @pytest.mark.parametrize("op", sorted(VALID))
