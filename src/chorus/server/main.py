@@ -26,8 +26,9 @@ from .admin import Joining
 from .certs import CertError
 from .config import DEV_SECRET, Config, ConfigError, ServerSpec, load
 from .listen import raise_open_file_limit
+from .members import RemovedFromCluster
 from .peers import PeerTransport
-from .replica import RemovedFromCluster, Replica
+from .replica import Replica
 from .sessions import ClientServer
 from .tls import TLS
 

@@ -64,8 +64,9 @@ from chorus.wire import results as R
 from chorus.wire.peer import DiskState
 
 from .admin import BACKUPS, Joining, promote_caught_up
-from .config import Config, ConfigError, ServerSpec, spec_of
+from .config import Config
 from .io_thread import IOThread
+from .members import Members
 from .metrics import Metrics
 from .requests import Requests
 
@@ -95,11 +96,7 @@ class _Round:
     persisted: bool = False
 
 
-class RemovedFromCluster(Exception):
-    """This server's removal was committed: it stops, for good (its id is not used again)."""
-
-
-class Replica(Requests):
+class Replica(Requests, Members):
     """One server's replica: its store, its core, the replica loop that drives
     them (``_pump``), snapshots; what requests wait for is in requests.py."""
 
@@ -235,29 +232,6 @@ class Replica(Requests):
         self._stopped = True
         if self.failed is not None and not self.failed.done():
             self.failed.set_result(exc)
-
-    def address_of(self, server_id: int) -> ServerSpec | None:
-        """Where a server is: as the membership in the log says, or else (a
-        cluster made before the membership carried addresses) the configuration."""
-        member = self.membership.address(server_id)
-        if member is not None:
-            return spec_of(member)
-        for s in self.cfg.servers:
-            if s.id == server_id:
-                return s
-        return None
-
-    def _own_spec(self) -> ServerSpec:
-        """Where this server listens: its [[server]] table, or its address in the
-        membership (a server that joined without one)."""
-        for s in self.cfg.servers:
-            if s.id == self.id:
-                return s
-        member = self.membership.address(self.id)
-        if member is None:
-            raise ConfigError(f"server {self.id} is neither in the configuration nor a member of the cluster: "
-                              "add it (chorus member add) and start it with --join")
-        return spec_of(member)
 
     async def applied_up_to(self, index: int, deadline: float) -> None:
         """Wait until this replica has applied ``index``."""
@@ -573,23 +547,6 @@ class Replica(Requests):
         self.node.step(message)
         self._kick()
 
-    def is_removed(self) -> bool:
-        """This server's removal is applied here (committed: it cannot be undone)."""
-        return self.id in self.node.history.at(self.applied).removed
-
-    def _leave(self) -> None:
-        log.warning("replica %d: removed from the cluster (applied at %d): it serves no more requests and stops",
-                    self.id, self.applied)
-        self._fail_requests("this server was removed from the cluster")
-        self._stopped = True
-        if self.failed is not None and not self.failed.done():
-            self.failed.set_result(RemovedFromCluster(f"server {self.id} was removed from the cluster"))
-
-    def reachable(self, peer: int) -> bool:
-        """Whether ``peer`` was heard from within two election timeouts."""
-        return peer == self.id or time.monotonic() - self.heard.get(peer, -1e9) <= \
-            2 * self.cfg.election_timeout_ms[1] / 1000
-
     def peer_unreachable(self, peer: int) -> None:
         """The link to ``peer`` dropped what it was sending: replicate to it afresh."""
         self.node.report_unreachable(peer)
@@ -597,15 +554,6 @@ class Replica(Requests):
     def snapshot_sent(self, peer: int, ok: bool) -> None:
         self.node.report_snapshot(peer, ok)
         self._kick()
-
-    @property
-    def membership(self) -> Membership:
-        """The core's, or, until the log of a server that joined has one, what the
-        member it joined through said."""
-        m = self.node.membership
-        if not m.voters and self.joined_as is not None:
-            return self.joined_as
-        return m
 
     # ------------------------------------------------------------------ status
     def status(self) -> R.Status:
