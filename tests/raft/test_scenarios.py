@@ -13,6 +13,7 @@ from chorus.raft import (
     Entry,
     EntryKind,
     HardState,
+    Heartbeat,
     InstallSnapshot,
     Membership,
     Persisted,
@@ -503,6 +504,30 @@ def test_removed_server_that_never_learned_it_cannot_disrupt() -> None:
     net.heal()
     net.tick(times=100)  # n3 keeps asking for pre-votes; nobody grants them
     assert net.primary() == 1 and net[1].term == term and net[2].term == term
+
+
+def test_a_removed_server_that_missed_the_commit_of_its_removal_is_told_when_it_campaigns() -> None:
+    """The primary tells a removed server the commit once, when it stops
+    replicating to it. That one heartbeat lost (seen in the fault-injection
+    suite under load), the server holds its removal but not that it is
+    committed, and campaigns for good; the primary, asked for a (pre-)vote by a
+    server it removed and forgot, tells it the commit as far as their logs
+    match, and the server learns it is out."""
+    net = Net(3)
+    elect(net, 1)
+    index = net[1].remove(3)
+    net.filter = lambda m: None if type(m) is Heartbeat and m.to == 3 and m.commit >= index else m
+    net.settle()
+    assert 3 not in net[1].progress and net[3].log.last_index >= index and net[3].commit < index
+    net.filter = None
+    net.sent.clear()
+    net.tick(times=100)
+    assert net[3].commit >= index and not net[3].promotable
+    assert any(type(m) is RequestVote and m.server_id == 3 for m in net.sent)  # (once, before it was told)
+    net.sent.clear()
+    net.tick(times=100)
+    assert not any(type(m) is RequestVote and m.server_id == 3 for m in net.sent)
+    assert net.primary() == 1
 
 
 def test_membership_change_waits_for_a_commit_in_the_new_term() -> None:

@@ -409,6 +409,8 @@ class RaftNode(Elections, Replication, Recovery, Reconfig, Output):
         if type(m) is ProbeResp:
             self._probed(m)
             return
+        if type(m) is RequestVote and self.role is Role.PRIMARY:
+            self._tell_removed(m)
         if not self._term_rule(m):
             return
         if type(m) is RequestVote:

@@ -7,8 +7,10 @@ from __future__ import annotations
 from .errors import Refused
 from .messages import (
     EntryKind,
+    Heartbeat,
     Member,
     Membership,
+    RequestVote,
     TimeoutNow,
 )
 from .progress import Progress
@@ -119,6 +121,17 @@ class Reconfig(NodeState):
         index = self._append_local(EntryKind.CONFIG, data)
         self.pending_conf_index = index
         return index
+
+    def _tell_removed(self, m: RequestVote) -> None:
+        """A server whose removal is committed, and that the primary stopped
+        replicating to, campaigns: the one heartbeat that told it the commit was
+        lost. Tell it again, up to where its log matches ours (Log Matching: the
+        same entry at its last index means the same log up to there), so that it
+        learns its removal is committed and stops."""
+        if m.server_id in self.membership.removed and m.server_id not in self.progress \
+                and self.log.match_term(m.last_index, m.last_term):
+            self._send(Heartbeat(term=self.term, server_id=self.id, to=m.server_id,
+                                 commit=min(self.commit, m.last_index), ctx=self.reads.ctx))
 
     def _set_membership(self, index: int, membership: Membership) -> None:
         self.history.add(index, membership)
