@@ -790,17 +790,27 @@ class World:
         self._after(primary)
 
     def _check_removals(self) -> None:
-        """A removed server is shut down once its removal is committed."""
+        """A removed server stops once it knows its removal is committed (its own
+        commit index reaches the entry, as the server's replica loop checks when
+        it applies it); one that is down when the removal commits is not started
+        again. Until it knows, it runs on, and may campaign: the primary tells it
+        the commit when it asks for a vote (``_tell_removed``)."""
         keep = []
         for index, term, target in self.removals:
             t = self.committed.get(index)
+            node = self.nodes[target]
             if t is None:
                 keep.append((index, term, target))
-            elif t == term:
-                node = self.nodes[target]
-                if not node.retired:
-                    node.retired = True
-                    self.crash(node, "removed from the cluster")
+            elif t != term or node.retired:
+                continue  # (that removal was lost in a change of primary, or is done)
+            elif not node.up or node.raft is None:
+                node.retired = True
+                self.trace(f"n{target} stays down: removed from the cluster")
+            elif node.raft.commit >= index and node.raft.log.term(index) in (term, None):
+                node.retired = True
+                self.crash(node, "knows it was removed from the cluster: stops")
+            else:
+                keep.append((index, term, target))
         self.removals = keep
 
     def _lie(self, live: list[SimNode]) -> None:
