@@ -16,19 +16,17 @@ import asyncio
 import itertools
 import os
 import re
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 sys.path[:0] = [str(Path(__file__).parent), str(Path(__file__).resolve().parents[1])]
 
-from tests.server.cluster import SECRET, free_ports  # noqa: E402
+from tests.server.cluster import SECRET  # noqa: E402
 
 import cluster as B  # noqa: E402  (bench/cluster.py: the cluster, the load, the fill)
 from chorus.client import server_status  # noqa: E402
 from chorus.client.admin import Admin  # noqa: E402
-from chorus.server import certs  # noqa: E402
 
 
 async def members(c, servers: list[str]) -> dict[int, object]:
@@ -47,17 +45,11 @@ async def main(stored: int, out: Path) -> int:
         print(f"{target:,} entries applied on every server (filled in {fill_s:.0f} s)", flush=True)
 
         # A new server joins.
-        peer_port, client_port = free_ports(2)
-        peer, client = f"127.0.0.1:{peer_port}", f"127.0.0.1:{client_port}"
-        certs.issue_server(c.tls_dir, 4, ["127.0.0.1", "localhost"])
-        cfg = c.root / "joiner4.toml"
-        cfg.write_text(c.config.read_text().split("\n[[server]]")[0])
+        peer, client = c.prepare_joiner(4)
         t0 = time.monotonic()
         async with Admin(c.addresses, SECRET, tls=c.ca) as a:
             await a.add(4, peer=peer, client=client)
-        log = open(c.root / "server4.log", "ab")  # noqa: SIM115 - kept by the child
-        c.procs[4] = subprocess.Popen([sys.executable, "-m", "chorus", "serve", "--id", "4", "--config", str(cfg),
-                                       "--join", ",".join(c.addresses)], stdout=log, stderr=log, env=c.env, cwd=c.root)
+        c.start_joiner(4)
         everyone = [*c.addresses, client]
         caught_up = promoted = None
         while caught_up is None or promoted is None:

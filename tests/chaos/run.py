@@ -27,8 +27,6 @@ import random
 import shutil
 import sqlite3
 import struct
-import subprocess
-import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -36,9 +34,8 @@ from pathlib import Path
 
 from chorus.client import server_status
 from chorus.client.admin import Admin
-from chorus.server import certs
 from chorus.wire.errors import ChorusError
-from tests.server.cluster import SECRET, Cluster, free_ports
+from tests.server.cluster import SECRET, Cluster
 
 from .checker import Check, check
 from .netns import Network, NetworkError
@@ -101,7 +98,6 @@ class Nemesis:
         self.down: set[int] = set()  # killed by a fault that has not ended yet (started again at its end)
         self.disk_fault: dict[int, Fault] = {}  # each replica's latest disk fault (its watcher's)
         self.primaries: list[tuple[float, int | None, int]] = []  # (time, primary, term) on change
-        self.added: dict[int, str] = {}  # servers a member-add fault added and did not remove yet
 
     async def leader(self) -> tuple[int | None, int]:
         """(the primary of the highest term any server claims, that term), or
@@ -215,12 +211,8 @@ class Nemesis:
             f.desc = "member-add skipped (no ids left)"
             return
         self.next_member += 1
-        host = self.net.ip(k) if self.net else "127.0.0.1"
-        peer_port, client_port = free_ports(2) if not self.net else (8081, 8091)
-        peer, client = f"{host}:{peer_port}", f"{host}:{client_port}"
-        certs.issue_server(c.tls_dir, k, sorted({host, "127.0.0.1", "localhost"}))
-        cfg = c.root / f"joiner{k}.toml"
-        cfg.write_text(c.config.read_text().split("\n[[server]]")[0])
+        peer, client = (c.prepare_joiner(k, self.net.ip(k), (8081, 8091)) if self.net
+                        else c.prepare_joiner(k))
         f.desc, f.member = f"member-add n{k}", k
         try:
             async with Admin(c.addresses, SECRET, tls=c.ca, retry_for=10) as a:
@@ -229,11 +221,7 @@ class Nemesis:
             f.outcome.append(f"not added: {exc}")
             f.member = None
             return
-        log = open(c.root / f"server{k}.log", "ab")  # noqa: SIM115 - kept by the child
-        c.procs[k] = subprocess.Popen(
-            [*(self.net.launcher(k) if self.net else []), sys.executable, "-m", "chorus", "serve", "--id", str(k),
-             "--config", str(cfg), "--join", ",".join(c.addresses)], stdout=log, stderr=log, env=c.env, cwd=c.root)
-        self.added[k] = client
+        c.start_joiner(k)
 
     async def _remove_member(self, f: Fault) -> None:
         """At the fault's end: chorus member remove; the server stops by itself."""
@@ -256,7 +244,6 @@ class Nemesis:
         if proc.poll() is None:
             f.outcome.append("did not stop by itself after its removal")
             proc.kill()
-        self.added.pop(k, None)
 
     def data_dir(self, i: int) -> Path:
         """Replica i's data directory, where the server opens it ([cluster] data_dir

@@ -114,6 +114,27 @@ class Cluster:
                 stdout=log, stderr=log, env=self.env, cwd=self.root,
             )
 
+    def prepare_joiner(self, sid: int, host: str = "127.0.0.1", ports: tuple[int, int] | None = None
+                       ) -> tuple[str, str]:
+        """Server ``sid``'s certificate, and a configuration of its own that lists
+        no server (the secret, TLS, timing): it learns the cluster from a member.
+        Its (peer, client) addresses, on new ports unless ``ports`` are given."""
+        peer_port, client_port = ports or free_ports(2)
+        certs.issue_server(self.tls_dir, sid, sorted({host, "127.0.0.1", "localhost"}))
+        (self.root / f"joiner{sid}.toml").write_text(self.config.read_text().split("\n[[server]]")[0])
+        return f"{host}:{peer_port}", f"{host}:{client_port}"
+
+    def start_joiner(self, sid: int) -> subprocess.Popen:
+        """``chorus serve --id sid --join`` (this cluster's client addresses), as
+        ``prepare_joiner`` set it up (in the launcher's namespace, if any)."""
+        log = open(self.root / f"server{sid}.log", "ab")  # noqa: SIM115 - kept by the child
+        prefix = self.launcher(sid) if self.launcher else []
+        self.procs[sid] = subprocess.Popen(
+            [*prefix, sys.executable, "-m", "chorus", "serve", "--id", str(sid), "--config",
+             str(self.root / f"joiner{sid}.toml"), "--join", ",".join(self.addresses)],
+            stdout=log, stderr=log, env=self.env, cwd=self.root)
+        return self.procs[sid]
+
     def kill(self, i: int) -> None:
         p = self.procs[i]
         if p.poll() is None:

@@ -12,13 +12,11 @@ import hmac
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
 from chorus.client import Client, server_status
 from chorus.client.admin import Admin
-from chorus.server import certs
 from chorus.wire.errors import ChorusError, Rejected
 
 from .cluster import SECRET, Cluster, Raw, free_ports, wait_for
@@ -44,25 +42,6 @@ async def operator(c: Cluster, *args: str) -> str:
     out, err = await asyncio.wait_for(p.communicate(), 60)
     assert p.returncode == 0, (out + err).decode()
     return out.decode()
-
-
-def start_joiner(c: Cluster, sid: int) -> tuple[str, str, Path]:
-    """Server ``sid`` on new ports, with a configuration of its own that lists no
-    server: it learns the cluster from a member."""
-    peer_port, client_port = free_ports(2)
-    peer, client = f"127.0.0.1:{peer_port}", f"127.0.0.1:{client_port}"
-    certs.issue_server(c.tls_dir, sid, ["127.0.0.1", "localhost"])
-    cfg = c.root / f"joiner{sid}.toml"
-    cfg.write_text(c.config.read_text().split("\n[[server]]")[0])  # the secret, TLS, timing: no servers
-    return peer, client, cfg
-
-
-def serve_joiner(c: Cluster, sid: int, cfg: Path) -> subprocess.Popen:
-    log = open(c.root / f"server{sid}.log", "ab")  # noqa: SIM115 - kept by the child
-    p = subprocess.Popen([sys.executable, "-m", "chorus", "serve", "--id", str(sid), "--config", str(cfg),
-                          "--join", ",".join(c.addresses)], stdout=log, stderr=log, env=c.env, cwd=c.root)
-    c.procs[sid] = p
-    return p
 
 
 async def members(c: Cluster, servers: dict[int, str] | list[str]) -> dict[int, str]:
@@ -118,10 +97,10 @@ def test_add_a_server_that_joins_then_remove_a_backup_and_the_primary_while_send
         await wait_for(lambda: _some(sender), 10, "the first sends")
 
         # Add server 4 from the command line, then start it with --join and nothing else.
-        peer, client, cfg = start_joiner(cluster, 4)
+        peer, client = cluster.prepare_joiner(4)
         out = await member(cluster, "add", "4", "--peer", peer, "--client", client)
         assert "server 4 added" in out
-        serve_joiner(cluster, 4, cfg)
+        cluster.start_joiner(4)
         everyone = {**dict(enumerate(cluster.addresses, 1)), 4: client}
 
         t0 = time.monotonic()
@@ -274,9 +253,9 @@ def test_replace_a_dead_server_then_move_one_to_new_ports_while_sending(cluster:
 
         # Replace: server `dead` is gone for good (kill -9); 5 is added, joins, then `dead` is removed.
         cluster.kill(dead)
-        peer, client, cfg = start_joiner(cluster, 5)
+        peer, client = cluster.prepare_joiner(5)
         await member(cluster, "add", "5", "--peer", peer, "--client", client)
-        serve_joiner(cluster, 5, cfg)
+        cluster.start_joiner(5)
         everyone = {**dict(enumerate(cluster.addresses, 1)), 5: client}
         await wait_for(lambda: _role(cluster, everyone, 5, "voter"), 60, "server 5 to be promoted")
         await member(cluster, "remove", str(dead))

@@ -10,7 +10,7 @@ import sys
 
 from .cluster import Cluster, wait_for
 from .test_cluster import PASSWORD, messages_in, user
-from .test_membership import _role, member, serve_joiner, start_joiner
+from .test_membership import _role, member
 
 
 def recover(c: Cluster, *args: str) -> subprocess.CompletedProcess:
@@ -63,9 +63,9 @@ def test_a_survivor_of_a_lost_majority_seeds_a_new_cluster(cluster: Cluster) -> 
         await alice.close()
         assert page[0].id == m.id
         # It grows again: a new server (a new id) joins and becomes a voter.
-        peer, client, cfg = start_joiner(cluster, 4)
+        peer, client = cluster.prepare_joiner(4)
         await member(cluster, "add", "4", "--peer", peer, "--client", client)
-        serve_joiner(cluster, 4, cfg)
+        cluster.start_joiner(4)
         await wait_for(lambda: _role(cluster, {survivor: cluster.address(survivor), 4: client}, 4, "voter"), 60,
                        "server 4 to be promoted")
 

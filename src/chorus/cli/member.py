@@ -148,7 +148,6 @@ def member_command(args: argparse.Namespace, default_servers: str) -> int:
 async def _recover(args: argparse.Namespace) -> int:
     from chorus.client import server_status
     from chorus.raft.quorum import size as quorum
-    from chorus.server.config import spec_of
     from chorus.server.recover import inspect, recover
 
     cfg = load(args.config)
@@ -156,10 +155,8 @@ async def _recover(args: argparse.Namespace) -> int:
     tls: Any = args.ca or (cfg.tls.ca if cfg.tls else False)
 
     def address(sid: int) -> str | None:
-        member = me.membership.address(sid)
-        if member is not None:
-            return spec_of(member).client_address
-        return next((s.client_address for s in cfg.servers if s.id == sid), None)
+        spec = cfg.address_of(me.membership, sid)
+        return spec.client_address if spec is not None else None
 
     own = address(args.id)
     if own is not None and (await server_status(own, tls=tls)).status is not None:

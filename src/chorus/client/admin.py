@@ -18,12 +18,11 @@ from typing import Any, TypeVar
 import msgspec
 
 from chorus.wire import client as W
-from chorus.wire import encode_frame
 from chorus.wire import results as R
 from chorus.wire.errors import ChorusError, NotConnected, Rejected, Unavailable
 
 from . import tls as T
-from .client import open_connection
+from .client import exchange, open_connection
 
 A = TypeVar("A")
 
@@ -54,10 +53,7 @@ class Admin:
     # ------------------------------------------------------------------ the connection
     async def _call(self, req: W.Request) -> msgspec.Raw:
         assert self._conn is not None
-        reader, writer = self._conn
-        writer.write(encode_frame(W.encode(req)))
-        head = await asyncio.wait_for(reader.readexactly(4), self.timeout)
-        reply = W.decode_reply(await asyncio.wait_for(reader.readexactly(int.from_bytes(head, "big")), self.timeout))
+        reply = await exchange(*self._conn, req, self.timeout)
         if not reply.ok:
             e = reply.error
             code, message, primary = (e.code, e.message, e.primary) if e else ("internal", "refused", None)
@@ -119,11 +115,11 @@ class Admin:
                 await asyncio.sleep(0.2)
 
     # ------------------------------------------------------------------ what an operator does
-    async def members(self, *, from_primary: bool = True) -> R.MemberList:
-        """The members; ``from_primary``: asked of the primary, which knows how far
-        behind each one is."""
+    async def members(self) -> R.MemberList:
+        """The members, as the primary lists them (it knows how far behind each
+        one is), or as the server that answered does if the primary does not."""
         listed = await self._ask(lambda i: W.MemberList(id=i), R.MemberList)
-        if from_primary and listed.primary != listed.server and listed.primary_address:
+        if listed.primary != listed.server and listed.primary_address:
             try:
                 await self._connect(listed.primary_address)
                 listed = await self._ask(lambda i: W.MemberList(id=i), R.MemberList)

@@ -527,6 +527,14 @@ class Client:
             yield await self._events.get()
 
 
+async def exchange(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, req: W.Request,
+                   timeout: float) -> W.Reply:
+    """One request and its reply on a connection of one's own (nothing else in flight)."""
+    writer.write(encode_frame(W.encode(req)))
+    head = await asyncio.wait_for(reader.readexactly(4), timeout)
+    return W.decode_reply(await asyncio.wait_for(reader.readexactly(int.from_bytes(head, "big")), timeout))
+
+
 async def server_status(address: str, timeout: float = 2.0, tls: T.TLSOption = None) -> R.ServerStatus:
     """The status of one server, or why there is none (it does not answer)."""
     try:
@@ -536,10 +544,7 @@ async def server_status(address: str, timeout: float = 2.0, tls: T.TLSOption = N
     except (OSError, TimeoutError, ValueError) as exc:
         return R.ServerStatus(address, error=f"unreachable: {exc}")
     try:
-        writer.write(encode_frame(W.encode(W.Status(id=1))))
-        head = await asyncio.wait_for(reader.readexactly(4), timeout)
-        body = await asyncio.wait_for(reader.readexactly(int.from_bytes(head, "big")), timeout)
-        reply = W.decode_reply(body)
+        reply = await exchange(reader, writer, W.Status(id=1), timeout)
         if not reply.ok:
             return R.ServerStatus(address, error=reply.error.message if reply.error else "refused")
         return R.ServerStatus(address, msgspec.json.decode(reply.result, type=R.Status))

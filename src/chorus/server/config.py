@@ -159,6 +159,14 @@ class Config:
                           addresses=tuple(Member(s.id, s.peer_address, s.client_address)
                                           for s in sorted(self.servers, key=lambda s: s.id)))
 
+    def address_of(self, membership: Membership, server_id: int) -> ServerSpec | None:
+        """Where a server is: as ``membership`` (the log's) says, or else (a cluster
+        made before the membership carried addresses) this configuration."""
+        member = membership.address(server_id)
+        if member is not None:
+            return spec_of(member)
+        return next((s for s in self.servers if s.id == server_id), None)
+
     def replica_dir(self, server_id: int) -> Path:
         return self.data_dir / f"replica{server_id}"
 

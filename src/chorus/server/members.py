@@ -50,13 +50,7 @@ class Members:
     def address_of(self, server_id: int) -> ServerSpec | None:
         """Where a server is: as the membership in the log says, or else (a
         cluster made before the membership carried addresses) the configuration."""
-        member = self.membership.address(server_id)
-        if member is not None:
-            return spec_of(member)
-        for s in self.cfg.servers:
-            if s.id == server_id:
-                return s
-        return None
+        return self.cfg.address_of(self.membership, server_id)
 
     def _own_spec(self) -> ServerSpec:
         """Where this server listens: its [[server]] table, or its address in the

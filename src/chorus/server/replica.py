@@ -233,11 +233,6 @@ class Replica(Requests, Members):
         if self.failed is not None and not self.failed.done():
             self.failed.set_result(exc)
 
-    async def applied_up_to(self, index: int, deadline: float) -> None:
-        """Wait until this replica has applied ``index``."""
-        if self.applied < index:
-            await self._wait_index(self._applied_waiters, index, deadline)
-
     def disk_state(self) -> DiskState:
         """What this replica says of its disk in each peer handshake (wire/peer.py)."""
         n = self.node

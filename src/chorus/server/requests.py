@@ -237,6 +237,10 @@ class Requests:
             self._reads.pop(rid, None)
             if time.monotonic() >= deadline:
                 raise Unavailable("unavailable", "the primary did not confirm the read in time", self.primary_address())
+        await self.applied_up_to(index, deadline)
+
+    async def applied_up_to(self, index: int, deadline: float) -> None:
+        """Wait until this replica has applied ``index``."""
         if self.applied < index:
             await self._wait_index(self._applied_waiters, index, deadline)
 
